@@ -1,0 +1,137 @@
+"""The LIF neuron, multi-step (SPEC section 2), as a forward/backward pair.
+
+Per element, for t = 0..T-1, with r = v_reset (hard reset) or 0 (soft reset, v_reset=None),
+V[-1] = r::
+
+    charge  H[t] = V[t-1] + (X[t] - (V[t-1] - r)) / tau      decay_input=True
+            H[t] = V[t-1] - (V[t-1] - r) / tau + X[t]        decay_input=False
+    fire    S[t] = 1 if H[t] - v_th >= 0 else 0              (fires at equality)
+    reset   V[t] = H[t] (1 - S[t]) + v_reset S[t]            hard reset
+            V[t] = H[t] - v_th S[t]                          soft reset
+
+The backward uses a surrogate derivative g = dS/dH (``sigmoid``, ``atan``, ``fast_sigmoid``).
+``spike_fn="smooth"`` (test only, SPEC section 12) replaces the Heaviside by the surrogate's
+primitive so that finite differences can check the backward.
+
+The time loop runs in Numba (``refsnn.kernels.lif``); ``backend="numpy"`` runs the twin.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..kernels import lif as _k
+from .checks import check_float_array, check_same_shape
+
+__all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache"]
+
+SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
+DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
+SPIKE_FNS = ("heaviside", "smooth")
+
+
+class LIFCache:
+    """What the backward needs: the charged membrane H and the spikes S, both ``[T, ...]``."""
+
+    __slots__ = ("h", "spikes", "options", "shape")
+
+    def __init__(self, h, spikes, options, shape):
+        self.h = h
+        self.spikes = spikes
+        self.options = options
+        self.shape = shape
+
+
+def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn):
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate: expected one of {list(SURROGATES)}, got {surrogate!r}")
+    if spike_fn not in SPIKE_FNS:
+        raise ValueError(f"spike_fn: expected one of {list(SPIKE_FNS)}, got {spike_fn!r}")
+    for name, value in (("tau", tau), ("v_threshold", v_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if decay_input and not tau > 1.0:
+        raise ValueError(f"tau: expected tau > 1 for a decaying neuron, got {tau}")
+    if not decay_input and not tau > 0.0:
+        raise ValueError(f"tau: expected tau > 0, got {tau}")
+    if v_reset is not None and (isinstance(v_reset, bool) or not math.isfinite(v_reset)):
+        raise ValueError(f"v_reset: expected a finite number or None (soft reset), got {v_reset!r}")
+    if alpha is None:
+        alpha = DEFAULT_ALPHA[surrogate]
+    elif isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha: expected a positive number (or None for the default), got {alpha!r}")
+    return dict(tau=float(tau), v_threshold=float(v_threshold),
+                v_reset=None if v_reset is None else float(v_reset),
+                decay_input=bool(decay_input), detach_reset=bool(detach_reset),
+                surrogate=surrogate, alpha=float(alpha), spike_fn=spike_fn)
+
+
+def _typed_args(options, dtype):
+    dt = np.dtype(dtype).type
+    hard = options["v_reset"] is not None
+    return dict(tau=dt(options["tau"]), v_th=dt(options["v_threshold"]),
+                v_reset=dt(options["v_reset"] if hard else 0.0), hard_reset=hard,
+                decay_input=options["decay_input"],
+                surrogate=_k.SURROGATE_CODES[options["surrogate"]], alpha=dt(options["alpha"]))
+
+
+def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
+                detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside",
+                backend="numba"):
+    """Run LIF neurons over time.
+
+    x: ``[T, ...]`` float32 or float64 input current, time first, T >= 1.
+    Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values).
+    """
+    check_float_array(x, "x", min_ndim=1)
+    if x.shape[0] == 0:
+        raise ValueError("x: expected T >= 1 time steps on axis 0, got T = 0")
+    options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn)
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    T = x.shape[0]
+    x2 = np.ascontiguousarray(x).reshape(T, -1)
+    a = _typed_args(options, x.dtype)
+    spike_code = SPIKE_FNS.index(spike_fn)
+    if backend == "numba":
+        spikes = np.empty_like(x2)
+        h = np.empty_like(x2)
+        _k.lif_forward_kernel(x2, spikes, h, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
+                              a["decay_input"], a["surrogate"], a["alpha"], spike_code,
+                              x.dtype.type(1.0), x.dtype.type(math.pi))
+    else:
+        spikes, h = _k.lif_forward_numpy(x2, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
+                                         a["decay_input"], a["surrogate"], a["alpha"], spike_code)
+    options["backend"] = backend
+    return spikes.reshape(x.shape), LIFCache(h, spikes, options, x.shape)
+
+
+def lif_backward(dspikes, cache: LIFCache):
+    """Gradient of the loss with respect to x, given dL/dspikes (``[T, ...]``). Never mutates
+    ``dspikes``."""
+    if not isinstance(cache, LIFCache):
+        raise ValueError(f"cache: expected the LIFCache returned by lif_forward, got {type(cache).__name__}")
+    check_float_array(dspikes, "dspikes")
+    if dspikes.shape != cache.shape:
+        raise ValueError(f"dspikes: expected shape {cache.shape} (the forward's), got {dspikes.shape}")
+    o = cache.options
+    dtype = cache.h.dtype
+    T = cache.shape[0]
+    ds = np.ascontiguousarray(dspikes, dtype=dtype).reshape(T, -1)
+    a = _typed_args(o, dtype)
+    if o["backend"] == "numba":
+        dx = np.empty_like(ds)
+        _k.lif_backward_kernel(ds, cache.h, cache.spikes, dx, a["tau"], a["v_th"], a["v_reset"],
+                               a["hard_reset"], a["decay_input"], o["detach_reset"], a["surrogate"],
+                               a["alpha"], dtype.type(1.0), dtype.type(math.pi))
+    else:
+        dx = _k.lif_backward_numpy(ds, cache.h, cache.spikes, a["tau"], a["v_th"], a["v_reset"],
+                                   a["hard_reset"], a["decay_input"], o["detach_reset"],
+                                   a["surrogate"], a["alpha"])
+    return dx.reshape(cache.shape)
+
+
+def check_lif_args_shape(x, name="x"):  # kept small: used by modules for clear messages
+    check_float_array(x, name, min_ndim=1)
