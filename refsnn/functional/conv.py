@@ -1,0 +1,131 @@
+"""Convolutions and linear maps as forward/backward pairs (SPEC section 3).
+
+``conv2d``   x ``[N, C, H, W]`` (the caller merges T and B), weight OIHW, optional bias.
+``conv1x1``  a 1x1 convolution over tokens: x ``[M, C, N]`` (M = T*B), weight ``[O, C]``.
+``linear``   x ``[B, I]``, weight ``[O, I]``.
+Each cache carries ``counts`` (what the op executed) for energy accounting.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import im2col as _k
+from .checks import check_float_array
+
+__all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
+           "linear_forward", "linear_backward"]
+
+
+def _check_weight(weight, name, ndim, in_channels, x_dtype):
+    check_float_array(weight, name, ndim=ndim)
+    if weight.shape[1] != in_channels:
+        raise ValueError(f"{name}: expected {in_channels} input channels (x's axis 1) in shape "
+                         f"{weight.shape}, got {weight.shape[1]}")
+    if weight.dtype != x_dtype:
+        raise ValueError(f"{name}: expected dtype {x_dtype} (x's), got {weight.dtype}")
+
+
+def _check_bias(bias, out_channels, x_dtype):
+    if bias is None:
+        return
+    check_float_array(bias, "bias", ndim=1)
+    if bias.shape != (out_channels,):
+        raise ValueError(f"bias: expected shape ({out_channels},), got {bias.shape}")
+    if bias.dtype != x_dtype:
+        raise ValueError(f"bias: expected dtype {x_dtype} (x's), got {bias.dtype}")
+
+
+def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
+    """y ``[N, O, Ho, Wo]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, KH, KW]``) + bias."""
+    if check:
+        check_float_array(x, "x", ndim=4)
+        _check_weight(weight, "weight", 4, x.shape[1], x.dtype)
+        _check_bias(bias, weight.shape[0], x.dtype)
+        if stride < 1 or padding < 0:
+            raise ValueError(f"stride/padding: expected stride >= 1 and padding >= 0, got {stride}, {padding}")
+    N, C, H, W = x.shape
+    O, _, KH, KW = weight.shape
+    Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"x: spatial size {H}x{W} is too small for a {KH}x{KW} kernel with padding {padding}")
+    cols = _k.im2col(x, KH, KW, stride, padding)
+    y2 = weight.reshape(O, -1) @ cols
+    y = _k.cm_to_nchw(y2, N, bias).reshape(N, O, Ho, Wo)
+    cache = dict(x=x, weight=weight, has_bias=bias is not None, stride=stride, padding=padding,
+                 counts=dict(macs=int(O * cols.shape[0] * cols.shape[1])))
+    return y, cache
+
+
+def conv2d_backward(dy, cache):
+    """Returns ``(dx, dweight, dbias)``; dbias is None without a bias."""
+    x, weight = cache["x"], cache["weight"]
+    N, C, H, W = x.shape
+    O, _, KH, KW = weight.shape
+    check_float_array(dy, "dy", ndim=4)
+    Ho, Wo = _k.conv_out_size(H, KH, cache["stride"], cache["padding"]), \
+        _k.conv_out_size(W, KW, cache["stride"], cache["padding"])
+    if dy.shape != (N, O, Ho, Wo):
+        raise ValueError(f"dy: expected shape {(N, O, Ho, Wo)}, got {dy.shape}")
+    dy2 = _k.nchw_to_cm(dy.reshape(N, O, Ho * Wo).astype(x.dtype, copy=False))
+    # recomputing cols is cheaper than holding a 9x copy of every input between passes
+    cols = _k.im2col(x, KH, KW, cache["stride"], cache["padding"])
+    dweight = (dy2 @ cols.T).reshape(weight.shape)
+    del cols
+    dcols = weight.reshape(O, -1).T @ dy2
+    dx = _k.col2im(dcols, x.shape, KH, KW, cache["stride"], cache["padding"])
+    dbias = dy2.sum(axis=1) if cache["has_bias"] else None
+    return dx, dweight, dbias
+
+
+def conv1x1_forward(x, weight, bias=None, *, check=True):
+    """y ``[M, O, N]`` = weight ``[O, C]`` applied to every token of x ``[M, C, N]`` (+ bias)."""
+    if check:
+        check_float_array(x, "x", ndim=3)
+        _check_weight(weight, "weight", 2, x.shape[1], x.dtype)
+        _check_bias(bias, weight.shape[0], x.dtype)
+    y = np.matmul(weight, x)
+    if bias is not None:
+        y += bias[:, None]
+    M, C, N = x.shape
+    cache = dict(x=x, weight=weight, has_bias=bias is not None,
+                 counts=dict(macs=int(M * N * C * weight.shape[0])))
+    return y, cache
+
+
+def conv1x1_backward(dy, cache):
+    """Returns ``(dx, dweight, dbias)``."""
+    x, weight = cache["x"], cache["weight"]
+    M, C, N = x.shape
+    check_float_array(dy, "dy", ndim=3)
+    if dy.shape != (M, weight.shape[0], N):
+        raise ValueError(f"dy: expected shape {(M, weight.shape[0], N)}, got {dy.shape}")
+    dy = dy.astype(x.dtype, copy=False)
+    dx = np.matmul(weight.T, dy)
+    # per-sample GEMMs then a sum: faster here than transposing to one [O, M*N] GEMM
+    dweight = np.matmul(dy, x.transpose(0, 2, 1)).sum(axis=0)
+    dbias = dy.sum(axis=(0, 2)) if cache["has_bias"] else None
+    return dx, dweight, dbias
+
+
+def linear_forward(x, weight, bias=None, *, check=True):
+    """y ``[B, O]`` = x ``[B, I]`` weightᵀ + bias."""
+    if check:
+        check_float_array(x, "x", ndim=2)
+        _check_weight(weight, "weight", 2, x.shape[1], x.dtype)
+        _check_bias(bias, weight.shape[0], x.dtype)
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    cache = dict(x=x, weight=weight, has_bias=bias is not None,
+                 counts=dict(macs=int(x.shape[0] * x.shape[1] * weight.shape[0])))
+    return y, cache
+
+
+def linear_backward(dy, cache):
+    """Returns ``(dx, dweight, dbias)``."""
+    x, weight = cache["x"], cache["weight"]
+    check_float_array(dy, "dy", ndim=2)
+    if dy.shape != (x.shape[0], weight.shape[0]):
+        raise ValueError(f"dy: expected shape {(x.shape[0], weight.shape[0])}, got {dy.shape}")
+    dy = dy.astype(x.dtype, copy=False)
+    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if cache["has_bias"] else None)

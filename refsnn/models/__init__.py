@@ -1,0 +1,4 @@
+"""Model configurations and the SNNergy hierarchy."""
+from .configs import CHOICES, FUSION_MODES, PRESETS, Config, config
+
+__all__ = ["Config", "config", "PRESETS", "CHOICES", "FUSION_MODES"]

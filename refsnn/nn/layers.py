@@ -1,0 +1,230 @@
+"""Layer modules: thin classes over the functional pairs, holding parameters and one cache.
+
+Layouts are time-major (SPEC section 1): feature maps ``[T, B, C, H, W]``, token maps
+``[T, B, C, N]``; T and B are merged before convolutions and BatchNorm. Initialisation follows
+PyTorch's defaults: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with
+a = sqrt(5)), BatchNorm weight 1 and bias 0.
+
+``op_counts`` (a dict) describes the last forward: MACs of the dense op always; with
+``count_ops`` switched on (``refsnn.energy`` does it) also the input's element and nonzero counts,
+from which energy accounting derives accumulate operations.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..functional import conv as F
+from ..functional.checks import check_float_array
+from ..functional.lif import lif_backward, lif_forward
+from ..functional.norm import batchnorm_backward, batchnorm_forward
+from ..functional.pool import maxpool2d_backward, maxpool2d_forward
+from .module import Module, Parameter
+
+__all__ = ["Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d", "uniform_init",
+           "Counting"]
+
+
+def uniform_init(rng: np.random.Generator, shape, fan_in: int, dtype) -> np.ndarray:
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _need_rng(rng, owner):
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{owner}: rng must be a numpy.random.Generator (randomness is passed "
+                         f"explicitly), got {type(rng).__name__}")
+    return rng
+
+
+class Counting:
+    """Mixin: modules whose energy depends on their input record input statistics on demand."""
+
+    count_ops = False
+
+    def _count_input(self, x: np.ndarray, counts: dict) -> dict:
+        if self.count_ops:
+            counts = dict(counts)
+            counts["input_elements"] = int(x.size)
+            counts["input_nonzero"] = int(np.count_nonzero(x))
+        return counts
+
+
+class Conv2d(Module, Counting):
+    """2-D convolution on ``[T, B, C, H, W]`` (T and B merged); weight OIHW."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
+                 *, rng, dtype=np.float32):
+        super().__init__()
+        _need_rng(rng, "Conv2d")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        fan_in = in_channels * kernel_size * kernel_size
+        self.weight = Parameter(uniform_init(rng, (out_channels, in_channels, kernel_size, kernel_size),
+                                             fan_in, dtype))
+        self.bias = Parameter(uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, x):
+        check_float_array(x, "x", ndim=5)
+        T, B = x.shape[:2]
+        y, cache = F.conv2d_forward(x.reshape((T * B,) + x.shape[2:]), self.weight.value,
+                                    None if self.bias is None else self.bias.value,
+                                    stride=self.stride, padding=self.padding)
+        self._cache = (cache, (T, B))
+        self.op_counts = self._count_input(x, cache["counts"])
+        return y.reshape((T, B) + y.shape[1:])
+
+    def backward(self, dy):
+        cache, (T, B) = self._cache
+        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx.reshape((T, B) + dx.shape[1:])
+
+
+class Conv1x1(Module, Counting):
+    """1x1 convolution over tokens ``[T, B, C, N]``; weight ``[out, in]``."""
+
+    def __init__(self, in_channels, out_channels, bias=True, *, rng, dtype=np.float32):
+        super().__init__()
+        _need_rng(rng, "Conv1x1")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.weight = Parameter(uniform_init(rng, (out_channels, in_channels), in_channels, dtype))
+        self.bias = Parameter(uniform_init(rng, (out_channels,), in_channels, dtype)) if bias else None
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, x):
+        check_float_array(x, "x", ndim=4)
+        T, B, C, N = x.shape
+        y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
+                                     None if self.bias is None else self.bias.value)
+        self._cache = (cache, (T, B))
+        self.op_counts = self._count_input(x, cache["counts"])
+        return y.reshape(T, B, self.out_channels, N)
+
+    def backward(self, dy):
+        cache, (T, B) = self._cache
+        dx, dw, db = F.conv1x1_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx.reshape((T, B) + dx.shape[1:])
+
+
+class Linear(Module, Counting):
+    """Fully connected layer on ``[B, in]``; weight ``[out, in]``."""
+
+    def __init__(self, in_features, out_features, bias=True, *, rng, dtype=np.float32):
+        super().__init__()
+        _need_rng(rng, "Linear")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(uniform_init(rng, (out_features, in_features), in_features, dtype))
+        self.bias = Parameter(uniform_init(rng, (out_features,), in_features, dtype)) if bias else None
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, x):
+        y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
+        self._cache = cache
+        self.op_counts = self._count_input(x, cache["counts"])
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = F.linear_backward(dy, self._cache)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+
+class BatchNorm(Module):
+    """BatchNorm over ``[T, B, C, ...]``: per-channel statistics over every other axis."""
+
+    def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.channels = int(channels)
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.weight = Parameter(np.ones(channels, dtype=dtype))
+        self.bias = Parameter(np.zeros(channels, dtype=dtype))
+        self.register_buffer("running_mean", np.zeros(channels, dtype=dtype))
+        self.register_buffer("running_var", np.ones(channels, dtype=dtype))
+        self._cache = None
+
+    def forward(self, x):
+        check_float_array(x, "x", min_ndim=3)
+        if x.shape[2] != self.channels:
+            raise ValueError(f"x: expected {self.channels} channels on axis 2 of [T, B, C, ...], "
+                             f"got shape {x.shape}")
+        T, B, C = x.shape[:3]
+        x3 = x.reshape(T * B, C, -1)
+        y, cache, mean, var = batchnorm_forward(
+            x3, self.weight.value, self.bias.value, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps)
+        if self.training:
+            self.set_buffer("running_mean", mean)
+            self.set_buffer("running_var", var)
+        self._cache = (cache, x.shape)
+        return y.reshape(x.shape)
+
+    def backward(self, dy):
+        cache, shape = self._cache
+        T, B, C = shape[:3]
+        dx, dw, db = batchnorm_backward(dy.reshape(T * B, C, -1), cache)
+        self.weight.grad += dw
+        self.bias.grad += db
+        return dx.reshape(shape)
+
+
+class LIF(Module):
+    """Multi-step LIF neurons over ``[T, ...]`` (SPEC section 2). No parameters.
+
+    Keyword arguments are those of ``refsnn.functional.lif_forward``. With ``count_ops`` on,
+    ``op_counts`` records the number of neurons and of spikes of the last forward.
+    """
+
+    count_ops = False
+
+    def __init__(self, **neuron):
+        super().__init__()
+        self.neuron = dict(neuron)
+        # validate the options now, not at the first forward
+        lif_forward(np.zeros((1, 1)), **self.neuron)
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, x):
+        spikes, cache = lif_forward(x, **self.neuron)
+        self._cache = cache
+        if self.count_ops:
+            self.op_counts = dict(neurons=int(x.size), spikes=int(np.count_nonzero(spikes)))
+        return spikes
+
+    def backward(self, dspikes):
+        return lif_backward(dspikes, self._cache)
+
+
+class MaxPool2d(Module):
+    """Max pooling on ``[T, B, C, H, W]`` (kernel 3, stride 2, padding 1 by default)."""
+
+    def __init__(self, kernel_size=3, stride=2, padding=1):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self._cache = None
+
+    def forward(self, x):
+        check_float_array(x, "x", ndim=5)
+        T, B = x.shape[:2]
+        y, cache = maxpool2d_forward(x.reshape((T * B,) + x.shape[2:]), kernel_size=self.kernel_size,
+                                     stride=self.stride, padding=self.padding)
+        self._cache = (cache, (T, B))
+        return y.reshape((T, B) + y.shape[1:])
+
+    def backward(self, dy):
+        cache, (T, B) = self._cache
+        dx = maxpool2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        return dx.reshape((T, B) + dx.shape[1:])
