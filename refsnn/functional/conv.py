@@ -19,8 +19,8 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_back
 def _check_weight(weight, name, ndim, in_channels, x_dtype):
     check_float_array(weight, name, ndim=ndim)
     if weight.shape[1] != in_channels:
-        raise ValueError(f"{name}: expected {in_channels} input channels (x's axis 1) in shape "
-                         f"{weight.shape}, got {weight.shape[1]}")
+        raise ValueError(f"x: has {in_channels} channels on axis 1, but {name} of shape "
+                         f"{weight.shape} expects {weight.shape[1]}")
     if weight.dtype != x_dtype:
         raise ValueError(f"{name}: expected dtype {x_dtype} (x's), got {weight.dtype}")
 

@@ -38,6 +38,11 @@ def _need_rng(rng, owner):
     return rng
 
 
+def _check_channels(x, channels):
+    if x.shape[2] != channels:
+        raise ValueError(f"x: expected {channels} channels on axis 2 of [T, B, C, ...], got shape {x.shape}")
+
+
 class Counting:
     """Mixin: modules whose energy depends on their input record input statistics on demand."""
 
@@ -69,6 +74,7 @@ class Conv2d(Module, Counting):
 
     def forward(self, x):
         check_float_array(x, "x", ndim=5)
+        _check_channels(x, self.in_channels)
         T, B = x.shape[:2]
         y, cache = F.conv2d_forward(x.reshape((T * B,) + x.shape[2:]), self.weight.value,
                                     None if self.bias is None else self.bias.value,
@@ -100,6 +106,7 @@ class Conv1x1(Module, Counting):
 
     def forward(self, x):
         check_float_array(x, "x", ndim=4)
+        _check_channels(x, self.in_channels)
         T, B, C, N = x.shape
         y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
                                      None if self.bias is None else self.bias.value)

@@ -212,10 +212,11 @@ def load_npz(path: str | os.PathLike) -> "OrderedDict[str, np.ndarray]":
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz file (not a zip archive; truncated or corrupt?)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return OrderedDict((k, data[k]) for k in data.files)
-    except ValueError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError ...
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError, pickled object arrays ...
         raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
