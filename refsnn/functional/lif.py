@@ -32,13 +32,13 @@ SPIKE_FNS = ("heaviside", "smooth")
 
 
 class LIFCache:
-    """What the backward needs: the charged membrane H and the spikes S, both ``[T, ...]``."""
+    """What the backward needs: the charged membrane H ``[T, M]`` (the spikes are recomputed
+    from it), the options and the input shape."""
 
-    __slots__ = ("h", "spikes", "options", "shape")
+    __slots__ = ("h", "options", "shape")
 
-    def __init__(self, h, spikes, options, shape):
+    def __init__(self, h, options, shape):
         self.h = h
-        self.spikes = spikes
         self.options = options
         self.shape = shape
 
@@ -105,7 +105,7 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         spikes, h = _k.lif_forward_numpy(x2, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
                                          a["decay_input"], a["surrogate"], a["alpha"], spike_code)
     options["backend"] = backend
-    return spikes.reshape(x.shape), LIFCache(h, spikes, options, x.shape)
+    return spikes.reshape(x.shape), LIFCache(h, options, x.shape)
 
 
 def lif_backward(dspikes, cache: LIFCache):
@@ -121,17 +121,15 @@ def lif_backward(dspikes, cache: LIFCache):
     T = cache.shape[0]
     ds = np.ascontiguousarray(dspikes, dtype=dtype).reshape(T, -1)
     a = _typed_args(o, dtype)
+    spike_code = SPIKE_FNS.index(o["spike_fn"])
     if o["backend"] == "numba":
         dx = np.empty_like(ds)
-        _k.lif_backward_kernel(ds, cache.h, cache.spikes, dx, a["tau"], a["v_th"], a["v_reset"],
+        _k.lif_backward_kernel(ds, cache.h, dx, a["tau"], a["v_th"], a["v_reset"],
                                a["hard_reset"], a["decay_input"], o["detach_reset"], a["surrogate"],
-                               a["alpha"], dtype.type(1.0), dtype.type(math.pi))
+                               a["alpha"], spike_code, dtype.type(1.0), dtype.type(math.pi))
     else:
-        dx = _k.lif_backward_numpy(ds, cache.h, cache.spikes, a["tau"], a["v_th"], a["v_reset"],
+        dx = _k.lif_backward_numpy(ds, cache.h, a["tau"], a["v_th"], a["v_reset"],
                                    a["hard_reset"], a["decay_input"], o["detach_reset"],
-                                   a["surrogate"], a["alpha"])
+                                   a["surrogate"], a["alpha"], spike_code)
     return dx.reshape(cache.shape)
 
-
-def check_lif_args_shape(x, name="x"):  # kept small: used by modules for clear messages
-    check_float_array(x, name, min_ndim=1)

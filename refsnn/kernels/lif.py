@@ -19,6 +19,8 @@ import math
 import numba as nb
 import numpy as np
 
+from .fastmath import fexp
+
 __all__ = ["SURROGATE_CODES", "lif_forward_kernel", "lif_backward_kernel",
            "lif_forward_numpy", "lif_backward_numpy"]
 
@@ -27,33 +29,42 @@ _BLOCK = 2048
 
 
 @nb.njit(cache=True, inline="always")
-def _spike(x, one, pi, spike_fn, surrogate, alpha):
-    """S as a function of x = H - v_th. ``one`` and ``pi`` carry x's dtype: numba would
-    promote a float32 mixed with a Python literal to float64, and the twin would not."""
+def _spikes_into(hs, out, n, v_th, one, pi, spike_fn, surrogate, alpha):
+    """out[:n] = S(hs[:n] - v_th). One simple loop per option, so each one vectorises."""
     zero = one - one
-    if spike_fn == 0:
-        return one if x >= zero else zero
     two = one + one
     half = one / two
-    if surrogate == 0:
-        return one / (one + math.exp(-alpha * x))
-    if surrogate == 1:
-        return half + math.atan(pi / two * alpha * x) / pi
-    return half + x / (one + alpha * abs(x))
+    if spike_fn == 0:
+        for j in range(n):
+            out[j] = one if hs[j] - v_th >= zero else zero
+    elif surrogate == 0:
+        for j in range(n):
+            out[j] = one / (one + fexp(-alpha * (hs[j] - v_th)))
+    elif surrogate == 1:
+        for j in range(n):
+            out[j] = half + math.atan(pi / two * alpha * (hs[j] - v_th)) / pi
+    else:
+        for j in range(n):
+            x = hs[j] - v_th
+            out[j] = half + x / (one + alpha * abs(x))
 
 
 @nb.njit(cache=True, inline="always")
-def _surrogate_grad(x, one, pi, surrogate, alpha):
-    """dS/dH at x = H - v_th (the surrogate derivative of SPEC section 2)."""
+def _surrogate_into(hs, out, n, v_th, one, pi, surrogate, alpha):
+    """out[:n] = dS/dH at hs[:n] (the surrogate derivative of SPEC section 2)."""
     two = one + one
     if surrogate == 0:
-        s = one / (one + math.exp(-alpha * x))
-        return alpha * s * (one - s)
-    if surrogate == 1:
-        u = pi / two * alpha * x
-        return (alpha / two) / (one + u * u)
-    d = alpha * abs(x) + one
-    return one / (d * d)
+        for j in range(n):
+            sg = one / (one + fexp(-alpha * (hs[j] - v_th)))
+            out[j] = alpha * sg * (one - sg)
+    elif surrogate == 1:
+        for j in range(n):
+            u = pi / two * alpha * (hs[j] - v_th)
+            out[j] = (alpha / two) / (one + u * u)
+    else:
+        for j in range(n):
+            d = alpha * abs(hs[j] - v_th) + one
+            out[j] = one / (d * d)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -65,59 +76,65 @@ def lif_forward_kernel(x, spikes, h, tau, v_th, v_reset, hard_reset, decay_input
     nblocks = (M + _BLOCK - 1) // _BLOCK
     for blk in nb.prange(nblocks):
         start = blk * _BLOCK
-        stop = min(M, start + _BLOCK)
-        v = np.empty(stop - start, dtype=x.dtype)
+        n = min(M, start + _BLOCK) - start
+        v = np.empty(n, dtype=x.dtype)
         v[:] = r
         for t in range(T):
-            for j in range(stop - start):
-                m = start + j
-                vp = v[j]
-                if decay_input:
-                    hv = vp + (x[t, m] - (vp - r)) / tau
-                else:
-                    hv = vp - (vp - r) / tau + x[t, m]
-                s = _spike(hv - v_th, one, pi, spike_fn, surrogate, alpha)
-                h[t, m] = hv
-                spikes[t, m] = s
-                if hard_reset:
-                    v[j] = hv * (one - s) + v_reset * s
-                else:
-                    v[j] = hv - v_th * s
+            xs = x[t, start:start + n]
+            hs = h[t, start:start + n]
+            ss = spikes[t, start:start + n]
+            if decay_input:
+                for j in range(n):
+                    hs[j] = v[j] + (xs[j] - (v[j] - r)) / tau
+            else:
+                for j in range(n):
+                    hs[j] = v[j] - (v[j] - r) / tau + xs[j]
+            _spikes_into(hs, ss, n, v_th, one, pi, spike_fn, surrogate, alpha)
+            if hard_reset:
+                for j in range(n):
+                    v[j] = hs[j] * (one - ss[j]) + v_reset * ss[j]
+            else:
+                for j in range(n):
+                    v[j] = hs[j] - v_th * ss[j]
 
 
 @nb.njit(parallel=True, cache=True)
-def lif_backward_kernel(dspikes, h, spikes, dx, tau, v_th, v_reset, hard_reset, decay_input,
-                        detach_reset, surrogate, alpha, one, pi):
-    """Fill ``dx`` ([T, M]) by backpropagation through time (SPEC section 2)."""
+def lif_backward_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, surrogate, alpha, spike_fn, one, pi):
+    """Fill ``dx`` ([T, M]) by backpropagation through time (SPEC section 2). The spikes are
+    recomputed from ``h`` with the forward's own expression (identical values, fewer bytes)."""
     T, M = dspikes.shape
     leak = one - one / tau
     nblocks = (M + _BLOCK - 1) // _BLOCK
     for blk in nb.prange(nblocks):
         start = blk * _BLOCK
-        stop = min(M, start + _BLOCK)
-        dv = np.zeros(stop - start, dtype=dx.dtype)
+        n = min(M, start + _BLOCK) - start
+        dv = np.zeros(n, dtype=dx.dtype)
+        g = np.empty(n, dtype=dx.dtype)
+        dvdh = np.empty(n, dtype=dx.dtype)
         for t in range(T - 1, -1, -1):
-            for j in range(stop - start):
-                m = start + j
-                hv = h[t, m]
-                s = spikes[t, m]
-                g = _surrogate_grad(hv - v_th, one, pi, surrogate, alpha)
-                if hard_reset:
-                    if detach_reset:
-                        dvdh = one - s
-                    else:
-                        dvdh = (one - s) + (v_reset - hv) * g
+            hs = h[t, start:start + n]
+            ds = dspikes[t, start:start + n]
+            dxs = dx[t, start:start + n]
+            _surrogate_into(hs, g, n, v_th, one, pi, surrogate, alpha)
+            if hard_reset:
+                _spikes_into(hs, dvdh, n, v_th, one, pi, spike_fn, surrogate, alpha)
+                if detach_reset:
+                    for j in range(n):
+                        dvdh[j] = one - dvdh[j]
                 else:
-                    if detach_reset:
-                        dvdh = one
-                    else:
-                        dvdh = one - v_th * g
-                dh = dspikes[t, m] * g + dv[j] * dvdh
+                    for j in range(n):
+                        dvdh[j] = (one - dvdh[j]) + (v_reset - hs[j]) * g[j]
+            elif detach_reset:
+                for j in range(n):
+                    dvdh[j] = one
+            else:
+                for j in range(n):
+                    dvdh[j] = one - v_th * g[j]
+            for j in range(n):
+                dh = ds[j] * g[j] + dv[j] * dvdh[j]
                 dv[j] = dh * leak
-                if decay_input:
-                    dx[t, m] = dh / tau
-                else:
-                    dx[t, m] = dh
+                dxs[j] = dh / tau if decay_input else dh
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,8 +188,8 @@ def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate,
     return spikes, h
 
 
-def lif_backward_numpy(dspikes, h, spikes, tau, v_th, v_reset, hard_reset, decay_input,
-                       detach_reset, surrogate, alpha):
+def lif_backward_numpy(dspikes, h, tau, v_th, v_reset, hard_reset, decay_input,
+                       detach_reset, surrogate, alpha, spike_fn):
     """Twin of ``lif_backward_kernel``; returns dx."""
     T, M = dspikes.shape
     one = tau - tau + 1
@@ -181,7 +198,7 @@ def lif_backward_numpy(dspikes, h, spikes, tau, v_th, v_reset, hard_reset, decay
     dv = np.zeros(M, dtype=h.dtype)
     for t in range(T - 1, -1, -1):
         hv = h[t]
-        s = spikes[t]
+        s = _spike_numpy(hv - v_th, spike_fn, surrogate, alpha)
         g = _surrogate_grad_numpy(hv - v_th, surrogate, alpha)
         if hard_reset:
             dvdh = (one - s) if detach_reset else (one - s) + (v_reset - hv) * g
