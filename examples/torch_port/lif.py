@@ -1,0 +1,171 @@
+"""The multi-step LIF neuron of SPEC section 2 as a ``torch.autograd.Function``.
+
+Written from SPEC alone (no refsnn import). Per element, for t = 0..T-1, with r = v_reset
+(hard reset) or 0 (soft reset, ``v_reset=None``) and V[-1] = r::
+
+    charge  H[t] = V[t-1] + (X[t] - (V[t-1] - r)) / tau      decay_input=True
+            H[t] = V[t-1] - (V[t-1] - r) / tau + X[t]        decay_input=False
+    fire    S[t] = 1 if H[t] - v_th >= 0 else 0              (fires at equality)
+    reset   V[t] = H[t] (1 - S[t]) + v_reset S[t]            hard reset
+            V[t] = H[t] - v_th S[t]                          soft reset
+
+The backward is the surrogate-gradient recursion of SPEC section 2, written out by hand
+(autograd through the Heaviside would give zero). ``spike_fn="smooth"`` (SPEC section 12)
+replaces the Heaviside by the surrogate's primitive so that finite differences check the
+backward; the backward code is the same in both modes.
+
+Expressions follow SPEC's order of operations so that the float64 results agree with other
+SPEC implementations to the last bits wherever the arithmetic allows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LIFOptions", "lif", "LIF", "SURROGATES", "DEFAULT_ALPHA", "surrogate_grad",
+           "spike_function"]
+
+SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
+DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
+SPIKE_FNS = ("heaviside", "smooth")
+
+
+@dataclass(frozen=True)
+class LIFOptions:
+    """Neuron options of SPEC section 2 (``v_reset=None`` is the soft reset)."""
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: float | None = 0.0
+    decay_input: bool = True
+    detach_reset: bool = True
+    surrogate: str = "sigmoid"
+    alpha: float | None = None
+    spike_fn: str = "heaviside"
+
+    def __post_init__(self):
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"surrogate: expected one of {list(SURROGATES)}, got {self.surrogate!r}")
+        if self.spike_fn not in SPIKE_FNS:
+            raise ValueError(f"spike_fn: expected one of {list(SPIKE_FNS)}, got {self.spike_fn!r}")
+        if self.decay_input and not self.tau > 1.0:
+            raise ValueError(f"tau: expected tau > 1 with decay_input=True, got {self.tau}")
+        if not self.tau > 0.0:
+            raise ValueError(f"tau: expected tau > 0, got {self.tau}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"alpha: expected a positive number or None, got {self.alpha}")
+
+    @property
+    def resolved_alpha(self) -> float:
+        return DEFAULT_ALPHA[self.surrogate] if self.alpha is None else float(self.alpha)
+
+    def replace(self, **changes) -> "LIFOptions":
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(changes)
+        return LIFOptions(**d)
+
+
+def spike_function(x: torch.Tensor, o: LIFOptions) -> torch.Tensor:
+    """S as a function of x = H - v_th: the Heaviside, or in smooth mode the surrogate's
+    primitive (SPEC section 12)."""
+    if o.spike_fn == "heaviside":
+        return (x >= 0).to(x.dtype)
+    a = o.resolved_alpha
+    if o.surrogate == "sigmoid":
+        return torch.sigmoid(a * x)
+    if o.surrogate == "atan":
+        return 0.5 + torch.atan((math.pi / 2 * a) * x) / math.pi
+    return 0.5 + x / (1.0 + a * x.abs())
+
+
+def surrogate_grad(x: torch.Tensor, o: LIFOptions) -> torch.Tensor:
+    """dS/dH at x = H - v_th (table of SPEC section 2)."""
+    a = o.resolved_alpha
+    if o.surrogate == "sigmoid":
+        s = torch.sigmoid(a * x)
+        return a * s * (1.0 - s)
+    if o.surrogate == "atan":
+        u = (math.pi / 2 * a) * x
+        return (a / 2) / (1.0 + u * u)
+    d = a * x.abs() + 1.0
+    return 1.0 / (d * d)
+
+
+class _LIFFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, o: LIFOptions):
+        T = x.shape[0]
+        hard = o.v_reset is not None
+        r = o.v_reset if hard else 0.0
+        h_all = torch.empty_like(x)
+        s_all = torch.empty_like(x)
+        v = torch.full_like(x[0], r)
+        for t in range(T):
+            if o.decay_input:
+                h = v + (x[t] - (v - r)) / o.tau
+            else:
+                h = v - (v - r) / o.tau + x[t]
+            s = spike_function(h - o.v_threshold, o)
+            h_all[t] = h
+            s_all[t] = s
+            if hard:
+                v = h * (1.0 - s) + o.v_reset * s
+            else:
+                v = h - o.v_threshold * s
+        ctx.options = o
+        # S is recomputed from H in the backward (one compare), so only H is kept
+        ctx.save_for_backward(h_all)
+        return s_all
+
+    @staticmethod
+    def backward(ctx, ds: torch.Tensor):
+        (h_all,) = ctx.saved_tensors
+        o: LIFOptions = ctx.options
+        hard = o.v_reset is not None
+        leak = 1.0 - 1.0 / o.tau
+        dx = torch.empty_like(h_all)
+        dv = None
+        for t in range(h_all.shape[0] - 1, -1, -1):
+            h = h_all[t]
+            x = h - o.v_threshold
+            g = surrogate_grad(x, o)
+            dh = ds[t] * g
+            if dv is not None:
+                if hard:
+                    s = spike_function(x, o)
+                    dvdh = (1.0 - s) if o.detach_reset else (1.0 - s) + (o.v_reset - h) * g
+                else:
+                    dvdh = None if o.detach_reset else 1.0 - o.v_threshold * g
+                dh = dh + (dv if dvdh is None else dv * dvdh)
+            dv = dh * leak
+            dx[t] = dh / o.tau if o.decay_input else dh
+        return dx, None
+
+
+def lif(x: torch.Tensor, options: LIFOptions | None = None, **kw) -> torch.Tensor:
+    """Spikes of LIF neurons driven by ``x`` (``[T, ...]``, time first). Options as keywords
+    (``tau``, ``v_threshold``, ``v_reset``, ...) or a ``LIFOptions``."""
+    o = options if options is not None else LIFOptions(**kw)
+    if options is not None and kw:
+        o = options.replace(**kw)
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x: expected [T, ...] with T >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x: expected a floating-point tensor, got {x.dtype}")
+    return _LIFFunction.apply(x, o)
+
+
+class LIF(torch.nn.Module):
+    """Module wrapper (no parameters, no state between calls: each call starts at V = r)."""
+
+    def __init__(self, options: LIFOptions | None = None, **kw):
+        super().__init__()
+        self.options = options if options is not None else LIFOptions(**kw)
+
+    def forward(self, x):
+        return lif(x, self.options)
+
+    def extra_repr(self):
+        return repr(self.options)
