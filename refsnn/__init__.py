@@ -1,0 +1,7 @@
+"""refsnn: the reference implementation of SNNergy (spiking audio-visual fusion with CMQKA)
+in NumPy and Numba. See README.md and SPEC.md."""
+from . import runtime as _runtime
+
+__version__ = "0.1.0"
+
+_runtime.keep_freed_memory()

@@ -1,0 +1,138 @@
+"""Engine benchmark: LIF and Conv2d forward+backward, as ratios measured in one run.
+
+    python benchmarks/bench_engine.py                      # the machine's BLAS settings
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_engine.py
+
+Prints (1) LIF forward+backward at T=4 and 1M neurons: the Numba kernel, its NumPy twin and,
+when torch and spikingjelly are installed, SpikingJelly's multi-step LIFNode on the CPU with the
+same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `paper` configs
+(batch 8, T=4) in GFLOP/s beside numpy's matmul peak measured in the same run, and the ratio to
+torch.nn.functional.conv2d when torch is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import blas_report, machine, matmul_peak, set_threads, timeit  # noqa: E402
+from refsnn.functional import conv2d_backward, conv2d_forward, lif_backward, lif_forward  # noqa: E402
+from refsnn.models import config  # noqa: E402
+
+
+def conv_shapes(name: str, batch: int):
+    """(label, N, Cin, Cout, H, stride) of every 3x3 conv in the config's patch embeddings."""
+    c = config(name)
+    c1, c2, c3 = c.stage_dims
+    H = c.image_size
+    N = batch * c.T
+    s1 = -(-H // 2)
+    s2 = -(-s1 // 2)
+    s3 = -(-s2 // 2)
+    s4 = -(-s3 // 2)
+    return [
+        (f"{name} stage1 proj1 {c1 // 2}->{c1} @{s1}", N, c1 // 2, c1, s1),
+        (f"{name} stage1 proj2 {c1}->{c1} @{s2}", N, c1, c1, s2),
+        (f"{name} stage2 proj1 {c1}->{c2} @{s2}", N, c1, c2, s2),
+        (f"{name} stage2 proj2 {c2}->{c2} @{s3}", N, c2, c2, s3),
+        (f"{name} stage3 proj1 {c2}->{c3} @{s3}", N, c2, c3, s3),
+        (f"{name} stage3 proj2 {c3}->{c3} @{s4}", N, c3, c3, s4),
+    ]
+
+
+def bench_lif(threads):
+    print("\n== LIF forward+backward, T=4, 1,048,576 neurons, float32 ==")
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.8, 1.0, size=(4, 1 << 20)).astype(np.float32)
+    ds = rng.normal(size=x.shape).astype(np.float32)
+
+    def run(backend):
+        def step():
+            s, c = lif_forward(x, backend=backend)
+            lif_backward(ds, c)
+        return step
+
+    t_numba = timeit(run("numba"), repeat=15)
+    t_numpy = timeit(run("numpy"), repeat=5)
+    print(f"refsnn Numba kernel   {t_numba * 1e3:8.2f} ms")
+    print(f"refsnn NumPy twin     {t_numpy * 1e3:8.2f} ms   (kernel is {t_numpy / t_numba:.1f}x faster)")
+    try:
+        import torch
+        from spikingjelly.activation_based import neuron, surrogate
+    except Exception as exc:  # optional comparison
+        print(f"SpikingJelly          not installed ({type(exc).__name__}); skipped")
+        return
+    torch.set_num_threads(threads or os.cpu_count())
+    node = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.Sigmoid(alpha=4.0), detach_reset=True,
+                          step_mode="m", backend="torch")
+    xt = torch.from_numpy(x.reshape(4, 1024, 1024)).requires_grad_(True)
+    dst = torch.from_numpy(ds.reshape(4, 1024, 1024))
+
+    def sj_step():
+        node.reset()
+        xt.grad = None
+        out = node(xt)
+        out.backward(dst)
+
+    t_sj = timeit(sj_step, repeat=7)
+    print(f"SpikingJelly LIFNode  {t_sj * 1e3:8.2f} ms   (multi-step, torch backend, {torch.get_num_threads()} threads)")
+    print(f"ratio SpikingJelly / refsnn = {t_sj / t_numba:.2f}x  (target >= 2)")
+
+
+def bench_conv(batch, names):
+    print(f"\n== Conv2d 3x3 pad 1 forward+backward, batch {batch} x T, float32 ==")
+    peak = matmul_peak()
+    print(f"numpy matmul peak (2048^3, measured now): {peak:.0f} GFLOP/s")
+    try:
+        import torch
+        import torch.nn.functional as tF
+    except Exception:
+        torch = None
+    rng = np.random.default_rng(0)
+    print(f"{'shape':42s} {'ms':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>9s} {'refsnn/torch':>12s}")
+    for name in names:
+        for label, N, cin, cout, H in conv_shapes(name, batch):
+            x = (rng.random((N, cin, H, H)) < 0.2).astype(np.float32)
+            w = rng.normal(0, 0.1, size=(cout, cin, 3, 3)).astype(np.float32)
+            dy = rng.normal(size=(N, cout, H, H)).astype(np.float32)
+
+            def step():
+                _, cache = conv2d_forward(x, w, None, stride=1, padding=1)
+                conv2d_backward(dy, cache)
+
+            t = timeit(step, repeat=5)
+            flops = 3 * 2 * N * cout * cin * 9 * H * H        # forward, dW and dX GEMMs
+            line = f"{label:42s} {t * 1e3:8.2f} {flops / t / 1e9:8.1f} {100 * flops / t / 1e9 / peak:6.0f}%"
+            if torch is not None:
+                xt = torch.from_numpy(x).requires_grad_(True)
+                wt = torch.from_numpy(w).requires_grad_(True)
+                dyt = torch.from_numpy(dy)
+
+                def tstep():
+                    xt.grad = None
+                    wt.grad = None
+                    tF.conv2d(xt, wt, padding=1).backward(dyt)
+
+                tt = timeit(tstep, repeat=5)
+                line += f" {tt * 1e3:9.2f} {t / tt:12.2f}"
+            print(line)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="threads for numba, BLAS and torch")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--configs", default="cpu,paper")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"BLAS: {blas_report()}")
+    bench_lif(args.threads)
+    bench_conv(args.batch, args.configs.split(","))
+
+
+if __name__ == "__main__":
+    main()

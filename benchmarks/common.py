@@ -1,0 +1,65 @@
+"""Shared helpers for the benchmark scripts: timing, BLAS report, thread control."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def blas_report() -> str:
+    """Which BLAS library and kernel (``architecture``) run numpy's matmul, and its threads."""
+    from threadpoolctl import threadpool_info
+    parts = []
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            parts.append(f"{info.get('internal_api')} {info.get('version')} kernel={info.get('architecture')} "
+                         f"threads={info.get('num_threads')}")
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return "; ".join(parts) + f" (env {env})"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+
+
+def timeit(fn, repeat: int = 7, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def set_threads(n: int | None) -> None:
+    """Limit numba and BLAS threads (torch's too, when imported by the caller)."""
+    if not n:
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+    numba.set_num_threads(n)
+    threadpool_limits(n)
+
+
+def matmul_peak(n: int = 2048, dtype=np.float32, repeat: int = 5) -> float:
+    """numpy matmul GFLOP/s at n x n x n, measured now."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=dtype)
+    b = rng.random((n, n), dtype=dtype)
+    out = np.empty((n, n), dtype=dtype)
+    t = timeit(lambda: np.matmul(a, b, out=out), repeat=repeat)
+    return 2 * n ** 3 / t / 1e9
