@@ -1,0 +1,183 @@
+"""The prepared cache of a real data set: its key, its layout and loading it.
+
+A cache lives in ``<cache root>/<data set>/<key>/`` where ``key`` names the image size and frame
+count and ends in a hash of every preprocessing parameter (``params.json`` beside it holds them),
+so a cache built with other parameters is never reused: asking for one that does not exist while
+others do is an error that lists how they differ.
+
+```
+<cache root>/<name>/<key>/params.json      preprocessing parameters (hashed into the key)
+                          clips/<id>.npz   one per decoded clip: audio [1,S,S] float32, frames [F,3,S,S] uint8
+                          audio.npy        [N,1,S,S] float32   \\
+                          frames.npy       [N,F,3,S,S] uint8    > every prepared clip, written at the
+                          labels.npy       [N] int64           /  end of prepare
+                          index.json       class names, clip ids, splits, skipped clips (written last)
+                          report.json      the last prepare report
+```
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from . import audio as _audio
+from . import ave, cremad, urbansound8k_av
+from .base import Dataset, check_split, validation_split
+from .resize import RESIZE_METHOD
+
+__all__ = [
+    "REAL_DATASETS", "FORMAT_VERSION", "COMMON_DEFAULTS", "default_cache_root", "cache_params",
+    "cache_dir", "load_cached", "prepare_command", "atomic_write_text",
+]
+
+REAL_DATASETS = {"ave": ave, "cremad": cremad, "urbansound8k-av": urbansound8k_av}
+FORMAT_VERSION = 1
+COMMON_DEFAULTS = dict(min_seconds=0.25, silence_threshold=1e-4)
+
+
+def default_cache_root() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "refsnn")
+
+
+def _module(name: str):
+    if name not in REAL_DATASETS:
+        raise ValueError(f"name: expected one of {sorted(REAL_DATASETS)} (data sets with files to prepare), got {name!r}")
+    return REAL_DATASETS[name]
+
+
+def cache_params(name: str, image_size: int, **options) -> dict:
+    """Every parameter that changes what prepare writes, with the data set's defaults filled in."""
+    module = _module(name)
+    known = {**COMMON_DEFAULTS, **module.DEFAULTS}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; known: {sorted(known)}")
+    opts = {**known, **options}
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:
+        raise ValueError(f"image_size: expected an integer >= 8, got {image_size!r}")
+    nf = opts["num_frames"]
+    if isinstance(nf, bool) or not isinstance(nf, (int, np.integer)) or nf < 1:
+        raise ValueError(f"num_frames: expected a positive integer, got {nf!r}")
+    for key in ("fps", "min_seconds", "silence_threshold"):
+        if key in opts:
+            v = opts[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 or (key != "fps" and v == 0)):
+                raise ValueError(f"{key}: expected a {'positive' if key == 'fps' else 'non-negative'} number, got {v!r}")
+            opts[key] = float(v)
+    return {
+        "format": FORMAT_VERSION, "dataset": name, "image_size": int(image_size), "num_frames": int(nf),
+        "sample_rate": _audio.SAMPLE_RATE, "n_fft": _audio.N_FFT, "hop": _audio.HOP,
+        "log_eps": _audio.LOG_EPS, "resize": RESIZE_METHOD,
+        **{k: v for k, v in opts.items() if k != "num_frames"},
+    }
+
+
+def cache_dir(cache_root: str | os.PathLike | None, name: str, params: dict) -> str:
+    blob = json.dumps(params, sort_keys=True).encode()
+    key = f"s{params['image_size']}-f{params['num_frames']}-{hashlib.sha256(blob).hexdigest()[:12]}"
+    return os.path.join(os.fspath(cache_root or default_cache_root()), name, key)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file through a temporary file and a rename (never half a file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_command(name: str, root, cache, params: dict) -> str:
+    """The command line that builds the cache ``params`` describe."""
+    module = _module(name)
+    parts = ["python -m refsnn.data.prepare", f"--data {name}", f"--root {root or '<path to the data set>'}"]
+    if cache is not None:
+        parts.append(f"--cache {cache}")
+    parts.append(f"--image-size {params['image_size']}")
+    defaults = {**COMMON_DEFAULTS, **module.DEFAULTS}
+    for key in sorted(defaults):
+        if params.get(key, defaults[key]) != defaults[key]:
+            parts.append(f"--{key.replace('_', '-')} {params[key]:g}")
+    return " ".join(parts)
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _differences(found: dict, wanted: dict) -> list[str]:
+    keys = sorted(set(found) | set(wanted))
+    return [f"{k}: cache has {found.get(k)!r}, asked {wanted.get(k)!r}" for k in keys if found.get(k) != wanted.get(k)]
+
+
+def check_params_file(directory: str, params: dict) -> None:
+    """The cache in ``directory`` must have been made with exactly ``params``."""
+    found = _read_json(os.path.join(directory, "params.json"))
+    diff = _differences(found, params)
+    if diff:
+        raise ValueError(f"cache {directory} was made with other parameters ({'; '.join(diff)}); "
+                         f"delete it or use another --cache")
+
+
+def _missing_cache_error(name, root, cache, params, directory) -> ValueError:
+    module = _module(name)
+    command = prepare_command(name, root, cache, params)
+    parent = os.path.dirname(directory)
+    others = []
+    if os.path.isdir(parent):
+        for key in sorted(os.listdir(parent)):
+            p = os.path.join(parent, key, "params.json")
+            if os.path.isfile(p):
+                others.append((key, _differences(_read_json(p), params)))
+    if others:
+        listing = "\n".join(f"  {key}: {'; '.join(diff)}" for key, diff in others)
+        return ValueError(f"{name}: no cache prepared with these parameters in {parent}; the caches there "
+                          f"were made with other parameters and are not reused:\n{listing}\n"
+                          f"prepare one with:\n  {command}")
+    return ValueError(f"{name}: no prepared cache at {directory}.\nPrepare it from the data set files with:\n"
+                      f"  {command}\nexpected layout of --root:\n{module.LAYOUT}")
+
+
+def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int = 64, seed: int = 0,
+                **options) -> Dataset:
+    """One split of a prepared cache (arrays memory-mapped). Errors say how to prepare it."""
+    check_split(split)
+    module = _module(name)
+    params = cache_params(name, image_size, **options)
+    directory = cache_dir(cache, name, params)
+    if not os.path.isfile(os.path.join(directory, "params.json")):
+        raise _missing_cache_error(name, root, cache, params, directory)
+    check_params_file(directory, params)
+    index_path = os.path.join(directory, "index.json")
+    if not os.path.isfile(index_path):
+        raise ValueError(f"{name}: the cache {directory} is incomplete (prepare was interrupted); run again "
+                         f"(it resumes):\n  {prepare_command(name, root, cache, params)}")
+    index = _read_json(index_path)
+    audio = np.load(os.path.join(directory, "audio.npy"), mmap_mode="r", allow_pickle=False)
+    frames = np.load(os.path.join(directory, "frames.npy"), mmap_mode="r", allow_pickle=False)
+    labels = np.load(os.path.join(directory, "labels.npy"), allow_pickle=False)
+    n = len(index["clip_ids"])
+    s, f = params["image_size"], params["num_frames"]
+    if audio.shape != (n, 1, s, s) or frames.shape != (n, f, 3, s, s) or labels.shape != (n,):
+        raise ValueError(f"{name}: the cache {directory} is inconsistent (arrays {audio.shape}, {frames.shape}, "
+                         f"{labels.shape} for {n} clips); delete it and prepare again")
+    splits = np.asarray(index["splits"])
+    if split == "val" and module.VAL_FROM == "train":
+        train_rows = np.nonzero(splits == "train")[0]
+        keep_train, keep_val = validation_split(len(train_rows), seed)
+        rows = train_rows[keep_val]
+    elif split == "train" and module.VAL_FROM == "train":
+        train_rows = np.nonzero(splits == "train")[0]
+        rows = train_rows[validation_split(len(train_rows), seed)[0]]
+    else:
+        rows = np.nonzero(splits == split)[0]
+    if rows.size == 0:
+        skipped = [s_ for s_ in index.get("skipped", []) if s_.get("split") == split]
+        raise ValueError(f"{name}: the {split} split is empty in {directory} ({len(skipped)} of its clips were "
+                         f"skipped during prepare; see report.json there)")
+    return Dataset(name, split, index["class_names"], audio, frames, labels, index["clip_ids"], rows=rows)

@@ -1,0 +1,301 @@
+"""Decode a real data set once into the cache that training reads (SPEC section 9).
+
+    python -m refsnn.data.prepare --data {ave,cremad,urbansound8k-av} --root PATH
+        [--cache DIR] [--image-size N] [--num-frames F] [--fps R] [--min-seconds S]
+        [--strict] [--workers W] [--no-progress]
+
+- Resumable: a clip whose file is already in the cache is not decoded again; each clip is
+  written through a temporary file and a rename, so an interrupt leaves no half file.
+- A clip that cannot be decoded (missing, corrupt or truncated file, no audio track, silent or
+  shorter than ``--min-seconds``) is skipped and named with the reason in the final report;
+  ``--strict`` stops at the first one instead. Layout problems (missing root or split file, a
+  malformed row, an unknown class, an empty split) are always errors.
+- ``--cache`` defaults to ``~/.cache/refsnn``; the cache of one parameter set lives in its own
+  folder (``refsnn.data.cache``), so other parameters never reuse it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from ..nn.module import load_npz, save_npz_atomic
+from .audio import read_audio, spectrogram_from_waveform
+from .base import ClipSource, MediaError
+from .cache import (COMMON_DEFAULTS, REAL_DATASETS, atomic_write_text, cache_dir, cache_params,
+                    check_params_file)
+from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
+
+__all__ = ["PrepareReport", "PrepareError", "prepare", "decode_clip", "main"]
+
+
+class PrepareError(ValueError):
+    """``--strict``: a clip could not be decoded."""
+
+
+@dataclass
+class PrepareReport:
+    """What one ``prepare`` run did. ``skipped``: ``[(clip_id, reason)]`` of clips left out;
+    ``notes``: ``[(clip_id, text)]`` of rows dropped while reading the lists (repeated ids)."""
+    name: str
+    cache_dir: str
+    listed: int
+    decoded: int
+    reused: int
+    skipped: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    split_counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def prepared(self) -> int:
+        return self.decoded + self.reused
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"prepare {self.name}: {self.listed} clips listed, {self.decoded} decoded now, "
+                 f"{self.reused} already in the cache, {len(self.skipped)} skipped ({self.seconds:.1f} s)",
+                 f"cache: {self.cache_dir}",
+                 "clips per split: " + ", ".join(f"{k} {v}" for k, v in self.split_counts.items())]
+        if self.skipped:
+            lines.append(f"skipped clips ({len(self.skipped)}):")
+            lines += [f"  {clip}: {reason}" for clip, reason in self.skipped]
+        if self.notes:
+            lines.append(f"dropped rows ({len(self.notes)}):")
+            lines += [f"  {clip}: {text}" for clip, text in self.notes]
+        return "\n".join(lines)
+
+
+def decode_clip(src: ClipSource, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One clip -> (audio ``[1,S,S]`` float32 log-spectrogram, frames ``[F,3,S,S]`` uint8).
+
+    Raises ``MediaError`` with the reason when the clip cannot be used.
+    """
+    size, count = params["image_size"], params["num_frames"]
+    duration = None
+    if src.visual_kind == "video":
+        raw, duration = decode_frames(src.visual_path, params["fps"])
+    elif src.visual_kind == "frames_dir":
+        raw = read_image_folder(src.visual_path)
+    elif src.visual_kind == "image":
+        raw = read_image(src.visual_path)[None]
+    else:
+        raise ValueError(f"visual_kind: unknown {src.visual_kind!r}")
+    if src.audio_kind == "video":
+        same_file = src.audio_path == src.visual_path
+        wave, rate = decode_audio_track(src.audio_path, duration if same_file else None)
+    elif src.audio_kind == "file":
+        if not os.path.isfile(src.audio_path):
+            raise MediaError(f"missing file {src.audio_path}")
+        wave, rate = read_audio(src.audio_path)
+    else:
+        raise ValueError(f"audio_kind: unknown {src.audio_kind!r}")
+    audio = spectrogram_from_waveform(wave, rate, size, min_seconds=params["min_seconds"],
+                                      silence_threshold=params["silence_threshold"])
+    return audio, frames_to_input(raw, size, count)
+
+
+def _clip_path(clips_dir: str, clip_id: str) -> str:
+    parts = clip_id.split("/")
+    if not clip_id or any(p in ("", ".", "..") for p in parts) or "\\" in clip_id:
+        raise ValueError(f"clip id {clip_id!r} cannot name a cache file")
+    return os.path.join(clips_dir, *parts) + ".npz"
+
+
+def _remove_stale_temporaries(folder: str) -> None:
+    """Delete the temporary files of writers that were killed (``.<name>.<pid>.tmp``, pid gone)."""
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            try:
+                pid = int(name[:-4].rsplit(".", 1)[1])
+                os.kill(pid, 0)
+                alive = pid != os.getpid()
+            except (ValueError, IndexError, ProcessLookupError):
+                alive = False
+            except PermissionError:
+                alive = True
+            if not alive:
+                os.remove(os.path.join(dirpath, name))
+
+
+def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
+    audio, frames = decode_clip(src, params)
+    save_npz_atomic(path, {"audio": audio, "frames": frames})
+
+
+def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name):
+    """Decode ``todo`` clips; returns ``[(clip_id, reason)]`` of the ones skipped."""
+    from tqdm import tqdm
+    skipped = []
+    bar = tqdm(total=len(todo), desc=f"prepare {name}", unit="clip", disable=not progress, file=sys.stderr)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        pending = {}
+        queue = iter(todo)
+
+        def submit_next():
+            src = next(queue, None)
+            if src is not None:
+                pending[pool.submit(_decode_and_store, src, params, _clip_path(clips_dir, src.clip_id))] = src
+
+        for _ in range(2 * workers):
+            submit_next()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                src = pending.pop(fut)
+                try:
+                    fut.result()
+                except MediaError as exc:
+                    if strict:
+                        raise PrepareError(f"{name}: clip {src.clip_id} ({src.split}): {exc} "
+                                           f"[--strict; without it the clip is skipped and reported]") from None
+                    skipped.append((src.clip_id, str(exc)))
+                bar.update(1)
+                submit_next()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    order = {src.clip_id: i for i, src in enumerate(todo)}
+    return sorted(skipped, key=lambda s: order[s[0]])
+
+
+def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
+    """Stack the per-clip files of ``ready`` clips into the arrays training reads; index.json last."""
+    clips_dir = os.path.join(directory, "clips")
+    index = {
+        "format": params["format"], "name": manifest.name, "class_names": list(manifest.class_names),
+        "val_from": REAL_DATASETS[manifest.name].VAL_FROM,
+        "clip_ids": [c.clip_id for c in ready], "splits": [c.split for c in ready],
+        "labels": [int(c.label) for c in ready],
+        "skipped": [{"clip_id": c, "split": s, "reason": r} for c, s, r in skipped],
+        "notes": [{"clip_id": c, "text": t} for c, t in notes],
+    }
+    index_path = os.path.join(directory, "index.json")
+    names = ("audio.npy", "frames.npy", "labels.npy")
+    if os.path.isfile(index_path) and all(os.path.isfile(os.path.join(directory, f)) for f in names):
+        with open(index_path, encoding="utf-8") as f:
+            if json.load(f) == index:
+                return index
+        os.remove(index_path)                    # readers see "incomplete" until the new one is in place
+    n, s, fr = len(ready), params["image_size"], params["num_frames"]
+    tmp = {f: os.path.join(directory, f".{f}.{os.getpid()}.tmp") for f in names}
+    audio = np.lib.format.open_memmap(tmp["audio.npy"], mode="w+", dtype=np.float32, shape=(n, 1, s, s))
+    frames = np.lib.format.open_memmap(tmp["frames.npy"], mode="w+", dtype=np.uint8, shape=(n, fr, 3, s, s))
+    for i, src in enumerate(ready):
+        path = _clip_path(clips_dir, src.clip_id)
+        arrays = load_npz(path)
+        a, f_ = arrays.get("audio"), arrays.get("frames")
+        if a is None or f_ is None or a.shape != (1, s, s) or a.dtype != np.float32 \
+                or f_.shape != (fr, 3, s, s) or f_.dtype != np.uint8:
+            raise ValueError(f"{path}: not a clip of this cache (delete the file and run prepare again)")
+        audio[i], frames[i] = a, f_
+    audio.flush()
+    frames.flush()
+    del audio, frames
+    with open(tmp["labels.npy"], "wb") as f:
+        np.save(f, np.asarray(index["labels"], dtype=np.int64))
+    for f in names:
+        os.replace(tmp[f], os.path.join(directory, f))
+    atomic_write_text(index_path, json.dumps(index))
+    return index
+
+
+def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool = False,
+            progress: bool = True, workers: int = 1, **options) -> PrepareReport:
+    """Decode data set ``name`` from ``root`` into its cache under ``cache`` (default ``~/.cache/refsnn``).
+
+    ``options``: ``num_frames``, ``fps`` (video data sets), ``min_seconds``, ``silence_threshold``.
+    Returns the report (also printed by the command line and saved as ``report.json``).
+    """
+    if name == "synthetic":
+        raise ValueError("name: 'synthetic' is generated in memory from a seed; there is nothing to prepare")
+    if name not in REAL_DATASETS:
+        raise ValueError(f"name: expected one of {sorted(REAL_DATASETS)}, got {name!r}")
+    if root is None:
+        raise ValueError(f"root: the folder of the {name} data set is required\n"
+                         f"expected layout:\n{REAL_DATASETS[name].LAYOUT}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    start = time.perf_counter()
+    params = cache_params(name, image_size, **options)
+    manifest = REAL_DATASETS[name].scan(os.fspath(root), params)
+    directory = cache_dir(cache, name, params)
+    clips_dir = os.path.join(directory, "clips")
+    os.makedirs(clips_dir, exist_ok=True)
+    params_path = os.path.join(directory, "params.json")
+    if os.path.isfile(params_path):
+        check_params_file(directory, params)
+    else:
+        atomic_write_text(params_path, json.dumps(params, sort_keys=True, indent=1))
+    _remove_stale_temporaries(directory)
+
+    done = {c.clip_id for c in manifest.clips if os.path.isfile(_clip_path(clips_dir, c.clip_id))}
+    todo = [c for c in manifest.clips if c.clip_id not in done]
+    with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
+        skipped = _run_decoding(todo, params, clips_dir, strict=strict, progress=progress,
+                                workers=workers, name=name)
+    skipped_ids = {c for c, _ in skipped}
+    ready = [c for c in manifest.clips if c.clip_id not in skipped_ids]
+    if not ready:
+        raise ValueError(f"{name}: no clip of {root} could be decoded ({len(skipped)} skipped); "
+                         f"first reasons: {skipped[:3]}")
+    split_of = {c.clip_id: c.split for c in manifest.clips}
+    _consolidate(directory, manifest, ready, params,
+                 [(c, split_of[c], r) for c, r in skipped], manifest.notes)
+    counts = {}
+    for c in ready:
+        counts[c.split] = counts.get(c.split, 0) + 1
+    report = PrepareReport(name, directory, len(manifest.clips), len(todo) - len(skipped), len(done),
+                           skipped, list(manifest.notes), counts, time.perf_counter() - start)
+    atomic_write_text(os.path.join(directory, "report.json"), json.dumps(report.to_dict(), indent=1))
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m refsnn.data.prepare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, choices=sorted(REAL_DATASETS), help="data set name")
+    p.add_argument("--root", required=True, help="folder of the data set as distributed")
+    p.add_argument("--cache", default=None, help="cache root (default ~/.cache/refsnn)")
+    p.add_argument("--image-size", type=int, default=64, help="spectrogram and frame side (64 for the cpu "
+                                                               "config, 32 tiny, 128 paper)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per clip (default: the data set's)")
+    p.add_argument("--fps", type=float, default=None, help="frame sampling rate of videos (default: the data set's)")
+    p.add_argument("--min-seconds", type=float, default=COMMON_DEFAULTS["min_seconds"],
+                   help="shorter audio is skipped as very short")
+    p.add_argument("--strict", action="store_true", help="fail on the first undecodable clip instead of skipping it")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    options = {"min_seconds": args.min_seconds}
+    if args.num_frames is not None:
+        options["num_frames"] = args.num_frames
+    if args.fps is not None:
+        options["fps"] = args.fps
+    try:
+        report = prepare(args.data, args.root, args.cache, image_size=args.image_size, strict=args.strict,
+                         progress=not args.no_progress, workers=args.workers, **options)
+    except ValueError as exc:                     # layout, row, option and --strict errors
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
