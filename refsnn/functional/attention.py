@@ -1,0 +1,305 @@
+"""Spiking attention cores (SPEC section 4) as forward/backward pairs.
+
+    qk_token_forward(q, k, heads)   QKTA: A = LIF_0.5(per-head channel sums of Q)  [T,B,h,N]
+    qk_channel_forward(q, k)        QKCA: A = LIF_0.5(per-channel token sums of Q) [T,B,D]
+                                    both: Z = A * K (A broadcast), linear in N
+    ssa_forward(q, k, v, heads)     Spikformer SSA: LIF_0.5((Q Kᵀ) V * scale) per head, with the
+                                    explicit N x N map (quadratic in N; the reference to beat)
+
+q, k, v are ``[T, B, D, N]`` binary spike maps of any real or integer dtype (checked binary,
+never cast). Outputs and gradients are float: float64 if an input is float64, else float32.
+
+Options (keyword-only, beyond the SPEC section 11 signatures):
+    neuron   keyword arguments of ``lif_forward`` for the attention LIF; they update the
+             defaults ``{"v_threshold": 0.5}`` (``Config.attention_neuron_kwargs()`` gives the
+             model's). ``spike_fn="smooth"`` (SPEC section 12) lets q, k, v be real-valued and
+             needs ``backend="dense"``.
+    backend  "packed" (default; bit-packed Numba kernels, ``refsnn.kernels.qk``) or "dense"
+             (NumPy on unpacked arrays). Both give identical spikes, Z and gradients.
+
+Every cache holds ``counts`` (str -> int), what the op executed on its input:
+    additions        Q spikes summed into P (one accumulate each)
+    selects          K spikes the mask was applied to
+    kept             K spikes kept (= spikes of Z; SPEC section 7 counts one AC each)
+    comparisons      threshold comparisons of the attention LIF (one per attention neuron and
+                     time step: T*B*h*N for QKTA, T*B*D for QKCA, T*B*D*N for SSA)
+    popcount_words   uint64 words of Q popcounted (packed backend only)
+    and_words        uint64 words of K ANDed with the mask (packed backend only)
+    macs             SSA only: multiply-accumulates of Q Kᵀ and (Q Kᵀ) V, 2*T*B*D*N²
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..kernels import qk as _k
+from ..kernels.bitpack import num_words, pack_bits, unpack_bits
+from .checks import check_array, check_binary, check_float_array, check_positive_int
+from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
+from .lif import lif_backward, lif_forward
+
+__all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_channel_backward",
+           "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS"]
+
+ATTENTION_BACKENDS = ("packed", "dense")
+_NEURON_DEFAULTS = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True,
+                        detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside")
+
+
+def attention_options(neuron: dict | None) -> dict:
+    """Complete, validated ``lif_forward`` keyword arguments of an attention LIF: the defaults
+    ``{"v_threshold": 0.5}`` (and lif_forward's others) updated by ``neuron``."""
+    if neuron is None:
+        neuron = {}
+    if not isinstance(neuron, dict):
+        raise ValueError(f"neuron: expected a dict of lif_forward keyword arguments or None, "
+                         f"got {type(neuron).__name__}")
+    unknown = sorted(set(neuron) - set(_NEURON_DEFAULTS) - {"backend"})
+    if unknown:
+        raise ValueError(f"neuron: unknown LIF option(s) {unknown}; known: "
+                         f"{sorted(_NEURON_DEFAULTS) + ['backend']}")
+    merged = {**_NEURON_DEFAULTS, **neuron}
+    backend = merged.pop("backend", "numba")
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"neuron: backend expected 'numba' or 'numpy', got {backend!r}")
+    opts = _lif_options(**merged)
+    opts["backend"] = backend
+    return opts
+
+
+def _lif_kwargs(opts: dict) -> dict:
+    """lif_forward keyword arguments from validated options."""
+    return {k: opts[k] for k in (*_NEURON_DEFAULTS, "backend")}
+
+
+def _compute_dtype(*arrays) -> np.dtype:
+    return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays) else np.dtype(np.float32)
+
+
+def _check_inputs(arrays: dict, neuron, backend) -> tuple[dict, np.dtype]:
+    """Validate q, k (, v) and the options; returns (LIF options, compute dtype)."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend: expected one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+    opts = attention_options(neuron)
+    smooth = opts["spike_fn"] == "smooth"
+    if smooth and backend == "packed":
+        raise ValueError("backend: smooth spikes (spike_fn='smooth', SPEC section 12) have no "
+                         "bit-packed form; use backend='dense'")
+    first_name, first = next(iter(arrays.items()))
+    for name, x in arrays.items():
+        check_array(x, name, ndim=4)
+        if x.shape != first.shape:
+            raise ValueError(f"{name}: expected the shape of {first_name} {first.shape}, got {x.shape}")
+        if min(x.shape) < 1:
+            raise ValueError(f"{name}: expected [T, B, D, N] with every axis >= 1, got {x.shape}")
+        if smooth:
+            check_float_array(x, name)
+        elif backend == "dense":
+            check_binary(x, name)          # the packed path validates while packing
+    return opts, _compute_dtype(*arrays.values())
+
+
+def _check_heads(heads, D: int) -> int:
+    heads = check_positive_int(heads, "heads")
+    if D % heads:
+        raise ValueError(f"heads: expected a divisor of the channel count D = {D}, got {heads}")
+    return heads
+
+
+def _check_cache(cache, op: str) -> dict:
+    if not isinstance(cache, dict) or cache.get("op") != op:
+        raise ValueError(f"cache: expected the cache returned by {op}_forward, got "
+                         f"{type(cache).__name__}" + (f" of {cache.get('op')}_forward"
+                                                      if isinstance(cache, dict) else ""))
+    return cache
+
+
+def _check_grad(dy, name: str, cache: dict) -> np.ndarray:
+    check_float_array(dy, name, ndim=4)
+    if dy.shape != cache["shape"]:
+        raise ValueError(f"{name}: expected shape {cache['shape']} (the forward's output), got {dy.shape}")
+    return np.ascontiguousarray(dy, dtype=cache["dtype"])
+
+
+def _packed_lif_cache(h: np.ndarray, opts: dict, shape: tuple) -> LIFCache:
+    """The LIF cache of an attention LIF that the packed kernel ran, for ``lif_backward``."""
+    return LIFCache(h.reshape(shape[0], -1), dict(opts), shape)
+
+
+# --------------------------------------------------------------------------------------------
+# QKTA
+# --------------------------------------------------------------------------------------------
+
+def qk_token_forward(q, k, heads, *, neuron=None, backend="packed"):
+    """Token attention: z ``[T, B, D, N]`` = A[head(c), n] * K[c, n], A = LIF(sum_{c in head} Q).
+
+    Returns ``(z, cache)``; ``cache["counts"]`` as in the module docstring.
+    """
+    opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
+    T, B, D, N = q.shape
+    heads = _check_heads(heads, D)
+    d = D // heads
+    shape_a = (T, B, heads, N)
+    cache = dict(op="qk_token", backend=backend, shape=q.shape, dtype=dtype, heads=heads)
+    if backend == "packed":
+        # each head's d channels are packed separately: word w of head i holds its channels
+        # 64w .. 64w+63, so a head's popcount never reads another head's bits
+        qw = pack_bits(q.reshape(T, B, heads, d, N), axis=3, name="q")
+        kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3, name="k")
+        Wd = qw.shape[3]
+        qw = qw.reshape(T, B * heads, Wd, N)
+        kw = kw.reshape(T, B * heads, Wd, N)
+        zw, a, h, counts = _k.qk_token_packed(qw, kw, _lif_typed_args(opts, dtype))
+        z = unpack_bits(zw.reshape(T * B * heads, Wd, N), d, axis=1, dtype=dtype).reshape(T, B, D, N)
+        a = a.reshape(shape_a)
+        cache.update(kw=kw, a=a, lif=_packed_lif_cache(h, opts, shape_a))
+        counts.update(popcount_words=int(qw.size), and_words=int(kw.size))
+    else:
+        kf = np.ascontiguousarray(k, dtype=dtype)
+        a, lif_cache = lif_forward(_k.token_sums(np.asarray(q, dtype=dtype), heads),
+                                   **_lif_kwargs(opts))
+        z = _k.token_mask(a, kf)
+        counts = _k.dense_counts(q, k, z)
+        cache.update(k=kf, a=a, lif=lif_cache)
+    counts["comparisons"] = int(np.prod(shape_a))
+    cache["counts"] = counts
+    return z, cache
+
+
+def qk_token_backward(dz, cache):
+    """Returns ``(dq, dk)``, each ``[T, B, D, N]``: dK = A * dZ; dA = the head's channel sum of
+    K * dZ; dP = the attention LIF's backward of dA; dQ = dP broadcast over the head's channels.
+    Never mutates ``dz``."""
+    cache = _check_cache(cache, "qk_token")
+    dz = _check_grad(dz, "dz", cache)
+    T, B, D, N = cache["shape"]
+    heads = cache["heads"]
+    d = D // heads
+    if cache["backend"] == "packed":
+        dk = np.empty_like(dz)
+        da = np.empty((T, B * heads, N), dtype=dz.dtype)
+        _k.qk_token_backward_kernel(cache["kw"], cache["a"].reshape(T, B * heads, N),
+                                    dz.reshape(T, B * heads, d, N), dk.reshape(T, B * heads, d, N), da)
+        da = da.reshape(T, B, heads, N)
+    else:
+        dk, da = _k.qk_token_backward_dense(cache["k"], cache["a"], dz)
+    dp = lif_backward(da, cache["lif"])
+    dq = np.repeat(dp[:, :, :, None, :], d, axis=3).reshape(T, B, D, N)
+    return dq, dk
+
+
+# --------------------------------------------------------------------------------------------
+# QKCA
+# --------------------------------------------------------------------------------------------
+
+def qk_channel_forward(q, k, *, neuron=None, backend="packed"):
+    """Channel attention: z ``[T, B, D, N]`` = A[c] * K[c, n], A = LIF(sum_n Q[c, n]).
+
+    Returns ``(z, cache)``; ``cache["counts"]`` as in the module docstring.
+    """
+    opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
+    T, B, D, N = q.shape
+    shape_a = (T, B, D)
+    cache = dict(op="qk_channel", backend=backend, shape=q.shape, dtype=dtype)
+    if backend == "packed":
+        WN = num_words(N)
+        qw = pack_bits(q, axis=3, name="q").reshape(T, B * D, WN)
+        kw = pack_bits(k, axis=3, name="k").reshape(T, B * D, WN)
+        zw, a, h, counts = _k.qk_channel_packed(qw, kw, _lif_typed_args(opts, dtype))
+        z = unpack_bits(zw.reshape(T, B, D, WN), N, axis=3, dtype=dtype)
+        a = a.reshape(shape_a)
+        cache.update(kw=kw, a=a, lif=_packed_lif_cache(h, opts, shape_a))
+        counts.update(popcount_words=int(qw.size), and_words=int(kw.size))
+    else:
+        kf = np.ascontiguousarray(k, dtype=dtype)
+        a, lif_cache = lif_forward(_k.channel_sums(np.asarray(q, dtype=dtype)), **_lif_kwargs(opts))
+        z = _k.channel_mask(a, kf)
+        counts = _k.dense_counts(q, k, z)
+        cache.update(k=kf, a=a, lif=lif_cache)
+    counts["comparisons"] = int(np.prod(shape_a))
+    cache["counts"] = counts
+    return z, cache
+
+
+def qk_channel_backward(dz, cache):
+    """Returns ``(dq, dk)``: dK = A * dZ; dA = the token sum of K * dZ; dP = the attention
+    LIF's backward of dA; dQ = dP broadcast over tokens. Never mutates ``dz``."""
+    cache = _check_cache(cache, "qk_channel")
+    dz = _check_grad(dz, "dz", cache)
+    T, B, D, N = cache["shape"]
+    if cache["backend"] == "packed":
+        dk = np.empty_like(dz)
+        da = np.empty((T, B * D), dtype=dz.dtype)
+        _k.qk_channel_backward_kernel(cache["kw"], cache["a"].reshape(T, B * D),
+                                      dz.reshape(T, B * D, N), dk.reshape(T, B * D, N), da)
+        da = da.reshape(T, B, D)
+    else:
+        dk, da = _k.qk_channel_backward_dense(cache["k"], cache["a"], dz)
+    dp = lif_backward(da, cache["lif"])
+    dq = np.ascontiguousarray(np.broadcast_to(dp[:, :, :, None], (T, B, D, N)))
+    return dq, dk
+
+
+# --------------------------------------------------------------------------------------------
+# SSA (quadratic reference)
+# --------------------------------------------------------------------------------------------
+
+def _ssa_slices(x: np.ndarray, heads: int) -> np.ndarray:
+    """``[T, B, D, N]`` -> ``[T*B*h, d, N]`` view: one (time, sample, head) slice per row."""
+    T, B, D, N = x.shape
+    return x.reshape(T * B * heads, D // heads, N)
+
+
+def ssa_forward(q, k, v, heads, scale=0.125, *, neuron=None):
+    """Spiking self-attention with an explicit map: per head, attn = Q Kᵀ ``[N, N]``, then
+    out = LIF_0.5((attn V) * scale), ``[T, B, D, N]``.
+
+    Evaluated in this order on purpose (the N² cost is the point of the comparison; without a
+    softmax Q (Kᵀ V) would be linear). One (time, sample, head) slice at a time, so at most
+    one N x N map is alive; the backward recomputes it instead of caching T*B*h of them.
+    """
+    opts, dtype = _check_inputs({"q": q, "k": k, "v": v}, neuron, "dense")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number, got {scale!r}")
+    T, B, D, N = q.shape
+    heads = _check_heads(heads, D)
+    qf, kf, vf = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
+    qs, ks, vs = (_ssa_slices(x, heads) for x in (qf, kf, vf))
+    x = np.empty((T, B, D, N), dtype=dtype)
+    xs = _ssa_slices(x, heads)
+    attn = np.empty((N, N), dtype=dtype)
+    for i in range(qs.shape[0]):
+        np.matmul(qs[i].T, ks[i], out=attn)        # attn[n, m] = sum_c Q[c, n] K[c, m]
+        np.matmul(vs[i], attn.T, out=xs[i])        # x[c, n] = sum_m attn[n, m] V[c, m]
+    del attn
+    x *= dtype.type(scale)
+    out, lif_cache = lif_forward(x, **_lif_kwargs(opts))
+    counts = dict(macs=int(2 * T * B * D * N * N), comparisons=int(x.size))
+    cache = dict(op="ssa", shape=q.shape, dtype=dtype, heads=heads, scale=float(scale),
+                 q=qf, k=kf, v=vf, lif=lif_cache, counts=counts)
+    return out, cache
+
+
+def ssa_backward(dout, cache):
+    """Returns ``(dq, dk, dv)``, each ``[T, B, D, N]``. Never mutates ``dout``."""
+    cache = _check_cache(cache, "ssa")
+    dout = _check_grad(dout, "dout", cache)
+    dtype, heads = cache["dtype"], cache["heads"]
+    N = cache["shape"][3]
+    dx = lif_backward(dout, cache["lif"])
+    dx *= dtype.type(cache["scale"])
+    qs, ks, vs = (_ssa_slices(cache[n], heads) for n in ("q", "k", "v"))
+    dxs = _ssa_slices(dx, heads)
+    dq, dk, dv = (np.empty(cache["shape"], dtype=dtype) for _ in range(3))
+    dqs, dks, dvs = (_ssa_slices(g, heads) for g in (dq, dk, dv))
+    attn = np.empty((N, N), dtype=dtype)
+    dattn = np.empty((N, N), dtype=dtype)
+    for i in range(qs.shape[0]):
+        np.matmul(qs[i].T, ks[i], out=attn)
+        np.matmul(dxs[i], attn, out=dvs[i])         # dV[c, m] = sum_n dx[c, n] attn[n, m]
+        np.matmul(dxs[i].T, vs[i], out=dattn)       # dattn[n, m] = sum_c dx[c, n] V[c, m]
+        np.matmul(ks[i], dattn.T, out=dqs[i])       # dQ[c, n] = sum_m dattn[n, m] K[c, m]
+        np.matmul(qs[i], dattn, out=dks[i])         # dK[c, m] = sum_n dattn[n, m] Q[c, n]
+    return dq, dk, dv

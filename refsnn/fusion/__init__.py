@@ -1,0 +1,5 @@
+"""Cross-modal fusion modules (SPEC sections 5 and 8): ``forward(x_audio, x_visual) ->
+(y_audio, y_visual)``, ``backward(dy_audio, dy_visual) -> (dx_audio, dx_visual)``."""
+from .cmqka import CMQKA, MASK_FROM, RESIDUALS, ResidualCrossFusion
+
+__all__ = ["CMQKA", "ResidualCrossFusion", "MASK_FROM", "RESIDUALS"]

@@ -1,0 +1,255 @@
+"""Bit packing of spike maps into uint64 words (SPEC section 4), Numba kernels and NumPy twins.
+
+Bit ``i`` of word ``w`` holds element ``64*w + i`` of the packed axis; padding bits (past the
+axis length) are 0. Any axis can be packed: the array is viewed as ``[P, L, Q]`` (everything
+before the axis, the axis, everything after) and packed to ``[P, ceil(L/64), Q]``, so packing a
+middle axis keeps the trailing axis contiguous (QKTA packs a head's channels and keeps tokens
+contiguous; QKCA packs the tokens).
+
+Packing validates as it reads: a value other than 0 or 1 (a 2, a 0.5, a NaN) is never cast,
+it raises ``ValueError`` naming the first offending index. ``popcount64`` compiles to the
+hardware ``popcnt`` (an LLVM ``ctpop``; ``np.bitwise_count`` does not compile in Numba 0.68).
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
+
+from ..functional.checks import check_array, check_binary
+
+__all__ = ["pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel", "pack_last_kernel",
+           "unpack_kernel", "unpack_last_kernel",
+           "pack_numpy", "unpack_numpy", "WORD_BITS"]
+
+WORD_BITS = 64
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """Number of set bits of a 64-bit integer, as int64 (an int64 result keeps Numba from
+    promoting ``int64 + uint64`` sums to float64)."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.int64(x), codegen
+
+
+def num_words(length: int) -> int:
+    """Words needed for ``length`` bits."""
+    return -(-int(length) // WORD_BITS)
+
+
+_QBLOCK = 256   # trailing-axis block: a block of output words stays in L1 while 64 rows are read
+_WBLOCK = 64    # words per work unit when packing the last axis
+
+
+@nb.njit(parallel=True, cache=True)
+def pack_kernel(x, out, bad):
+    """x ``[P, L, Q]`` (any numeric dtype, Q > 1) -> out ``[P, W, Q]`` uint64, W = ceil(L/64).
+
+    Work unit u covers one word row (p, w) and a block of Q. ``bad[u]`` is nonzero when the
+    unit met a value that is neither 0 nor 1 (NaN included); the caller then reports the
+    first such index. ``bad`` needs ``P * W * ceil(Q / _QBLOCK)`` entries.
+    """
+    P, L, Q = x.shape
+    W = out.shape[1]
+    nqb = (Q + _QBLOCK - 1) // _QBLOCK
+    for u in nb.prange(P * W * nqb):
+        p = u // (W * nqb)
+        rem = u - p * W * nqb
+        w = rem // nqb
+        q0 = (rem - w * nqb) * _QBLOCK
+        q1 = min(Q, q0 + _QBLOCK)
+        l0 = w * 64
+        nbits = min(64, L - l0)
+        # (v != 0) xor (v == 1) is 1 exactly for values other than 0 and 1 (NaN included);
+        # an integer OR keeps the loop vectorisable where a branch would not
+        badacc = np.uint64(0)
+        o = out[p, w, q0:q1]
+        o[:] = 0
+        for j in range(nbits):
+            sh = np.uint64(j)
+            row = x[p, l0 + j, q0:q1]
+            for q in range(q1 - q0):
+                v = row[q]
+                b = np.uint64(v == 1)
+                badacc |= np.uint64(v != 0) ^ b
+                o[q] |= b << sh
+        bad[u] = badacc
+
+
+@nb.njit(parallel=True, cache=True)
+def pack_last_kernel(x, out, bad):
+    """x ``[P, L]`` -> out ``[P, W]`` uint64 (packing the contiguous axis).
+
+    Work unit u covers row p and a block of _WBLOCK words; ``bad`` as in ``pack_kernel``,
+    with ``P * ceil(W / _WBLOCK)`` entries.
+    """
+    P, L = x.shape
+    W = out.shape[1]
+    nwb = (W + _WBLOCK - 1) // _WBLOCK
+    for u in nb.prange(P * nwb):
+        p = u // nwb
+        w0 = (u - p * nwb) * _WBLOCK
+        w1 = min(W, w0 + _WBLOCK)
+        badacc = np.uint64(0)
+        for w in range(w0, w1):
+            l0 = w * 64
+            acc = np.uint64(0)
+            if l0 + 64 <= L:    # constant trip count: LLVM vectorises the word
+                seg = x[p, l0:l0 + 64]
+                for j in range(64):
+                    v = seg[j]
+                    b = np.uint64(v == 1)
+                    badacc |= np.uint64(v != 0) ^ b
+                    acc |= b << np.uint64(j)
+            else:
+                for j in range(L - l0):
+                    v = x[p, l0 + j]
+                    b = np.uint64(v == 1)
+                    badacc |= np.uint64(v != 0) ^ b
+                    acc |= b << np.uint64(j)
+            out[p, w] = acc
+        bad[u] = badacc
+
+
+@nb.njit(parallel=True, cache=True)
+def unpack_kernel(words, out):
+    """words ``[P, W, Q]`` uint64 (Q > 1) -> out ``[P, L, Q]`` (any numeric dtype), 0 or 1."""
+    P, L, Q = out.shape
+    W = words.shape[1]
+    nqb = (Q + _QBLOCK - 1) // _QBLOCK
+    for u in nb.prange(P * W * nqb):
+        p = u // (W * nqb)
+        rem = u - p * W * nqb
+        w = rem // nqb
+        q0 = (rem - w * nqb) * _QBLOCK
+        q1 = min(Q, q0 + _QBLOCK)
+        l0 = w * 64
+        nbits = min(64, L - l0)
+        src = words[p, w, q0:q1]
+        for j in range(nbits):
+            sh = np.uint64(j)
+            dst = out[p, l0 + j, q0:q1]
+            for q in range(q1 - q0):
+                dst[q] = (src[q] >> sh) & np.uint64(1)
+
+
+@nb.njit(parallel=True, cache=True)
+def unpack_last_kernel(words, out):
+    """words ``[P, W]`` uint64 -> out ``[P, L]`` (unpacking the contiguous axis)."""
+    P, L = out.shape
+    W = words.shape[1]
+    nwb = (W + _WBLOCK - 1) // _WBLOCK
+    for u in nb.prange(P * nwb):
+        p = u // nwb
+        w0 = (u - p * nwb) * _WBLOCK
+        w1 = min(W, w0 + _WBLOCK)
+        for w in range(w0, w1):
+            l0 = w * 64
+            word = words[p, w]
+            if l0 + 64 <= L:
+                dst = out[p, l0:l0 + 64]
+                for j in range(64):
+                    dst[j] = (word >> np.uint64(j)) & np.uint64(1)
+            else:
+                for j in range(L - l0):
+                    out[p, l0 + j] = (word >> np.uint64(j)) & np.uint64(1)
+
+
+def pack_numpy(x3: np.ndarray) -> np.ndarray:
+    """Twin of ``pack_kernel`` (valid binary input): ``[P, L, Q]`` -> ``[P, W, Q]`` uint64."""
+    P, L, Q = x3.shape
+    W = num_words(L)
+    bits = np.zeros((P, W * WORD_BITS, Q), dtype=np.uint64)
+    bits[:, :L] = (x3 == 1)
+    shifts = np.arange(WORD_BITS, dtype=np.uint64)[None, None, :, None]
+    return np.bitwise_or.reduce(bits.reshape(P, W, WORD_BITS, Q) << shifts, axis=2)
+
+
+def unpack_numpy(words3: np.ndarray, length: int, dtype=np.uint8) -> np.ndarray:
+    """Twin of ``unpack_kernel``: ``[P, W, Q]`` uint64 -> ``[P, length, Q]``."""
+    P, W, Q = words3.shape
+    shifts = np.arange(WORD_BITS, dtype=np.uint64)[None, None, :, None]
+    bits = (words3[:, :, None, :] >> shifts) & np.uint64(1)
+    return bits.reshape(P, W * WORD_BITS, Q)[:, :length].astype(dtype)
+
+
+def _axis(axis, ndim: int, name: str = "axis") -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: expected an integer in [{-ndim}, {ndim}) for an array of "
+                         f"{ndim} dimensions, got {axis!r}")
+    return int(axis) % ndim
+
+
+def _pqr(shape: tuple, axis: int) -> tuple[int, int, int]:
+    P = int(np.prod(shape[:axis], dtype=np.int64))
+    Q = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return P, shape[axis], Q
+
+
+def pack_bits(spikes: np.ndarray, axis: int = -1, *, name: str = "spikes") -> np.ndarray:
+    """Pack a binary array along ``axis`` into uint64 words.
+
+    spikes: any shape, bool or any real/integer dtype holding only 0 and 1.
+    Returns uint64 of spikes' shape with ``axis`` replaced by ``ceil(length / 64)``.
+    ``name`` is the argument named in error messages (callers pass "q", "k").
+    """
+    check_array(spikes, name, min_ndim=1)
+    ax = _axis(axis, spikes.ndim)
+    if spikes.dtype == np.bool_:
+        spikes = spikes.view(np.uint8)
+    elif not (np.issubdtype(spikes.dtype, np.integer) or np.issubdtype(spikes.dtype, np.floating)):
+        raise ValueError(f"{name}: expected a binary spike array of a real or integer dtype, "
+                         f"got {spikes.dtype}")
+    P, L, Q = _pqr(spikes.shape, ax)
+    W = num_words(L)
+    out = np.empty((P, W, Q), dtype=np.uint64)
+    if out.size:
+        x = np.ascontiguousarray(spikes)
+        if Q == 1:
+            bad = np.empty(P * -(-W // _WBLOCK), dtype=np.uint64)
+            pack_last_kernel(x.reshape(P, L), out.reshape(P, W), bad)
+        else:
+            bad = np.empty(P * W * -(-Q // _QBLOCK), dtype=np.uint64)
+            pack_kernel(x.reshape(P, L, Q), out, bad)
+        if bad.any():
+            check_binary(spikes, name)       # raises, naming the first offending index
+            raise AssertionError("pack_kernel flagged a value that check_binary accepts")
+    return out.reshape(spikes.shape[:ax] + (W,) + spikes.shape[ax + 1:])
+
+
+def unpack_bits(words: np.ndarray, length: int, axis: int = -1, *, dtype=np.uint8) -> np.ndarray:
+    """Inverse of ``pack_bits``: uint64 words -> 0/1 array with ``length`` elements on ``axis``.
+
+    ``dtype`` (default uint8) is the output dtype; the attention ops unpack straight to float.
+    Padding bits must be 0 (a set padding bit means ``length`` is not the packed length).
+    """
+    check_array(words, "words", min_ndim=1)
+    if words.dtype != np.uint64:
+        raise ValueError(f"words: expected dtype uint64 (from pack_bits), got {words.dtype}")
+    ax = _axis(axis, words.ndim)
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length: expected a non-negative integer, got {length!r}")
+    P, W, Q = _pqr(words.shape, ax)
+    if W != num_words(length):
+        raise ValueError(f"length: {length} elements need {num_words(length)} words, but words has "
+                         f"{W} on axis {ax} (shape {words.shape})")
+    w3 = np.ascontiguousarray(words).reshape(P, W, Q)
+    tail = int(length) % WORD_BITS
+    if W and tail and (w3[:, W - 1, :] >> np.uint64(tail)).any():
+        raise ValueError(f"words: padding bits past length {length} are set; expected 0 "
+                         f"(wrong length, or not produced by pack_bits)")
+    out = np.empty((P, int(length), Q), dtype=dtype)
+    if out.size:
+        if Q == 1:
+            unpack_last_kernel(w3.reshape(P, W), out.reshape(P, int(length)))
+        else:
+            unpack_kernel(w3, out)
+    return out.reshape(words.shape[:ax] + (int(length),) + words.shape[ax + 1:])

@@ -1,0 +1,315 @@
+"""Binary Q-K attention cores (SPEC section 4) on bit-packed spikes, with dense NumPy twins.
+
+The core is: sums of Q (per head over channels for QKTA, per channel over tokens for QKCA),
+the attention LIF over time on those integer sums (v_th = 0.5 by default), and the mask
+Z = A * K. The packed kernels do all three in one pass per work unit, time innermost-but-one
+so the membrane stays in registers / L1:
+
+    P = popcount sum over the words of Q          (one popcount per Q word)
+    A = LIF(P)  written with H (the membrane before firing, for the backward)
+    Z = K AND (all-ones if A else 0)              (one AND per K word)
+
+Layouts (T first; G merges batch and head / batch and channel):
+    QKTA   qw, kw, zw [T, G=B*h, Wd, N]  uint64, Wd = ceil(d/64) words per head and token
+           a, h       [T, G, N]          float (the LIF dtype)
+    QKCA   qw, kw, zw [T, G=B*D, WN]     uint64, WN = ceil(N/64) words per channel
+           a, h       [T, G]
+
+The attention LIF runs on the sums converted to the LIF dtype, with the charge, fire and reset
+lines of ``refsnn.kernels.lif`` written in the same order on the same typed scalars, so A and H
+equal ``lif_forward`` on the same sums bit for bit (the sums are exact integers in float32 up to
+2**24). Smooth spikes (SPEC section 12) have no packed form: the callers reject them.
+
+``counts`` receive, per work unit: [additions (Q spikes summed), selects (K spikes the mask is
+applied to), kept (K spikes kept = Z spikes)].
+
+The backward kernels take K packed (the forward's cache keeps K at 1 bit per spike):
+    dK = A * dZ      dA = sum of dZ over the set bits of K (a head's channels / a channel's tokens)
+Sums run in a fixed sequential order (channels in order for QKTA, tokens in order for QKCA);
+the twins sum in the same order (``np.cumsum`` is sequential), so both agree bit for bit.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .bitpack import popcount64
+from .lif import lif_forward_numpy
+
+__all__ = ["qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backward_kernel",
+           "qk_channel_backward_kernel", "qk_token_packed", "qk_channel_packed",
+           "qk_token_dense", "qk_channel_dense", "qk_token_backward_dense",
+           "qk_channel_backward_dense", "dense_counts", "token_sums", "channel_sums", "token_mask", "channel_mask",
+           "TOKEN_BLOCK"]
+
+TOKEN_BLOCK = 1024      # tokens per QKTA work unit: the unit's membranes and masks stay in L1
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@nb.njit(cache=True, inline="always")
+def _lif_step(x, vp, tau, v_th, v_reset, r, hard_reset, decay_input, one):
+    """One time step of the LIF (SPEC section 2, Heaviside), as ``refsnn.kernels.lif`` writes
+    it. Returns (H, S, V)."""
+    zero = one - one
+    if decay_input:
+        hv = vp + (x - (vp - r)) / tau
+    else:
+        hv = vp - (vp - r) / tau + x
+    s = one if hv - v_th >= zero else zero
+    if hard_reset:
+        vn = hv * (one - s) + v_reset * s
+    else:
+        vn = hv - v_th * s
+    return hv, s, vn
+
+
+@nb.njit(parallel=True, cache=True)
+def qk_token_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
+                           decay_input, one):
+    """QKTA core. qw, kw, zw ``[T, G, Wd, N]`` uint64; a, h ``[T, G, N]``; counts
+    ``[G * ceil(N / TOKEN_BLOCK), 3]`` int64. Float scalars have a's dtype."""
+    T, G, Wd, N = qw.shape
+    r = v_reset if hard_reset else one - one
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    for u in nb.prange(G * nblk):
+        g = u // nblk
+        n0 = (u - g * nblk) * TOKEN_BLOCK
+        m = min(N, n0 + TOKEN_BLOCK) - n0
+        v = np.empty(m, dtype=a.dtype)
+        v[:] = r
+        x = np.empty(m, dtype=a.dtype)
+        acc = np.empty(m, dtype=np.int64)
+        mask = np.empty(m, dtype=np.uint64)
+        adds = 0
+        sel = 0
+        kept = 0
+        for t in range(T):
+            acc[:] = 0
+            for w in range(Wd):
+                qrow = qw[t, g, w, n0:n0 + m]
+                for j in range(m):
+                    acc[j] += popcount64(qrow[j])
+            for j in range(m):
+                adds += acc[j]
+                x[j] = acc[j]          # exact: an integer below 2**24 (float32) / 2**53
+            arow = a[t, g, n0:n0 + m]
+            hrow = h[t, g, n0:n0 + m]
+            for j in range(m):
+                hv, s, vn = _lif_step(x[j], v[j], tau, v_th, v_reset, r, hard_reset,
+                                      decay_input, one)
+                hrow[j] = hv
+                arow[j] = s
+                v[j] = vn
+                mask[j] = _ALL_ONES if s != 0 else np.uint64(0)
+            for w in range(Wd):
+                krow = kw[t, g, w, n0:n0 + m]
+                zrow = zw[t, g, w, n0:n0 + m]
+                for j in range(m):
+                    kv = krow[j]
+                    zv = kv & mask[j]
+                    zrow[j] = zv
+                    sel += popcount64(kv)
+                    kept += popcount64(zv)
+        counts[u, 0] = adds
+        counts[u, 1] = sel
+        counts[u, 2] = kept
+
+
+@nb.njit(parallel=True, cache=True)
+def qk_channel_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
+                             decay_input, one):
+    """QKCA core. qw, kw, zw ``[T, G, WN]`` uint64; a, h ``[T, G]``; counts ``[G, 3]``."""
+    T, G, WN = qw.shape
+    r = v_reset if hard_reset else one - one
+    for g in nb.prange(G):
+        # one-element buffers carry the LIF dtype: a scalar int -> float conversion in Numba
+        # would give float64, and float32 arithmetic must stay float32 to match lif_forward
+        xb = np.empty(1, dtype=a.dtype)
+        v = r
+        adds = 0
+        sel = 0
+        kept = 0
+        for t in range(T):
+            p = 0
+            qrow = qw[t, g]
+            for w in range(WN):
+                p += popcount64(qrow[w])
+            adds += p
+            xb[0] = p
+            hv, s, v = _lif_step(xb[0], v, tau, v_th, v_reset, r, hard_reset, decay_input, one)
+            h[t, g] = hv
+            a[t, g] = s
+            mask = _ALL_ONES if s != 0 else np.uint64(0)
+            krow = kw[t, g]
+            zrow = zw[t, g]
+            for w in range(WN):
+                kv = krow[w]
+                zv = kv & mask
+                zrow[w] = zv
+                sel += popcount64(kv)
+                kept += popcount64(zv)
+        counts[g, 0] = adds
+        counts[g, 1] = sel
+        counts[g, 2] = kept
+
+
+@nb.njit(parallel=True, cache=True)
+def qk_token_backward_kernel(kw, a, dz, dk, da):
+    """QKTA backward. kw ``[T, G, Wd, N]`` uint64; a, da ``[T, G, N]``; dz, dk ``[T, G, d, N]``.
+    dk = a * dz; da = sum over the head's channels (in order) of dz where K is 1."""
+    T, G, d, N = dz.shape
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    for u in nb.prange(G * nblk):
+        g = u // nblk
+        n0 = (u - g * nblk) * TOKEN_BLOCK
+        m = min(N, n0 + TOKEN_BLOCK) - n0
+        acc = np.empty(m, dtype=da.dtype)
+        for t in range(T):
+            acc[:] = 0
+            arow = a[t, g, n0:n0 + m]
+            for c in range(d):
+                krow = kw[t, g, c // 64, n0:n0 + m]
+                sh = np.uint64(c % 64)
+                dzrow = dz[t, g, c, n0:n0 + m]
+                dkrow = dk[t, g, c, n0:n0 + m]
+                for j in range(m):
+                    dzv = dzrow[j]
+                    dkrow[j] = arow[j] * dzv
+                    if (krow[j] >> sh) & np.uint64(1):
+                        acc[j] += dzv
+            da[t, g, n0:n0 + m] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def qk_channel_backward_kernel(kw, a, dz, dk, da):
+    """QKCA backward. kw ``[T, G, WN]`` uint64; a, da ``[T, G]``; dz, dk ``[T, G, N]``.
+    dk = a * dz; da = sum over tokens (in order) of dz where K is 1."""
+    T, G, N = dz.shape
+    for g in nb.prange(G):
+        for t in range(T):
+            av = a[t, g]
+            acc = dz[t, g, 0] - dz[t, g, 0]     # zero of dz's dtype
+            krow = kw[t, g]
+            dzrow = dz[t, g]
+            dkrow = dk[t, g]
+            for n in range(N):
+                dzv = dzrow[n]
+                dkrow[n] = av * dzv
+                if (krow[n // 64] >> np.uint64(n % 64)) & np.uint64(1):
+                    acc += dzv
+            da[t, g] = acc
+
+
+# --------------------------------------------------------------------------------------------
+# Python wrappers of the packed kernels (allocate outputs, sum the per-unit counts)
+# --------------------------------------------------------------------------------------------
+
+def _lif_scalars(lif: dict):
+    """The kernels' LIF arguments from ``refsnn.functional.lif``'s typed options."""
+    return (lif["tau"], lif["v_th"], lif["v_reset"], lif["hard_reset"], lif["decay_input"],
+            lif["tau"].dtype.type(1.0))
+
+
+def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict):
+    """QKTA core on packed spikes ``[T, G, Wd, N]``. ``lif``: typed LIF scalars (tau, v_th,
+    v_reset, hard_reset, decay_input; the floats' dtype is the LIF dtype).
+    Returns (zw, a, h, counts) with counts a dict of additions, selects, kept."""
+    T, G, Wd, N = qw.shape
+    dtype = lif["tau"].dtype
+    zw = np.empty_like(qw)
+    a = np.empty((T, G, N), dtype=dtype)
+    h = np.empty((T, G, N), dtype=dtype)
+    units = np.zeros((G * (-(-N // TOKEN_BLOCK)), 3), dtype=np.int64)
+    qk_token_packed_kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
+    return zw, a, h, _count_dict(units)
+
+
+def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict):
+    """QKCA core on packed spikes ``[T, G, WN]``; as ``qk_token_packed``, a and h ``[T, G]``."""
+    T, G, WN = qw.shape
+    dtype = lif["tau"].dtype
+    zw = np.empty_like(qw)
+    a = np.empty((T, G), dtype=dtype)
+    h = np.empty((T, G), dtype=dtype)
+    units = np.zeros((G, 3), dtype=np.int64)
+    qk_channel_packed_kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
+    return zw, a, h, _count_dict(units)
+
+
+def _count_dict(units: np.ndarray) -> dict:
+    tot = units.sum(axis=0)
+    return dict(additions=int(tot[0]), selects=int(tot[1]), kept=int(tot[2]))
+
+
+# --------------------------------------------------------------------------------------------
+# Dense twins on unpacked spikes ``[T, B, D, N]`` (float). The pieces are shared with the
+# dense backend of refsnn.functional.attention, which runs the LIF through lif_forward.
+# --------------------------------------------------------------------------------------------
+
+def token_sums(q: np.ndarray, heads: int) -> np.ndarray:
+    """P ``[T, B, h, N]``: per-head channel sums of q ``[T, B, D, N]``."""
+    T, B, D, N = q.shape
+    return q.reshape(T, B, heads, D // heads, N).sum(axis=3)
+
+
+def channel_sums(q: np.ndarray) -> np.ndarray:
+    """P ``[T, B, D]``: per-channel token sums of q ``[T, B, D, N]``."""
+    return q.sum(axis=3)
+
+
+def token_mask(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Z = A (``[T, B, h, N]``, broadcast over each head's channels) * K ``[T, B, D, N]``."""
+    T, B, D, N = k.shape
+    heads = a.shape[2]
+    return (a[:, :, :, None, :] * k.reshape(T, B, heads, D // heads, N)).reshape(T, B, D, N)
+
+
+def channel_mask(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Z = A (``[T, B, D]``, broadcast over tokens) * K ``[T, B, D, N]``."""
+    return a[:, :, :, None] * k
+
+
+def _lif_numpy(p: np.ndarray, lif: dict):
+    T = p.shape[0]
+    a, h = lif_forward_numpy(p.reshape(T, -1), lif["tau"], lif["v_th"], lif["v_reset"],
+                             lif["hard_reset"], lif["decay_input"], lif["surrogate"], lif["alpha"], 0)
+    return a.reshape(p.shape), h.reshape(p.shape)
+
+
+def dense_counts(q, k, z) -> dict:
+    return dict(additions=int(np.count_nonzero(q)), selects=int(np.count_nonzero(k)),
+                kept=int(np.count_nonzero(z)))
+
+
+def qk_token_dense(q: np.ndarray, k: np.ndarray, heads: int, lif: dict):
+    """Twin of ``qk_token_packed`` on dense spikes q, k ``[T, B, D, N]`` of the LIF dtype.
+    Returns (z ``[T, B, D, N]``, a, h ``[T, B, h, N]``, counts)."""
+    a, h = _lif_numpy(token_sums(q, heads), lif)
+    z = token_mask(a, k)
+    return z, a, h, dense_counts(q, k, z)
+
+
+def qk_channel_dense(q: np.ndarray, k: np.ndarray, lif: dict):
+    """Twin of ``qk_channel_packed``. Returns (z ``[T, B, D, N]``, a, h ``[T, B, D]``, counts)."""
+    a, h = _lif_numpy(channel_sums(q), lif)
+    z = channel_mask(a, k)
+    return z, a, h, dense_counts(q, k, z)
+
+
+def qk_token_backward_dense(k: np.ndarray, a: np.ndarray, dz: np.ndarray):
+    """Twin of ``qk_token_backward_kernel``: k, dz ``[T, B, D, N]``; a ``[T, B, h, N]``.
+    Returns (dk ``[T, B, D, N]``, da ``[T, B, h, N]``)."""
+    T, B, D, N = dz.shape
+    heads = a.shape[2]
+    dk = token_mask(a, dz)
+    kdz = (k * dz).reshape(T, B, heads, D // heads, N)
+    da = np.cumsum(kdz, axis=3)[:, :, :, -1, :]      # sequential over channels, as the kernel
+    return dk, np.ascontiguousarray(da)
+
+
+def qk_channel_backward_dense(k: np.ndarray, a: np.ndarray, dz: np.ndarray):
+    """Twin of ``qk_channel_backward_kernel``: k, dz ``[T, B, D, N]``; a ``[T, B, D]``.
+    Returns (dk, da ``[T, B, D]``)."""
+    dk = channel_mask(a, dz)
+    da = np.cumsum(k * dz, axis=3)[..., -1]           # sequential over tokens, as the kernel
+    return dk, np.ascontiguousarray(da)

@@ -1,0 +1,274 @@
+"""Spiking attention blocks (SPEC section 4) on token maps ``[T, B, C, N]``.
+
+    QKAttention(dim, heads, mode="token"|"channel")   QKTA / QKCA block of QKFormer
+    SSAttention(dim, heads)                           Spikformer SSA block (explicit N x N map)
+    QKCrossAttention, SSACrossAttention               the same with Q from one map and K (, V)
+                                                      from another: the pieces of the
+                                                      cross-modal fusions (refsnn.fusion)
+
+A block is: projections ``Q = LIF(BN(Conv1x1(x)))`` (no bias; likewise K, and V for SSA), the
+attention core (a child module ``qk`` or ``ssa`` over ``refsnn.functional.attention``), then
+``LIF(BN(Conv1x1 with bias(Z)))``. Children are named as docs/naming.md says:
+``q_conv``, ``q_bn``, ``q_lif``, ``k_conv``, ..., ``proj_conv``, ``proj_bn``, ``proj_lif``.
+
+Options: ``neuron`` (keyword arguments of ``lif_forward`` for the projection neurons,
+``Config.neuron_kwargs()``), ``attention_neuron`` (the attention LIF; default: ``neuron`` with
+``v_threshold=0.5``, as ``Config.attention_neuron_kwargs()``), ``attention_backend`` ("packed":
+bit-packed Numba kernels, the default; "dense": NumPy), ``bn_momentum``, ``bn_eps``, ``rng``
+(a ``numpy.random.Generator``), ``dtype``.
+
+Operation counts: the cores ``qk`` / ``ssa`` hold the last forward's counts in ``op_counts``
+(see refsnn.functional.attention for the names); the blocks' ``attention_counts`` returns the
+same numbers (summed over their cores) without being a second ``op_counts`` for a walker to
+count twice.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..functional.attention import (ATTENTION_BACKENDS, attention_options, qk_channel_backward,
+                                    qk_channel_forward, qk_token_backward, qk_token_forward,
+                                    ssa_backward, ssa_forward)
+from ..functional.checks import check_float_array, check_positive_int
+from .layers import LIF, BatchNorm, Conv1x1
+from .module import Module
+
+__all__ = ["QKCore", "SSACore", "QKAttention", "QKCrossAttention", "SSAttention",
+           "SSACrossAttention", "QK_MODES", "attention_neurons", "sum_counts"]
+
+QK_MODES = ("token", "channel")
+
+
+def attention_neurons(neuron: dict | None, attention_neuron: dict | None) -> tuple[dict, dict]:
+    """(projection neuron, attention neuron) keyword dicts; the attention neuron defaults to
+    the projection neuron with v_threshold = 0.5 (SPEC section 4)."""
+    for name, value in (("neuron", neuron), ("attention_neuron", attention_neuron)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a dict of lif_forward keyword arguments or None, "
+                             f"got {type(value).__name__}")
+    neuron = dict(neuron or {})
+    if attention_neuron is None:
+        attention_neuron = {**neuron, "v_threshold": 0.5}
+    return neuron, dict(attention_neuron)
+
+
+def sum_counts(*counts: dict) -> dict:
+    """Key-wise sum of operation-count dicts."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for key, value in c.items():
+            out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def _check_backend(backend, attention_neuron: dict) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend: expected one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+    opts = attention_options(attention_neuron)
+    if opts["spike_fn"] == "smooth" and backend == "packed":
+        raise ValueError("attention_backend: smooth spikes (spike_fn='smooth', SPEC section 12) "
+                         "have no bit-packed form; use attention_backend='dense'")
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# Cores: no parameters; the layers whose op counts energy accounting reads (``*.qk``)
+# --------------------------------------------------------------------------------------------
+
+class QKCore(Module):
+    """The Q-K attention core: ``forward(q, k) -> z``; ``backward(dz) -> (dq, dk)``.
+
+    mode "token" (QKTA, per-head channel sums) or "channel" (QKCA, per-channel token sums).
+    """
+
+    def __init__(self, heads, mode="token", *, neuron=None, backend="packed"):
+        super().__init__()
+        if mode not in QK_MODES:
+            raise ValueError(f"mode: expected one of {list(QK_MODES)}, got {mode!r}")
+        self.heads = check_positive_int(heads, "heads")
+        self.mode = mode
+        self.neuron = {"v_threshold": 0.5} if neuron is None else dict(neuron)
+        self.backend = _check_backend(backend, self.neuron)
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, q, k):
+        if self.mode == "token":
+            z, cache = qk_token_forward(q, k, self.heads, neuron=self.neuron, backend=self.backend)
+        else:
+            z, cache = qk_channel_forward(q, k, neuron=self.neuron, backend=self.backend)
+        self._cache = cache
+        self.op_counts = dict(cache["counts"])
+        return z
+
+    def backward(self, dz):
+        if self.mode == "token":
+            return qk_token_backward(dz, self._cache)
+        return qk_channel_backward(dz, self._cache)
+
+
+class SSACore(Module):
+    """Spikformer SSA core: ``forward(q, k, v) -> LIF_0.5((Q Kᵀ) V * scale)``;
+    ``backward(dout) -> (dq, dk, dv)``."""
+
+    def __init__(self, heads, *, scale=0.125, neuron=None):
+        super().__init__()
+        self.heads = check_positive_int(heads, "heads")
+        self.scale = scale
+        self.neuron = {"v_threshold": 0.5} if neuron is None else dict(neuron)
+        attention_options(self.neuron)         # validate now, not at the first forward
+        self._cache = None
+        self.op_counts = {}
+
+    def forward(self, q, k, v):
+        out, cache = ssa_forward(q, k, v, self.heads, self.scale, neuron=self.neuron)
+        self._cache = cache
+        self.op_counts = dict(cache["counts"])
+        return out
+
+    def backward(self, dout):
+        return ssa_backward(dout, self._cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+class _ProjectedAttention(Module):
+    """Shared plumbing: named Conv1x1-BN-LIF projections around an attention core."""
+
+    def __init__(self, dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype):
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.heads = check_positive_int(heads, "heads")
+        if self.dim % self.heads:
+            raise ValueError(f"heads: expected a divisor of dim = {self.dim}, got {heads}")
+        self.neuron, self.attention_neuron = attention_neurons(neuron, attention_neuron)
+        self._bn = dict(momentum=bn_momentum, eps=bn_eps, dtype=dtype)
+        self.dtype = np.dtype(dtype)
+
+    def _add_projection(self, name: str, bias: bool, rng) -> None:
+        setattr(self, f"{name}_conv", Conv1x1(self.dim, self.dim, bias=bias, rng=rng, dtype=self.dtype))
+        setattr(self, f"{name}_bn", BatchNorm(self.dim, **self._bn))
+        setattr(self, f"{name}_lif", LIF(**self.neuron))
+
+    def _project(self, name: str, x: np.ndarray) -> np.ndarray:
+        y = getattr(self, f"{name}_conv").forward(x)
+        y = getattr(self, f"{name}_bn").forward(y)
+        return getattr(self, f"{name}_lif").forward(y)
+
+    def _project_backward(self, name: str, dy: np.ndarray) -> np.ndarray:
+        dy = getattr(self, f"{name}_lif").backward(dy)
+        dy = getattr(self, f"{name}_bn").backward(dy)
+        return getattr(self, f"{name}_conv").backward(dy)
+
+    def _check_input(self, x, name: str, like: np.ndarray | None = None) -> None:
+        check_float_array(x, name, ndim=4)
+        if x.dtype != self.dtype:
+            raise ValueError(f"{name}: expected dtype {self.dtype} (the module's), got {x.dtype}")
+        if x.shape[2] != self.dim:
+            raise ValueError(f"{name}: expected [T, B, {self.dim}, N], got shape {x.shape}")
+        if like is not None and x.shape != like.shape:
+            raise ValueError(f"{name}: expected the shape of the query input {like.shape}, got {x.shape}")
+
+    @property
+    def attention_counts(self) -> dict:
+        """The last forward's counts of the attention core(s)."""
+        return sum_counts(*(m.op_counts for _, m in self.named_modules()
+                            if isinstance(m, (QKCore, SSACore))))
+
+
+class _QKBlock(_ProjectedAttention):
+    def __init__(self, dim, heads, mode="token", *, neuron=None, attention_neuron=None,
+                 attention_backend="packed", bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+        super().__init__(dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype)
+        self._add_projection("q", False, rng)
+        self._add_projection("k", False, rng)
+        self.qk = QKCore(self.heads, mode, neuron=self.attention_neuron, backend=attention_backend)
+        self._add_projection("proj", True, rng)
+        self.mode = mode
+        self.attention_backend = attention_backend
+
+    def _forward(self, x_q, x_k):
+        q = self._project("q", x_q)
+        k = self._project("k", x_k)
+        return self._project("proj", self.qk.forward(q, k))
+
+    def _backward(self, dy):
+        dq, dk = self.qk.backward(self._project_backward("proj", dy))
+        return self._project_backward("q", dq), self._project_backward("k", dk)
+
+
+class QKAttention(_QKBlock):
+    """QKFormer's Q-K attention block (Q and K from the same map): ``forward(x) -> y``,
+    ``backward(dy) -> dx``; x, y ``[T, B, dim, N]``. mode "token" = QKTA, "channel" = QKCA.
+    Keyword arguments as in the module docstring; ``rng`` is required."""
+
+    def forward(self, x):
+        self._check_input(x, "x")
+        return self._forward(x, x)
+
+    def backward(self, dy):
+        dx_q, dx_k = self._backward(dy)
+        return dx_q + dx_k
+
+
+class QKCrossAttention(_QKBlock):
+    """Q-K attention block with Q from ``x_q`` and K from ``x_k`` (both ``[T, B, dim, N]``):
+    ``forward(x_q, x_k) -> y``, ``backward(dy) -> (dx_q, dx_k)``. One direction of CMQKA."""
+
+    def forward(self, x_q, x_k):
+        self._check_input(x_q, "x_q")
+        self._check_input(x_k, "x_k", like=x_q)
+        return self._forward(x_q, x_k)
+
+    def backward(self, dy):
+        return self._backward(dy)
+
+
+class _SSABlock(_ProjectedAttention):
+    def __init__(self, dim, heads, *, scale=0.125, neuron=None, attention_neuron=None,
+                 bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+        super().__init__(dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype)
+        self._add_projection("q", False, rng)
+        self._add_projection("k", False, rng)
+        self._add_projection("v", False, rng)
+        self.ssa = SSACore(self.heads, scale=scale, neuron=self.attention_neuron)
+        self._add_projection("proj", True, rng)
+
+    def _forward(self, x_q, x_kv):
+        q = self._project("q", x_q)
+        k = self._project("k", x_kv)
+        v = self._project("v", x_kv)
+        return self._project("proj", self.ssa.forward(q, k, v))
+
+    def _backward(self, dy):
+        dq, dk, dv = self.ssa.backward(self._project_backward("proj", dy))
+        return (self._project_backward("q", dq),
+                self._project_backward("k", dk) + self._project_backward("v", dv))
+
+
+class SSAttention(_SSABlock):
+    """Spikformer SSA block (``stage3_attention="ssa"``): ``forward(x) -> y``,
+    ``backward(dy) -> dx``. SSA is dense only (no ``attention_backend``)."""
+
+    def forward(self, x):
+        self._check_input(x, "x")
+        return self._forward(x, x)
+
+    def backward(self, dy):
+        dx_q, dx_kv = self._backward(dy)
+        return dx_q + dx_kv
+
+
+class SSACrossAttention(_SSABlock):
+    """Spikformer SSA block with Q from ``x_q`` and K, V from ``x_kv`` (the S-CMRL-style
+    ``ssa-cross`` direction): ``forward(x_q, x_kv) -> y``, ``backward(dy) -> (dx_q, dx_kv)``."""
+
+    def forward(self, x_q, x_kv):
+        self._check_input(x_q, "x_q")
+        self._check_input(x_kv, "x_kv", like=x_q)
+        return self._forward(x_q, x_kv)
+
+    def backward(self, dy):
+        return self._backward(dy)
