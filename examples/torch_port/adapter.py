@@ -1,0 +1,140 @@
+"""Conformance adapter of the torch port (SPEC section 10): ``run(case, inputs) -> outputs``.
+
+    python -m refsnn.conformance verify --adapter examples.torch_port.adapter:run
+    python -m refsnn.conformance verify --adapter examples.torch_port.adapter:run --dtype float32
+
+Every op runs the port's own code (``lif``, ``qk_token``, ``CMQKA``, ``SNNergy``...) or the
+torch layer the port's model uses (``F.conv2d``, ``F.linear``); gradients come from autograd,
+contracted with the case's upstream gradient ``dout``. The vectors use SPEC's layout
+(``[T, B, C, N]`` token maps); the port is channels-last (``[T, B, N, C]``), so token maps are
+transposed at this boundary. Nothing here imports refsnn.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .lif import LIFOptions, lif
+from .model import BatchNorm
+from .ops import batch_norm, max_pool
+
+__all__ = ["run", "OPS"]
+
+
+def _t(a: np.ndarray, grad: bool = False) -> torch.Tensor:
+    t = torch.from_numpy(np.array(a, copy=True))
+    return t.requires_grad_() if grad else t
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _neuron(p: dict) -> LIFOptions:
+    return LIFOptions(tau=p["tau"], v_threshold=p["v_threshold"], v_reset=p["v_reset"],
+                      decay_input=p["decay_input"], detach_reset=p["detach_reset"],
+                      surrogate=p["surrogate"], alpha=p["alpha"], spike_fn=p["spike_fn"])
+
+
+def _lif(case, x):
+    xt = _t(x["x"], True)
+    s = lif(xt, _neuron(case["params"]))
+    s.backward(_t(x["dout"]))
+    return {"spikes": _np(s), "dx": _np(xt.grad)}
+
+
+def _grads(out: torch.Tensor, dout: np.ndarray, named: dict) -> dict:
+    out.backward(_t(dout))
+    return {name: _np(t.grad) for name, t in named.items() if t is not None}
+
+
+def _conv2d(case, x):
+    p = case["params"]
+    T, B = x["x"].shape[:2]
+    xt, w = _t(x["x"], True), _t(x["weight"], True)
+    b = _t(x["bias"], True) if p["bias"] else None
+    xm = xt.reshape(T * B, *xt.shape[2:]).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(xm, w, b, stride=p["stride"], padding=p["padding"])
+    y = y.reshape(T, B, *y.shape[1:])
+    out = {"y": _np(y)}
+    out.update(_grads(y, x["dout"], {"dx": xt, "dweight": w, "dbias": b}))
+    return out
+
+
+def _conv1x1(case, x):
+    xt, w = _t(x["x"], True), _t(x["weight"], True)
+    b = _t(x["bias"], True) if case["params"]["bias"] else None
+    y = F.linear(xt.transpose(2, 3), w, b).transpose(2, 3)     # port: channels-last tokens
+    out = {"y": _np(y)}
+    out.update(_grads(y, x["dout"], {"dx": xt, "dweight": w, "dbias": b}))
+    return out
+
+
+def _linear(case, x):
+    xt, w, b = _t(x["x"], True), _t(x["weight"], True), _t(x["bias"], True)
+    y = F.linear(xt, w, b)
+    out = {"y": _np(y)}
+    out.update(_grads(y, x["dout"], {"dx": xt, "dweight": w, "dbias": b}))
+    return out
+
+
+def _batchnorm(case, x):
+    p = case["params"]
+    xt = _t(x["x"], True)
+    C = xt.shape[2]
+    bn = BatchNorm(C, momentum=p["momentum"], eps=p["eps"], tokens=xt.dim() == 4).to(xt.dtype)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).copy_(_t(x[name]))
+    bn.train(p["training"])
+    T, B = xt.shape[:2]
+    if xt.dim() == 4:      # tokens [T, B, C, N] -> channels-last [T, B, N, C]
+        y = bn(xt.transpose(2, 3)).transpose(2, 3)
+    else:                  # maps [T, B, C, H, W] -> [T*B, C, H, W]
+        y = batch_norm(xt.reshape(T * B, *xt.shape[2:]), bn, p["training"], False).reshape(xt.shape)
+    out = {"y": _np(y), "running_mean": _np(bn.running_mean), "running_var": _np(bn.running_var)}
+    out.update(_grads(y, x["dout"], {"dx": xt, "dweight": bn.weight, "dbias": bn.bias}))
+    return out
+
+
+def _maxpool2d(case, x):
+    p = case["params"]
+    if (p["kernel_size"], p["stride"], p["padding"]) != (3, 2, 1):
+        raise NotImplementedError("the port's max pool is MaxPool2d(3, 2, 1)")
+    xt = _t(x["x"], True)
+    T, B = xt.shape[:2]
+    y = max_pool(xt.reshape(T * B, *xt.shape[2:]).contiguous(memory_format=torch.channels_last))
+    y = y.reshape(T, B, *y.shape[1:])
+    out = {"y": _np(y)}
+    out.update(_grads(y, x["dout"], {"dx": xt}))
+    return out
+
+
+def _mean_pool(case, x):
+    xt = _t(x["x"], True)
+    y = xt.mean((0, 3))
+    out = {"y": _np(y)}
+    out.update(_grads(y, x["dout"], {"dx": xt}))
+    return out
+
+
+def _cross_entropy(case, x):
+    p = case["params"]
+    logits = _t(x["logits"], True)
+    loss = F.cross_entropy(logits, _t(x["labels"]).long(), label_smoothing=p["label_smoothing"])
+    (loss * p["dloss"]).backward()
+    return {"loss": _np(loss), "dlogits": _np(logits.grad)}
+
+
+OPS = {
+    "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
+    "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
+}
+
+
+def run(case: dict, inputs: dict) -> dict:
+    op = case["op"]
+    if op not in OPS:
+        raise NotImplementedError(f"torch port adapter: no op {op!r}")
+    return OPS[op](case, inputs)

@@ -1,0 +1,1 @@
+"""Conformance adapters shipped with refsnn (refsnn itself)."""

@@ -1,0 +1,98 @@
+"""The conformance adapter of refsnn itself: ``run(case, inputs) -> outputs``.
+
+``python -m refsnn.conformance verify --adapter refsnn.conformance.adapters.refsnn_adapter:run``
+
+Each op of conformance/SPEC.md maps to refsnn's public functions; layouts are converted here
+(the vectors keep T and B apart, refsnn's layer functions take them merged).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import functional as Fn
+
+__all__ = ["run", "OPS"]
+
+
+def _lif_kwargs(p):
+    return {k: p[k] for k in ("tau", "v_threshold", "v_reset", "decay_input", "detach_reset",
+                              "surrogate", "alpha", "spike_fn")}
+
+
+def _lif(case, x):
+    spikes, cache = Fn.lif_forward(x["x"], **_lif_kwargs(case["params"]))
+    return {"spikes": spikes, "dx": Fn.lif_backward(x["dout"], cache)}
+
+
+def _conv2d(case, x):
+    p = case["params"]
+    T, B = x["x"].shape[:2]
+    y, cache = Fn.conv2d_forward(x["x"].reshape(T * B, *x["x"].shape[2:]), x["weight"], x.get("bias"),
+                                 stride=p["stride"], padding=p["padding"])
+    dx, dw, db = Fn.conv2d_backward(x["dout"].reshape(y.shape), cache)
+    out = {"y": y.reshape(T, B, *y.shape[1:]), "dx": dx.reshape(x["x"].shape), "dweight": dw}
+    if p["bias"]:
+        out["dbias"] = db
+    return out
+
+
+def _conv1x1(case, x):
+    T, B, C, N = x["x"].shape
+    y, cache = Fn.conv1x1_forward(x["x"].reshape(T * B, C, N), x["weight"], x.get("bias"))
+    dx, dw, db = Fn.conv1x1_backward(x["dout"].reshape(y.shape), cache)
+    out = {"y": y.reshape(T, B, *y.shape[1:]), "dx": dx.reshape(x["x"].shape), "dweight": dw}
+    if case["params"]["bias"]:
+        out["dbias"] = db
+    return out
+
+
+def _linear(case, x):
+    y, cache = Fn.linear_forward(x["x"], x["weight"], x["bias"])
+    dx, dw, db = Fn.linear_backward(x["dout"], cache)
+    return {"y": y, "dx": dx, "dweight": dw, "dbias": db}
+
+
+def _batchnorm(case, x):
+    p = case["params"]
+    shape = x["x"].shape
+    x3 = x["x"].reshape(shape[0] * shape[1], shape[2], -1)
+    y, cache, rm, rv = Fn.batchnorm_forward(x3, x["weight"], x["bias"], x["running_mean"],
+                                            x["running_var"], training=p["training"],
+                                            momentum=p["momentum"], eps=p["eps"])
+    dx, dw, db = Fn.batchnorm_backward(x["dout"].reshape(x3.shape), cache)
+    return {"y": y.reshape(shape), "dx": dx.reshape(shape), "dweight": dw, "dbias": db,
+            "running_mean": rm, "running_var": rv}
+
+
+def _maxpool2d(case, x):
+    p = case["params"]
+    T, B, C, H, W = x["x"].shape
+    y, cache = Fn.maxpool2d_forward(x["x"].reshape(T * B, C, H, W), kernel_size=p["kernel_size"],
+                                    stride=p["stride"], padding=p["padding"])
+    dx = Fn.maxpool2d_backward(x["dout"].reshape(y.shape), cache)
+    return {"y": y.reshape(T, B, *y.shape[1:]), "dx": dx.reshape(x["x"].shape)}
+
+
+def _mean_pool(case, x):
+    y, cache = Fn.mean_pool_forward(x["x"])
+    return {"y": y, "dx": Fn.mean_pool_backward(x["dout"], cache)}
+
+
+def _cross_entropy(case, x):
+    p = case["params"]
+    loss, cache = Fn.cross_entropy_forward(x["logits"], x["labels"], label_smoothing=p["label_smoothing"])
+    return {"loss": np.asarray(loss, dtype=x["logits"].dtype),
+            "dlogits": Fn.cross_entropy_backward(cache, p["dloss"])}
+
+
+OPS = {
+    "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
+    "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
+}
+
+
+def run(case: dict, inputs: dict) -> dict:
+    op = case["op"]
+    if op not in OPS:
+        raise NotImplementedError(f"refsnn adapter: no op {op!r}")
+    return OPS[op](case, inputs)
