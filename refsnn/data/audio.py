@@ -97,10 +97,35 @@ def spectrogram_from_waveform(wave: np.ndarray, rate: int, image_size: int, *,
     return log_spectrogram(wave, rate, image_size)
 
 
+def _check_wav_complete(path: str) -> None:
+    """libsndfile silently reads the samples that remain of a truncated WAV: compare the size
+    its ``data`` chunk declares with the bytes the file holds."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                available = size - pos - 8
+                if declared not in (0, 0xFFFFFFFF) and available < declared:
+                    raise MediaError(f"truncated wav: the data chunk holds {available} of {declared} bytes")
+                return
+            pos += 8 + declared + (declared & 1)
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decode an audio file (wav, flac, ogg ... through soundfile) -> (``[n, channels]`` float32, rate)."""
+    """Decode an audio file (wav, flac, ogg ... through soundfile) -> (``[n, channels]`` float32, rate).
+
+    A truncated WAV is a ``MediaError`` (not a shorter clip)."""
+    path = os.fspath(path)
+    _check_wav_complete(path)
     try:
-        wave, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)
+        wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile.LibsndfileError, RuntimeError, OSError
         raise MediaError(f"unreadable audio file ({type(exc).__name__}: {exc})") from None
     return wave, int(rate)

@@ -120,7 +120,7 @@ def _remove_stale_temporaries(folder: str) -> None:
             try:
                 pid = int(name[:-4].rsplit(".", 1)[1])
                 os.kill(pid, 0)
-                alive = pid != os.getpid()
+                alive = True
             except (ValueError, IndexError, ProcessLookupError):
                 alive = False
             except PermissionError:

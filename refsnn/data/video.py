@@ -48,11 +48,14 @@ def _run_ffmpeg(args: list, what: str) -> subprocess.CompletedProcess:
         raise MediaError(f"ffmpeg timed out after {_TIMEOUT_S} s decoding the {what}") from None
 
 
-def _last_error(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _first_error(stderr: bytes) -> str:
+    """ffmpeg's first error line, without its ``[component @ 0x...]`` prefix (the root cause;
+    the later lines repeat it in general terms)."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln.strip())
+             for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if any(w in ln.lower() for w in ("error", "invalid", "not found", "no such",
                                                                    "matches no streams", "partial file"))]
-    return (errors or lines or ["no message"])[-1][:300]
+    return (errors or lines or ["no message"])[0][:300]
 
 
 def _container_duration(stderr: bytes) -> float | None:
@@ -108,13 +111,15 @@ def decode_frames(path: str | os.PathLike, fps: float) -> tuple[np.ndarray, floa
     if proc.returncode != 0:
         if "matches no streams" in text:
             raise MediaError("no video track")
-        raise MediaError(f"corrupt video (ffmpeg: {_last_error(proc.stderr)})")
+        raise MediaError(f"corrupt video (ffmpeg: {_first_error(proc.stderr)})")
     if "partial file" in text:
-        raise MediaError(f"truncated video (ffmpeg: {_last_error(proc.stderr)})")
+        raise MediaError(f"truncated video (ffmpeg: {_first_error(proc.stderr)})")
     frames = _parse_ppm_stream(proc.stdout)
+    duration = _container_duration(proc.stderr)
     if not frames:
-        raise MediaError("no decodable video frames")
-    return np.stack(frames), _container_duration(proc.stderr)
+        shown = f"{duration:.2f} s" if duration is not None else "unknown duration"
+        raise MediaError(f"very short video: no frame at {fps:g} fps ({shown})")
+    return np.stack(frames), duration
 
 
 def decode_audio_track(path: str | os.PathLike, container_duration: float | None = None
@@ -132,9 +137,9 @@ def decode_audio_track(path: str | os.PathLike, container_duration: float | None
     if proc.returncode != 0:
         if "matches no streams" in text:
             raise MediaError("video has no audio track")
-        raise MediaError(f"corrupt audio track (ffmpeg: {_last_error(proc.stderr)})")
+        raise MediaError(f"corrupt audio track (ffmpeg: {_first_error(proc.stderr)})")
     if "partial file" in text:
-        raise MediaError(f"truncated file (ffmpeg: {_last_error(proc.stderr)})")
+        raise MediaError(f"truncated file (ffmpeg: {_first_error(proc.stderr)})")
     wave, rate = read_audio_bytes(proc.stdout)
     seconds = wave.shape[0] / rate
     if container_duration is not None and seconds < 0.9 * container_duration - 0.5:
