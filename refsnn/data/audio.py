@@ -123,6 +123,8 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
     A truncated WAV is a ``MediaError`` (not a shorter clip)."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"missing file {path}")
     _check_wav_complete(path)
     try:
         wave, rate = soundfile.read(path, dtype="float32", always_2d=True)

@@ -94,8 +94,6 @@ def decode_clip(src: ClipSource, params: dict) -> tuple[np.ndarray, np.ndarray]:
         same_file = src.audio_path == src.visual_path
         wave, rate = decode_audio_track(src.audio_path, duration if same_file else None)
     elif src.audio_kind == "file":
-        if not os.path.isfile(src.audio_path):
-            raise MediaError(f"missing file {src.audio_path}")
         wave, rate = read_audio(src.audio_path)
     else:
         raise ValueError(f"audio_kind: unknown {src.audio_kind!r}")
