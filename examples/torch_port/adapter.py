@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .lif import LIFOptions, lif
-from .model import BatchNorm
-from .ops import batch_norm, max_pool
+from .model import CMQKA, BatchNorm
+from .ops import batch_norm, max_pool, pack_bits, qk_channel, qk_token, ssa, unpack_bits
 
 __all__ = ["run", "OPS"]
 
@@ -127,9 +127,69 @@ def _cross_entropy(case, x):
     return {"loss": _np(loss), "dlogits": _np(logits.grad)}
 
 
+def _tok(t: torch.Tensor) -> torch.Tensor:
+    """SPEC token map [T, B, D, N] <-> the port's [T, B, N, D]."""
+    return t.transpose(2, 3)
+
+
+def _qk(case, x):
+    p = case["params"]
+    q, k = _t(x["q"], True), _t(x["k"], True)
+    neuron = _neuron(p["neuron"])
+    if case["op"] == "qk_token":
+        z, _ = qk_token(_tok(q), _tok(k), p["heads"], neuron)
+    else:
+        z, _ = qk_channel(_tok(q), _tok(k), neuron)
+    z = _tok(z)
+    out = {"z": _np(z)}
+    out.update(_grads(z, x["dout"], {"dq": q, "dk": k}))
+    return out
+
+
+def _ssa(case, x):
+    p = case["params"]
+    q, k, v = _t(x["q"], True), _t(x["k"], True), _t(x["v"], True)
+    y = _tok(ssa(_tok(q), _tok(k), _tok(v), p["heads"], p["scale"], _neuron(p["neuron"])))
+    out = {"out": _np(y)}
+    out.update(_grads(y, x["dout"], {"dq": q, "dk": k, "dv": v}))
+    return out
+
+
+def _pack_bits(case, x):
+    words = pack_bits(_t(x["spikes"]), case["params"]["axis"])
+    return {"words": _np(words).view(np.uint64)}
+
+
+def _unpack_bits(case, x):
+    p = case["params"]
+    words = torch.from_numpy(x["words"].view(np.int64).copy())
+    return {"spikes": _np(unpack_bits(words, p["length"], p["axis"]))}
+
+
+def _cmqka(case, x):
+    p = case["params"]
+    dtype = torch.from_numpy(x["x_audio"][:0]).dtype
+    m = CMQKA(p["dim"], p["heads"], mask=p["mask"], mask_from=p["mask_from"], residual=p["residual"],
+              neuron=_neuron(p["neuron"]), attention_neuron=_neuron(p["attention_neuron"]),
+              momentum=p["bn_momentum"], eps=p["bn_eps"]).to(dtype)
+    m.load_state_dict({k: _t(x[k]) for k in p["parameters"] + p["buffers"]})
+    m.train(p["training"])
+    x_a, x_v = _t(x["x_audio"], True), _t(x["x_visual"], True)
+    y_a, y_v = m(_tok(x_a), _tok(x_v))
+    y_a, y_v = _tok(y_a), _tok(y_v)
+    torch.autograd.backward((y_a, y_v), (_t(x["dy_audio"]), _t(x["dy_visual"])))
+    out = {"y_audio": _np(y_a), "y_visual": _np(y_v), "dx_audio": _np(x_a.grad),
+           "dx_visual": _np(x_v.grad)}
+    out.update({f"grad.{k}": _np(v.grad) for k, v in m.named_parameters()})
+    out.update({f"state.{k}": _np(v) for k, v in m.named_buffers()})
+    return out
+
+
 OPS = {
     "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
     "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
+    "qk_token": _qk, "qk_channel": _qk, "ssa": _ssa, "pack_bits": _pack_bits,
+    "unpack_bits": _unpack_bits, "cmqka": _cmqka,
 }
 
 

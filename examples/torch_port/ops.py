@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .lif import LIFOptions, lif
 
-__all__ = ["qk_token", "qk_channel", "ssa", "batch_norm", "max_pool", "ATTENTION_LIF"]
+__all__ = ["qk_token", "qk_channel", "ssa", "batch_norm", "max_pool", "pack_bits", "unpack_bits",
+           "ATTENTION_LIF"]
 
 # The attention neuron: the default neuron with v_th = 0.5 (SPEC section 4).
 ATTENTION_LIF = LIFOptions(v_threshold=0.5)
@@ -93,3 +94,27 @@ def max_pool(x: torch.Tensor) -> torch.Tensor:
     first maximum of the window in row-major order (it replaces the running maximum only on a
     strictly larger value), which is SPEC's tie rule; ``tests/test_torch_port.py`` checks it."""
     return F.max_pool2d(x, 3, 2, 1)
+
+
+def pack_bits(spikes: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Pack 0/1 values along ``axis`` into 64-bit words (SPEC section 4): bit i of word w holds
+    element 64*w + i; padding bits are 0. torch has no unsigned 64-bit arithmetic, so the words
+    are int64 with the same bit pattern (``.numpy().view(np.uint64)`` gives the uint64 words)."""
+    x = spikes.movedim(axis, -1).to(torch.int64)
+    if ((x != 0) & (x != 1)).any():
+        raise ValueError("spikes: expected binary values (0 or 1)")
+    L = x.shape[-1]
+    W = -(-L // 64)
+    x = F.pad(x, (0, 64 * W - L)).reshape(*x.shape[:-1], W, 64)
+    # distinct powers of two: their sum is their bitwise OR (bit 63 is int64's sign bit)
+    weights = torch.bitwise_left_shift(torch.ones(64, dtype=torch.int64), torch.arange(64))
+    return (x * weights).sum(-1).movedim(-1, axis)
+
+
+def unpack_bits(words: torch.Tensor, length: int, axis: int = -1) -> torch.Tensor:
+    """Inverse of ``pack_bits``: int64 (or uint64-pattern) words -> uint8 0/1 with ``length``
+    elements on ``axis``."""
+    w = words.movedim(axis, -1).to(torch.int64)
+    bits = torch.bitwise_right_shift(w.unsqueeze(-1), torch.arange(64)) & 1
+    bits = bits.reshape(*w.shape[:-1], -1)[..., :length]
+    return bits.to(torch.uint8).movedim(-1, axis)

@@ -26,6 +26,9 @@ GENERATOR_VERSION = "1"
 SUITES = {
     "lif": "lif",
     "layers": "layers",
+    "qk": "qk",
+    "cmqka": "cmqka",
+    "bitpack": "bitpack",
 }
 
 

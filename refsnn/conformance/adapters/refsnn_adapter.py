@@ -10,6 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functional as Fn
+from ...functional import attention as At
+from ...fusion import CMQKA
+from ...kernels import bitpack
 
 __all__ = ["run", "OPS"]
 
@@ -85,9 +88,60 @@ def _cross_entropy(case, x):
             "dlogits": Fn.cross_entropy_backward(cache, p["dloss"])}
 
 
+def _qk_token(case, x):
+    p = case["params"]
+    z, cache = At.qk_token_forward(x["q"], x["k"], p["heads"], neuron=_lif_kwargs(p["neuron"]))
+    dq, dk = At.qk_token_backward(x["dout"], cache)
+    return {"z": z, "dq": dq, "dk": dk}
+
+
+def _qk_channel(case, x):
+    p = case["params"]
+    z, cache = At.qk_channel_forward(x["q"], x["k"], neuron=_lif_kwargs(p["neuron"]))
+    dq, dk = At.qk_channel_backward(x["dout"], cache)
+    return {"z": z, "dq": dq, "dk": dk}
+
+
+def _ssa(case, x):
+    p = case["params"]
+    out, cache = At.ssa_forward(x["q"], x["k"], x["v"], p["heads"], p["scale"],
+                                neuron=_lif_kwargs(p["neuron"]))
+    dq, dk, dv = At.ssa_backward(x["dout"], cache)
+    return {"out": out, "dq": dq, "dk": dk, "dv": dv}
+
+
+def _pack_bits(case, x):
+    return {"words": bitpack.pack_bits(x["spikes"], axis=case["params"]["axis"])}
+
+
+def _unpack_bits(case, x):
+    p = case["params"]
+    return {"spikes": bitpack.unpack_bits(x["words"], p["length"], axis=p["axis"])}
+
+
+def _cmqka(case, x):
+    p = case["params"]
+    dtype = x["x_audio"].dtype
+    module = CMQKA(p["dim"], p["heads"], mask=p["mask"], mask_from=p["mask_from"],
+                   residual=p["residual"], neuron=_lif_kwargs(p["neuron"]),
+                   attention_neuron=_lif_kwargs(p["attention_neuron"]), bn_momentum=p["bn_momentum"],
+                   bn_eps=p["bn_eps"], rng=np.random.Generator(np.random.PCG64(0)), dtype=dtype)
+    module.load_state_dict({k: x[k] for k in p["parameters"] + p["buffers"]})
+    module.train(p["training"])
+    y_a, y_v = module.forward(x["x_audio"], x["x_visual"])
+    module.zero_grad()
+    dx_a, dx_v = module.backward(x["dy_audio"], x["dy_visual"])
+    out = {"y_audio": y_a, "y_visual": y_v, "dx_audio": dx_a, "dx_visual": dx_v}
+    out.update({f"grad.{k}": v.grad for k, v in module.parameters().items()})
+    out.update({f"state.{k}": v for k, v in module.buffers().items()})
+    return out
+
+
 OPS = {
     "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
     "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
+    "qk_token": _qk_token, "qk_channel": _qk_channel, "ssa": _ssa, "pack_bits": _pack_bits,
+    "unpack_bits": _unpack_bits, "cmqka": _cmqka,
 }
 
 
