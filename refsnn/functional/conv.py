@@ -56,8 +56,9 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     return y, cache
 
 
-def conv2d_backward(dy, cache):
-    """Returns ``(dx, dweight, dbias)``; dbias is None without a bias."""
+def conv2d_backward(dy, cache, *, need_dx=True):
+    """Returns ``(dx, dweight, dbias)``; dbias is None without a bias, dx is None with
+    ``need_dx=False`` (the first layer of a network, whose input is data)."""
     x, weight = cache["x"], cache["weight"]
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
@@ -71,8 +72,10 @@ def conv2d_backward(dy, cache):
     cols = _k.im2col(x, KH, KW, cache["stride"], cache["padding"])
     dweight = (dy2 @ cols.T).reshape(weight.shape)
     del cols
-    dcols = weight.reshape(O, -1).T @ dy2
-    dx = _k.col2im(dcols, x.shape, KH, KW, cache["stride"], cache["padding"])
+    dx = None
+    if need_dx:
+        dcols = weight.reshape(O, -1).T @ dy2
+        dx = _k.col2im(dcols, x.shape, KH, KW, cache["stride"], cache["padding"])
     dbias = dy2.sum(axis=1) if cache["has_bias"] else None
     return dx, dweight, dbias
 

@@ -15,10 +15,13 @@ __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
 
 def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=True,
-                      momentum=0.1, eps=1e-5, check=True):
+                      momentum=0.1, eps=1e-5, repeats=1, check=True):
     """Returns ``(y, cache, new_running_mean, new_running_var)``.
 
     The running statistics are returned, not updated in place, so the op stays a pure function.
+    ``repeats``: x stands for that many identical copies along M (an input repeated over time
+    and normalised once): the batch statistics are those of the copies already, and only the
+    unbiased correction of the running variance counts ``repeats * M * P`` values.
     """
     if check:
         check_float_array(x, "x", ndim=3)
@@ -40,8 +43,9 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
         inv_std = dt(1) / np.sqrt(var + dt(eps))
         xhat = centred * inv_std[:, None]
         m = dt(momentum)
+        total = count * repeats
         new_mean = (dt(1) - m) * running_mean + m * mean.astype(running_mean.dtype)
-        new_var = (dt(1) - m) * running_var + m * (var * dt(count / (count - 1))).astype(running_var.dtype)
+        new_var = (dt(1) - m) * running_var + m * (var * dt(total / (total - 1))).astype(running_var.dtype)
     else:
         inv_std = (dt(1) / np.sqrt(running_var + dt(eps))).astype(x.dtype)
         xhat = (x - running_mean.astype(x.dtype)[:, None]) * inv_std[:, None]

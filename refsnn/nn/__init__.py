@@ -1,6 +1,6 @@
 """Modules: Parameter/Module and the layers built on the functional pairs."""
 from .layers import LIF, BatchNorm, Conv1x1, Conv2d, Linear, MaxPool2d
-from .module import Module, Parameter, load_npz, save_npz_atomic
+from .module import Module, ModuleList, Parameter, load_npz, save_npz_atomic
 
-__all__ = ["Module", "Parameter", "save_npz_atomic", "load_npz", "Conv2d", "Conv1x1", "Linear",
+__all__ = ["Module", "ModuleList", "Parameter", "save_npz_atomic", "load_npz", "Conv2d", "Conv1x1", "Linear",
            "BatchNorm", "LIF", "MaxPool2d"]

@@ -83,13 +83,14 @@ class Conv2d(Module, Counting):
         self.op_counts = self._count_input(x, cache["counts"])
         return y.reshape((T, B) + y.shape[1:])
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """Returns dx (None with ``need_dx=False``: skips the input-gradient GEMM)."""
         cache, (T, B) = self._cache
-        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, need_dx=need_dx)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
-        return dx.reshape((T, B) + dx.shape[1:])
+        return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
 
 
 class Conv1x1(Module, Counting):
@@ -162,7 +163,9 @@ class BatchNorm(Module):
         self.register_buffer("running_var", np.ones(channels, dtype=dtype))
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, repeats: int = 1):
+        """x ``[T, B, C, ...]``; ``repeats`` > 1 when x (with T = 1) stands for an input
+        repeated over that many time steps (see ``batchnorm_forward``)."""
         check_float_array(x, "x", min_ndim=3)
         if x.shape[2] != self.channels:
             raise ValueError(f"x: expected {self.channels} channels on axis 2 of [T, B, C, ...], "
@@ -171,7 +174,7 @@ class BatchNorm(Module):
         x3 = x.reshape(T * B, C, -1)
         y, cache, mean, var = batchnorm_forward(
             x3, self.weight.value, self.bias.value, self.running_mean, self.running_var,
-            training=self.training, momentum=self.momentum, eps=self.eps)
+            training=self.training, momentum=self.momentum, eps=self.eps, repeats=repeats)
         if self.training:
             self.set_buffer("running_mean", mean)
             self.set_buffer("running_var", var)

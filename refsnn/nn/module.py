@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Parameter", "Module", "save_npz_atomic", "load_npz"]
+__all__ = ["Parameter", "Module", "ModuleList", "save_npz_atomic", "load_npz"]
 
 
 class Parameter:
@@ -183,6 +183,31 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.num_parameters():,} parameters)"
+
+
+class ModuleList(Module):
+    """An ordered list of modules named ``0``, ``1``, ... (as in ``blocks.0.attn``)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self._items = []
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise ValueError(f"ModuleList: expected a Module, got {type(module).__name__}")
+        setattr(self, str(len(self._items)), module)
+        self._items.append(module)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i: int) -> Module:
+        return self._items[i]
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:

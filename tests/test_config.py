@@ -1,0 +1,62 @@
+"""Config presets and validation (SPEC section 6)."""
+import json
+
+import pytest
+
+from refsnn.models import CHOICES, Config, config
+
+
+@pytest.mark.parametrize("name, dims, tokens", [
+    ("paper", (48, 96, 192), (1024, 256, 64)),
+    ("cpu", (16, 32, 64), (256, 64, 16)),
+    ("tiny", (8, 16, 32), (64, 16, 4)),
+])
+def test_presets_match_spec_table(name, dims, tokens):
+    c = config(name)
+    assert c.stage_dims == dims
+    assert c.stage_tokens == tokens
+    assert c.fusion == "cmqka" and c.modality == "av" and c.attention_backend == "packed"
+
+
+def test_preset_values():
+    p = config("paper")
+    assert (p.image_size, p.heads, p.depths, p.mlp_ratio, p.T, p.classes) == (128, (2, 4, 6), (2, 4, 8), 2, 4, 28)
+    t = config("tiny")
+    assert (t.image_size, t.heads, t.depths, t.T, t.classes) == (32, (1, 1, 2), (1, 1, 1), 2, 10)
+
+
+def test_json_round_trip_and_overrides():
+    c = config("cpu", fusion="mbt", v_reset=None, heads=(2, 2, 4), classes=28)
+    d = json.loads(c.to_json())
+    assert d["heads"] == [2, 2, 4] and d["v_reset"] is None
+    assert Config.from_json(c.to_json()) == c
+    assert config("tiny", T="3", detach_reset="false", heads="1,2,2").T == 3
+    assert config("tiny", v_reset="none").v_reset is None
+
+
+def test_unknown_field_and_value_are_named():
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['fusionn'\]"):
+        config("cpu", fusionn="cmqka")
+    with pytest.raises(ValueError, match="fusion.*allowed values.*cmqka.*concat.*ssa-cross.*mbt.*factorized"):
+        config("cpu", fusion="late")
+    with pytest.raises(ValueError, match="unknown config preset 'huge'"):
+        config("huge")
+    with pytest.raises(ValueError, match="heads.*stage 1 width 16 is not divisible by 3"):
+        config("cpu", heads=(3, 2, 4))
+    with pytest.raises(ValueError, match="'T' must be a positive integer"):
+        config("cpu", T=0)
+    with pytest.raises(ValueError, match="tau"):
+        config("cpu", tau=1.0)
+    with pytest.raises(ValueError, match="unknown config field"):
+        Config.from_dict({"name": "x", "bogus": 1})
+
+
+def test_every_choice_is_accepted():
+    for field, values in CHOICES.items():
+        for v in values:
+            assert getattr(config("tiny", **{field: v}), field) == v
+
+
+def test_printable():
+    text = str(config("tiny"))
+    assert text.startswith("Config(tiny)") and "fusion" in text and "'cmqka'" in text
