@@ -163,7 +163,7 @@ class Dataset:
         """
         idx = self._check_indices(indices)
         rows = self._rows[idx]
-        audio = np.array(self._audio[rows], dtype=np.float32)
+        audio = np.ascontiguousarray(self._audio[rows], dtype=np.float32)   # fancy indexing copies
         raw = self._frames[rows]
         if raw.dtype == np.uint8:
             frames = np.empty(raw.shape, dtype=np.float32)

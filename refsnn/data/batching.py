@@ -21,7 +21,7 @@ from .base import Dataset
 __all__ = ["Batch", "BatchIterator", "epoch_order"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Batch:
     """One batch. ``labels_b`` and ``lam`` are set by mixup: the loss is
     ``lam * CE(logits, labels) + (1 - lam) * CE(logits, labels_b)``; otherwise ``labels_b`` is

@@ -8,10 +8,10 @@ others do is an error that lists how they differ.
 ```
 <cache root>/<name>/<key>/params.json      preprocessing parameters (hashed into the key)
                           clips/<id>.npz   one per decoded clip: audio [1,S,S] float32, frames [F,3,S,S] uint8
-                          audio.npy        [N,1,S,S] float32   \\
-                          frames.npy       [N,F,3,S,S] uint8    > every prepared clip, written at the
-                          labels.npy       [N] int64           /  end of prepare
-                          index.json       class names, clip ids, splits, skipped clips (written last)
+                          audio.npy        [N,1,S,S] float32   every prepared clip, stacked at the
+                          frames.npy       [N,F,3,S,S] uint8   end of prepare
+                          index.json       class names and, per row, clip id, split, label; the skipped
+                                           clips with their reasons (written last: marks completeness)
                           report.json      the last prepare report
 ```
 """
@@ -30,7 +30,8 @@ from .resize import RESIZE_METHOD
 
 __all__ = [
     "REAL_DATASETS", "FORMAT_VERSION", "COMMON_DEFAULTS", "default_cache_root", "cache_params",
-    "cache_dir", "load_cached", "prepare_command", "atomic_write_text",
+    "cache_dir", "load_cached", "prepare_command", "temporary_name", "atomic_write", "atomic_write_text",
+    "atomic_save_npz",
 ]
 
 REAL_DATASETS = {"ave": ave, "cremad": cremad, "urbansound8k-av": urbansound8k_av}
@@ -81,14 +82,36 @@ def cache_dir(cache_root: str | os.PathLike | None, name: str, params: dict) -> 
     return os.path.join(os.fspath(cache_root or default_cache_root()), name, key)
 
 
+def temporary_name(path: str) -> str:
+    """``<folder>/.<name>.<pid>.tmp``: prepare deletes these when their process is gone."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: str, write) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, then rename it over ``path``.
+
+    An interrupt leaves the old file or the new one, never half a file.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file through a temporary file and a rename (never half a file)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_save_npz(path: str, arrays: dict) -> None:
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def prepare_command(name: str, root, cache, params: dict) -> str:
@@ -160,20 +183,17 @@ def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int
     index = _read_json(index_path)
     audio = np.load(os.path.join(directory, "audio.npy"), mmap_mode="r", allow_pickle=False)
     frames = np.load(os.path.join(directory, "frames.npy"), mmap_mode="r", allow_pickle=False)
-    labels = np.load(os.path.join(directory, "labels.npy"), allow_pickle=False)
+    labels = np.asarray(index["labels"], dtype=np.int64)
     n = len(index["clip_ids"])
     s, f = params["image_size"], params["num_frames"]
     if audio.shape != (n, 1, s, s) or frames.shape != (n, f, 3, s, s) or labels.shape != (n,):
         raise ValueError(f"{name}: the cache {directory} is inconsistent (arrays {audio.shape}, {frames.shape}, "
                          f"{labels.shape} for {n} clips); delete it and prepare again")
     splits = np.asarray(index["splits"])
-    if split == "val" and module.VAL_FROM == "train":
+    if split in ("train", "val") and module.VAL_FROM == "train":
         train_rows = np.nonzero(splits == "train")[0]
-        keep_train, keep_val = validation_split(len(train_rows), seed)
-        rows = train_rows[keep_val]
-    elif split == "train" and module.VAL_FROM == "train":
-        train_rows = np.nonzero(splits == "train")[0]
-        rows = train_rows[validation_split(len(train_rows), seed)[0]]
+        keep, held_out = validation_split(len(train_rows), seed)
+        rows = train_rows[keep if split == "train" else held_out]
     else:
         rows = np.nonzero(splits == split)[0]
     if rows.size == 0:

@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..nn.module import load_npz, save_npz_atomic
 from .audio import read_audio, spectrogram_from_waveform
 from .base import ClipSource, MediaError
-from .cache import (COMMON_DEFAULTS, REAL_DATASETS, atomic_write_text, cache_dir, cache_params,
-                    check_params_file)
+from .cache import (COMMON_DEFAULTS, REAL_DATASETS, atomic_save_npz, atomic_write_text,
+                    cache_dir, cache_params, check_params_file, temporary_name)
 from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
 
 __all__ = ["PrepareReport", "PrepareError", "prepare", "decode_clip", "main"]
@@ -129,7 +128,7 @@ def _remove_stale_temporaries(folder: str) -> None:
 
 def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
     audio, frames = decode_clip(src, params)
-    save_npz_atomic(path, {"audio": audio, "frames": frames})
+    atomic_save_npz(path, {"audio": audio, "frames": frames})
 
 
 def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name):
@@ -181,20 +180,20 @@ def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
         "notes": [{"clip_id": c, "text": t} for c, t in notes],
     }
     index_path = os.path.join(directory, "index.json")
-    names = ("audio.npy", "frames.npy", "labels.npy")
+    names = ("audio.npy", "frames.npy")
     if os.path.isfile(index_path) and all(os.path.isfile(os.path.join(directory, f)) for f in names):
         with open(index_path, encoding="utf-8") as f:
             if json.load(f) == index:
                 return index
         os.remove(index_path)                    # readers see "incomplete" until the new one is in place
     n, s, fr = len(ready), params["image_size"], params["num_frames"]
-    tmp = {f: os.path.join(directory, f".{f}.{os.getpid()}.tmp") for f in names}
+    tmp = {f: temporary_name(os.path.join(directory, f)) for f in names}
     audio = np.lib.format.open_memmap(tmp["audio.npy"], mode="w+", dtype=np.float32, shape=(n, 1, s, s))
     frames = np.lib.format.open_memmap(tmp["frames.npy"], mode="w+", dtype=np.uint8, shape=(n, fr, 3, s, s))
     for i, src in enumerate(ready):
         path = _clip_path(clips_dir, src.clip_id)
-        arrays = load_npz(path)
-        a, f_ = arrays.get("audio"), arrays.get("frames")
+        with np.load(path, allow_pickle=False) as arrays:
+            a, f_ = arrays.get("audio"), arrays.get("frames")
         if a is None or f_ is None or a.shape != (1, s, s) or a.dtype != np.float32 \
                 or f_.shape != (fr, 3, s, s) or f_.dtype != np.uint8:
             raise ValueError(f"{path}: not a clip of this cache (delete the file and run prepare again)")
@@ -202,8 +201,6 @@ def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
     audio.flush()
     frames.flush()
     del audio, frames
-    with open(tmp["labels.npy"], "wb") as f:
-        np.save(f, np.asarray(index["labels"], dtype=np.int64))
     for f in names:
         os.replace(tmp[f], os.path.join(directory, f))
     atomic_write_text(index_path, json.dumps(index))
