@@ -147,6 +147,16 @@ class SNNergy(Module):
             raise ValueError("audio/visual: empty batch")
         return audio, visual
 
+    @staticmethod
+    def _register_fusion_output(counter, y, x):
+        """A fusion adds scaled spike maps to the stream (``y = x + alpha * Y``): y carries the
+        events of x plus the spikes of the added maps (the scale folds into the next weights)."""
+        if y is x:
+            return
+        before = counter.events(x)
+        added = np.count_nonzero(y - x)
+        counter.register(y, None if before is None else before + int(added))
+
     def _check_dtype(self, x, name):
         if x.dtype != self.dtype:
             raise ValueError(f"{name}: expected dtype {self.dtype} (the model's), got {x.dtype}")
@@ -169,8 +179,11 @@ class SNNergy(Module):
         c = self.config
         raw = {"audio": audio, "visual": visual}
         x, encodings = {}, {}
+        counter = self.counter
         for m in c.modalities:
             x[m], encodings[m] = self._encode(m, raw[m])
+            if counter is not None:
+                counter.mark_analog(x[m])          # data, even when its values look binary
         for s in (1, 2, 3):
             for m in c.modalities:
                 stage = getattr(self, m).stages[s - 1]
@@ -178,12 +191,21 @@ class SNNergy(Module):
                     x[m] = stage.forward(x[m], c.T)
                 else:
                     T, B, C, _ = x[m].shape
-                    x[m] = stage.forward(x[m].reshape(T, B, C, *getattr(self, m).stages[s - 2].spatial))
+                    fmap = x[m].reshape(T, B, C, *getattr(self, m).stages[s - 2].spatial)
+                    if counter is not None:
+                        counter.register(fmap, counter.events(x[m]))
+                    x[m] = stage.forward(fmap)
             if c.modality == "av":
+                before = dict(x)
                 x["audio"], x["visual"] = getattr(self, f"fusion{s}").forward(x["audio"], x["visual"])
+                if counter is not None:
+                    for m in ("audio", "visual"):
+                        self._register_fusion_output(counter, x[m], before[m])
         order = [m for m in ("visual", "audio") if m in c.modalities]
         pooled = [mean_pool_forward(x[m]) for m in order]
         features = np.concatenate([p for p, _ in pooled], axis=1)
+        if counter is not None:
+            counter.mark_analog(features)          # spike-rate averages: the head counts MACs
         self._cache = dict(order=order, pool=[pc for _, pc in pooled], encodings=encodings,
                            widths=[p.shape[1] for p, _ in pooled],
                            shapes={m: (raw[m].shape if raw[m] is not None else None) for m in c.modalities})

@@ -14,6 +14,13 @@ from .module import Module, ModuleList
 __all__ = ["PatchEmbedInit", "PatchEmbedStage", "SMLP", "Block", "Stage"]
 
 
+def _register_sum(counter, total, stream, spikes):
+    """Energy bookkeeping: ``total = stream + spikes`` carries the events of both."""
+    if counter is not None:
+        before = counter.events(stream)
+        counter.register(total, None if before is None else before + int(np.count_nonzero(spikes)))
+
+
 class PatchEmbedInit(Module):
     """SPEDS-1 (QKFormer ``PatchEmbedInit``; convolutions without bias). Divides H and W by 4.
     The layers are held directly (``proj1_conv``, ``proj1_bn``) so parameter names stay flat,
@@ -142,8 +149,13 @@ class Block(Module):
         self.mlp = mlp
 
     def forward(self, x):
-        x = x + self.attn.forward(x)
-        return x + self.mlp.forward(x)
+        a = self.attn.forward(x)
+        x1 = x + a
+        _register_sum(self.counter, x1, x, a)
+        m = self.mlp.forward(x1)
+        x2 = x1 + m
+        _register_sum(self.counter, x2, x1, m)
+        return x2
 
     def backward(self, dout):
         dx = dout + self.mlp.backward(dout)
@@ -164,6 +176,8 @@ class Stage(Module):
         T, B, C, H, W = y.shape
         self._spatial = (H, W)
         tokens = y.reshape(T, B, C, H * W)
+        if self.counter is not None:
+            self.counter.register(tokens, self.counter.events(y))
         for block in self.blocks:
             tokens = block.forward(tokens)
         return tokens

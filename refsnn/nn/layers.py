@@ -5,9 +5,10 @@ Layouts are time-major (SPEC section 1): feature maps ``[T, B, C, H, W]``, token
 PyTorch's defaults: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with
 a = sqrt(5)), BatchNorm weight 1 and bias 0.
 
-``op_counts`` (a dict) describes the last forward: MACs of the dense op always; with
-``count_ops`` switched on (``refsnn.energy`` does it) also the input's element and nonzero counts,
-from which energy accounting derives accumulate operations.
+``op_counts`` (a dict) describes the last forward: ``macs`` of the dense op always; while an
+``EventCounter`` is attached (``refsnn.energy`` does it) also ``input_elements``,
+``input_events`` (spike events carried by the input; None for an analog input), ``steps`` (time
+steps in the input) and ``batch``, from which energy accounting derives accumulate operations.
 """
 from __future__ import annotations
 
@@ -22,8 +23,7 @@ from ..functional.norm import batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from .module import Module, Parameter
 
-__all__ = ["Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d", "uniform_init",
-           "Counting"]
+__all__ = ["Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d", "uniform_init"]
 
 
 def uniform_init(rng: np.random.Generator, shape, fan_in: int, dtype) -> np.ndarray:
@@ -43,20 +43,15 @@ def _check_channels(x, channels):
         raise ValueError(f"x: expected {channels} channels on axis 2 of [T, B, C, ...], got shape {x.shape}")
 
 
-class Counting:
-    """Mixin: modules whose energy depends on their input record input statistics on demand."""
-
-    count_ops = False
-
-    def _count_input(self, x: np.ndarray, counts: dict) -> dict:
-        if self.count_ops:
-            counts = dict(counts)
-            counts["input_elements"] = int(x.size)
-            counts["input_nonzero"] = int(np.count_nonzero(x))
+def _input_counts(module, x: np.ndarray, counts: dict, steps: int, batch: int) -> dict:
+    """The op's counts, plus what the attached EventCounter says about the input."""
+    if module.counter is None:
         return counts
+    return dict(counts, input_elements=int(x.size), input_events=module.counter.events(x),
+                steps=int(steps), batch=int(batch))
 
 
-class Conv2d(Module, Counting):
+class Conv2d(Module):
     """2-D convolution on ``[T, B, C, H, W]`` (T and B merged); weight OIHW."""
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
@@ -80,7 +75,7 @@ class Conv2d(Module, Counting):
                                     None if self.bias is None else self.bias.value,
                                     stride=self.stride, padding=self.padding)
         self._cache = (cache, (T, B))
-        self.op_counts = self._count_input(x, cache["counts"])
+        self.op_counts = _input_counts(self, x, cache["counts"], T, B)
         return y.reshape((T, B) + y.shape[1:])
 
     def backward(self, dy, need_dx=True):
@@ -93,7 +88,7 @@ class Conv2d(Module, Counting):
         return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
 
 
-class Conv1x1(Module, Counting):
+class Conv1x1(Module):
     """1x1 convolution over tokens ``[T, B, C, N]``; weight ``[out, in]``."""
 
     def __init__(self, in_channels, out_channels, bias=True, *, rng, dtype=np.float32):
@@ -112,7 +107,7 @@ class Conv1x1(Module, Counting):
         y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
                                      None if self.bias is None else self.bias.value)
         self._cache = (cache, (T, B))
-        self.op_counts = self._count_input(x, cache["counts"])
+        self.op_counts = _input_counts(self, x, cache["counts"], T, B)
         return y.reshape(T, B, self.out_channels, N)
 
     def backward(self, dy):
@@ -124,7 +119,7 @@ class Conv1x1(Module, Counting):
         return dx.reshape((T, B) + dx.shape[1:])
 
 
-class Linear(Module, Counting):
+class Linear(Module):
     """Fully connected layer on ``[B, in]``; weight ``[out, in]``."""
 
     def __init__(self, in_features, out_features, bias=True, *, rng, dtype=np.float32):
@@ -139,7 +134,7 @@ class Linear(Module, Counting):
     def forward(self, x):
         y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
         self._cache = cache
-        self.op_counts = self._count_input(x, cache["counts"])
+        self.op_counts = _input_counts(self, x, cache["counts"], 1, x.shape[0])
         return y
 
     def backward(self, dy):
@@ -193,11 +188,10 @@ class BatchNorm(Module):
 class LIF(Module):
     """Multi-step LIF neurons over ``[T, ...]`` (SPEC section 2). No parameters.
 
-    Keyword arguments are those of ``refsnn.functional.lif_forward``. With ``count_ops`` on,
-    ``op_counts`` records the number of neurons and of spikes of the last forward.
+    Keyword arguments are those of ``refsnn.functional.lif_forward``. While an EventCounter is
+    attached, ``op_counts`` records the neurons (elements of ``[T, ...]``) and spikes of the
+    last forward.
     """
-
-    count_ops = False
 
     def __init__(self, **neuron):
         super().__init__()
@@ -210,8 +204,9 @@ class LIF(Module):
     def forward(self, x):
         spikes, cache = lif_forward(x, **self.neuron)
         self._cache = cache
-        if self.count_ops:
-            self.op_counts = dict(neurons=int(x.size), spikes=int(np.count_nonzero(spikes)))
+        if self.counter is not None:
+            self.op_counts = dict(neurons=int(x.size), spikes=int(np.count_nonzero(spikes)),
+                                  steps=int(x.shape[0]))
         return spikes
 
     def backward(self, dspikes):

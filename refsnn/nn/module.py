@@ -42,6 +42,8 @@ class Parameter:
 class Module:
     """Base class. Subclasses implement ``forward`` and ``backward`` over functional pairs."""
 
+    counter = None      # an EventCounter while energy is being measured (refsnn.nn.counting)
+
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())

@@ -1,0 +1,91 @@
+"""Energy accounting (SPEC section 7) against hand-computed counts."""
+import numpy as np
+import pytest
+
+from refsnn.energy import format_report, report
+from refsnn.models import config
+from refsnn.models.snnergy import SNNergy
+from refsnn.nn import LIF, Conv1x1, Conv2d, Linear, Module
+
+
+class HandSet(Module):
+    """stem conv (analog) -> LIF -> conv3x3 on spikes; tokens: Conv1x1 on spikes and on a
+    residual sum of two spike maps; head on pooled features. Weights are set by hand so the
+    spikes are known."""
+
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.stem = Conv2d(1, 2, 3, 1, 1, bias=False, rng=rng, dtype=np.float64)
+        self.stem.weight.value[...] = 0
+        self.stem.weight.value[:, 0, 1, 1] = 1.0            # each channel copies the input
+        self.lif = LIF()
+        self.conv = Conv2d(2, 3, 3, 1, 1, bias=False, rng=rng, dtype=np.float64)
+        self.tok = Conv1x1(2, 4, rng=rng, dtype=np.float64)
+        self.res = Conv1x1(2, 1, rng=rng, dtype=np.float64)
+        self.head = Linear(2, 5, rng=rng, dtype=np.float64)
+
+    def forward(self, audio, visual):
+        x = audio[None]
+        if self.counter is not None:
+            self.counter.mark_analog(x)                     # data: integer values, yet analog
+        y = self.stem.forward(x)                            # [1, B, 2, 4, 4], once per sample
+        s = self.lif.forward(np.broadcast_to(y, (2,) + y.shape[1:]))   # T = 2
+        self.conv.forward(s)
+        tokens = s.reshape(2, s.shape[1], 2, 16)
+        self.tok.forward(tokens)
+        self.res.forward(tokens + tokens)                   # residual sum: every spike twice
+        return self.head.forward(tokens.mean(axis=(0, 3)))
+
+
+def test_hand_computed_macs_and_acs():
+    net = HandSet()
+    audio = np.zeros((3, 1, 4, 4))
+    # 2.0 charges H = 1.0 = v_th at t = 0 (fires at equality), resets to 0, fires again at t = 1
+    audio[0, 0, 0, 0] = audio[0, 0, 2, 3] = audio[1, 0, 3, 3] = 2.0
+    audio[2, 0, 1, 1] = 1.0                                 # H = 0.5, 0.75: never fires
+    rep = report(net, [(audio, None)])
+    spikes = 3 * 2 * 2                                       # positions x channels x steps
+    layers = rep["layers"]
+    assert rep["samples"] == 3
+    assert layers["stem"]["kind"] == "mac"
+    assert layers["stem"]["macs"] == 2 * 1 * 9 * 16          # per sample, once (input repeats)
+    assert layers["conv"]["acs"] == pytest.approx(spikes * 9 * 3 / 3)      # fan-out 9 x C_out
+    assert layers["conv"]["input_firing_rate"] == pytest.approx(spikes / (2 * 3 * 2 * 16))
+    assert layers["tok"]["acs"] == pytest.approx(spikes * 4 / 3)           # fan-out C_out
+    assert layers["res"]["acs"] == pytest.approx(2 * spikes * 1 / 3)       # both constituents
+    assert layers["head"]["kind"] == "mac" and layers["head"]["macs"] == 2 * 5
+    assert rep["firing_rates"]["lif"] == pytest.approx(spikes / (2 * 3 * 2 * 16))
+    # ANN reference: every layer once per sample, in MACs
+    ann = 2 * 9 * 16 + 3 * 2 * 9 * 16 + 4 * 2 * 16 + 1 * 2 * 16 + 2 * 5
+    assert rep["totals"]["ann_macs"] == pytest.approx(ann)
+    energy = 4.6e-9 * (2 * 9 * 16 + 10) + 0.9e-9 * (spikes * 27 + spikes * 4 + 2 * spikes) / 3
+    assert rep["totals"]["snn_mJ"] == pytest.approx(energy)
+    assert net.training                                       # restored
+    assert net.stem.counter is None                           # detached
+
+
+def test_model_report_stems_and_totals():
+    c = config("tiny", T=2)
+    model = SNNergy(c)
+    rng = np.random.default_rng(0)
+    audio = rng.normal(size=(2, 1, 32, 32)).astype(np.float32)
+    frames = rng.random((2, 2, 3, 32, 32)).astype(np.float32)
+    rep = report(model, [(audio, frames), (audio, frames[:, :1])])
+    layers = rep["layers"]
+    half = c.stage_dims[0] // 2
+    assert layers["audio.stage1.embed.proj0_conv"]["macs"] == half * 1 * 9 * 32 * 32
+    # frames differ per step in the first batch (T MACs), repeat in the second (once)
+    assert layers["visual.stage1.embed.proj0_conv"]["macs"] == pytest.approx(half * 3 * 9 * 1024 * (2 + 1) / 2)
+    assert layers["head"]["kind"] == "mac"
+    assert all(layers[k]["kind"] == "ac" for k in layers if "blocks" in k or "fusion" in k)
+    assert "visual.stage1.blocks.0.attn.qk" in layers and "fusion1.audio_from_visual.qk" in layers
+    t = rep["totals"]
+    assert t["snn_mJ"] > 0 and t["ann_mJ"] > t["snn_mJ"]
+    assert rep["machine_ops"]["popcount_words"] > 0
+    assert "per sample: SNN" in format_report(rep)
+
+
+def test_report_needs_a_batch():
+    with pytest.raises(ValueError, match="no batch"):
+        report(SNNergy(config("tiny")), [])
