@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .base import ClipSource, Manifest
-from .layout import LayoutError, require_dir, require_file
+from .layout import LayoutError, require_dir, require_file, text_rows
 
 __all__ = ["LAYOUT", "DEFAULTS", "VAL_FROM", "scan", "read_rows"]
 
@@ -36,27 +36,23 @@ def read_rows(path: str, *, header: bool) -> list[tuple[int, str, str]]:
     naming the file and line.
     """
     rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            if header and lineno == 1 and text.startswith("Category&"):
-                continue
-            fields = [p.strip() for p in text.split("&")]
-            problem = None
-            if len(fields) != 5:
-                problem = f"expected 5 fields {_FIELDS}, got {len(fields)}"
-            elif not fields[0] or not fields[1]:
-                problem = "empty Category or VideoID"
-            else:
-                try:
-                    float(fields[3]), float(fields[4])
-                except ValueError:
-                    problem = f"StartTime and EndTime must be numbers, got {fields[3]!r} and {fields[4]!r}"
-            if problem:
-                raise ValueError(f"{path}:{lineno}: malformed row {text!r}: {problem}")
-            rows.append((lineno, fields[0], fields[1]))
+    for lineno, text in text_rows(path):
+        if header and lineno == 1 and text.startswith("Category&"):
+            continue
+        fields = [p.strip() for p in text.split("&")]
+        problem = None
+        if len(fields) != 5:
+            problem = f"expected 5 fields {_FIELDS}, got {len(fields)}"
+        elif not fields[0] or not fields[1]:
+            problem = "empty Category or VideoID"
+        else:
+            try:
+                float(fields[3]), float(fields[4])
+            except ValueError:
+                problem = f"StartTime and EndTime must be numbers, got {fields[3]!r} and {fields[4]!r}"
+        if problem:
+            raise ValueError(f"{path}:{lineno}: malformed row {text!r}: {problem}")
+        rows.append((lineno, fields[0], fields[1]))
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .base import ClipSource, Manifest
-from .layout import LayoutError, require_dir, require_file
+from .layout import LayoutError, require_dir, require_file, text_rows
 
 __all__ = ["LAYOUT", "DEFAULTS", "VAL_FROM", "CLASS_NAMES", "scan", "read_split"]
 
@@ -29,28 +29,24 @@ VAL_FROM = "train"
 def read_split(path: str) -> list[tuple[int, str, str]]:
     """Rows ``clip,EMO`` -> ``[(line number, clip, EMO)]``; malformed rows name file and line."""
     rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            fields = [p.strip() for p in text.split(",")]
-            if lineno == 1 and fields[0].lower() == "clip":
-                continue                                       # header
-            if len(fields) != 2 or not fields[0] or not fields[1]:
-                raise ValueError(f"{path}:{lineno}: malformed row {text!r}: expected 'clip,EMO' "
-                                 f"like '1001_DFA_ANG_XX,ANG'")
-            clip, emo = fields
-            parts = clip.split("_")
-            if len(parts) != 4 or not parts[0].isdigit() or os.sep in clip or "/" in clip:
-                raise ValueError(f"{path}:{lineno}: malformed clip name {clip!r}: expected "
-                                 f"<actor>_<sentence>_<emotion>_<level> like 1001_DFA_ANG_XX")
-            if emo not in CLASS_NAMES:
-                raise ValueError(f"{path}:{lineno}: unknown class name {emo!r} (known: {CLASS_NAMES})")
-            if parts[2] != emo:
-                raise ValueError(f"{path}:{lineno}: label {emo} disagrees with the emotion {parts[2]!r} "
-                                 f"in the clip name {clip}")
-            rows.append((lineno, clip, emo))
+    for lineno, text in text_rows(path):
+        fields = [p.strip() for p in text.split(",")]
+        if lineno == 1 and fields[0].lower() == "clip":
+            continue                                       # header
+        if len(fields) != 2 or not fields[0] or not fields[1]:
+            raise ValueError(f"{path}:{lineno}: malformed row {text!r}: expected 'clip,EMO' "
+                             f"like '1001_DFA_ANG_XX,ANG'")
+        clip, emo = fields
+        parts = clip.split("_")
+        if len(parts) != 4 or not parts[0].isdigit() or os.sep in clip or "/" in clip:
+            raise ValueError(f"{path}:{lineno}: malformed clip name {clip!r}: expected "
+                             f"<actor>_<sentence>_<emotion>_<level> like 1001_DFA_ANG_XX")
+        if emo not in CLASS_NAMES:
+            raise ValueError(f"{path}:{lineno}: unknown class name {emo!r} (known: {CLASS_NAMES})")
+        if parts[2] != emo:
+            raise ValueError(f"{path}:{lineno}: label {emo} disagrees with the emotion {parts[2]!r} "
+                             f"in the clip name {clip}")
+        rows.append((lineno, clip, emo))
     return rows
 
 

@@ -99,21 +99,29 @@ def _parse_ppm_stream(data: bytes) -> list:
     return frames
 
 
+def _run_decoder(path: str, args: list, what: str, no_stream: str, *, quiet: bool) -> subprocess.CompletedProcess:
+    """ffmpeg on one stream of ``path``: a failed run, a missing stream or a partial file is a
+    ``MediaError`` naming ``what``. ``quiet=False`` keeps the input description on stderr (its
+    ``Duration:``)."""
+    proc = _run_ffmpeg([*(["-v", "error"] if quiet else []), "-i", path, *args], what)
+    text = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        if "matches no streams" in text:
+            raise MediaError(no_stream)
+        raise MediaError(f"corrupt {what} (ffmpeg: {_first_error(proc.stderr)})")
+    if "partial file" in text:
+        raise MediaError(f"truncated {what} (ffmpeg: {_first_error(proc.stderr)})")
+    return proc
+
+
 def decode_frames(path: str | os.PathLike, fps: float) -> tuple[np.ndarray, float | None]:
     """RGB frames at ``fps``: (uint8 ``[n, h, w, 3]``, container duration in s or None)."""
     path = os.fspath(path)
     _check_file(path)
     if not fps > 0:
         raise ValueError(f"fps: expected > 0, got {fps}")
-    proc = _run_ffmpeg(["-i", path, "-map", "0:v:0", "-an", "-vf", f"fps={fps:g}",
-                        "-f", "image2pipe", "-c:v", "ppm", "pipe:1"], "video")
-    text = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if "matches no streams" in text:
-            raise MediaError("no video track")
-        raise MediaError(f"corrupt video (ffmpeg: {_first_error(proc.stderr)})")
-    if "partial file" in text:
-        raise MediaError(f"truncated video (ffmpeg: {_first_error(proc.stderr)})")
+    proc = _run_decoder(path, ["-map", "0:v:0", "-an", "-vf", f"fps={fps:g}", "-f", "image2pipe",
+                               "-c:v", "ppm", "pipe:1"], "video", "no video track", quiet=False)
     frames = _parse_ppm_stream(proc.stdout)
     duration = _container_duration(proc.stderr)
     if not frames:
@@ -131,15 +139,8 @@ def decode_audio_track(path: str | os.PathLike, container_duration: float | None
     """
     path = os.fspath(path)
     _check_file(path)
-    proc = _run_ffmpeg(["-v", "error", "-i", path, "-map", "0:a:0", "-vn", "-c:a", "pcm_f32le",
-                        "-f", "wav", "pipe:1"], "audio track")
-    text = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if "matches no streams" in text:
-            raise MediaError("video has no audio track")
-        raise MediaError(f"corrupt audio track (ffmpeg: {_first_error(proc.stderr)})")
-    if "partial file" in text:
-        raise MediaError(f"truncated file (ffmpeg: {_first_error(proc.stderr)})")
+    proc = _run_decoder(path, ["-map", "0:a:0", "-vn", "-c:a", "pcm_f32le", "-f", "wav", "pipe:1"],
+                        "audio track", "video has no audio track", quiet=True)
     wave, rate = read_audio_bytes(proc.stdout)
     seconds = wave.shape[0] / rate
     if container_duration is not None and seconds < 0.9 * container_duration - 0.5:

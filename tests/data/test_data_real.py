@@ -138,17 +138,22 @@ def _rewrite(path, old, new):
     open(path, "w").write(text.replace(old, new, 1))
 
 
-@pytest.mark.parametrize("file, old, new, pattern", [
-    ("Annotations.txt", "Dog&dog2&good&0&10", "Dog&dog2&good&0", r"Annotations.txt:\d+: malformed row .*expected 5 fields"),
-    ("Annotations.txt", "Dog&dog2&good&0&10", "Dog&dog2&good&zero&10", r"Annotations.txt:\d+: .*must be numbers"),
-    ("trainSet.txt", "Truck&truck1&good&0&10", "Truck&truck1", r"trainSet.txt:3: malformed row"),
-    ("testSet.txt", "Truck&truck2", "Tractor&truck2", r"testSet.txt:1: unknown class name 'Tractor'"),
+@pytest.mark.parametrize("dataset, file, old, new, pattern", [
+    ("ave", "Annotations.txt", "Dog&dog2&good&0&10", "Dog&dog2&good&0",
+     r"Annotations.txt:\d+: malformed row .*expected 5 fields"),
+    ("ave", "Annotations.txt", "Dog&dog2&good&0&10", "Dog&dog2&good&zero&10", r"Annotations.txt:\d+: .*must be numbers"),
+    ("ave", "trainSet.txt", "Truck&truck1&good&0&10", "Truck&truck1", r"trainSet.txt:3: malformed row"),
+    ("ave", "testSet.txt", "Truck&truck2", "Tractor&truck2", r"testSet.txt:1: unknown class name 'Tractor'"),
+    ("cremad", "test.csv", "1091_IEO_FEA_HI,FEA", "1091_IEO_FEA_HI,FEAR", r"test.csv:1: unknown class name 'FEAR'"),
+    ("cremad", "test.csv", "1091_IEO_FEA_HI,FEA", "1091_IEO_FEA_HI,DIS", r"test.csv:1: label DIS disagrees"),
+    ("cremad", "train.csv", "1001_DFA_ANG_XX,ANG", "1001_DFA_ANG_XX ANG", r"train.csv:2: malformed row"),
+    ("cremad", "train.csv", "1002_DFA_HAP_XX,HAP", "DFA_HAP_XX,HAP", r"train.csv:3: malformed clip name"),
 ])
-def test_ave_bad_rows(ave_root, tmp_path, file, old, new, pattern):
-    root = _copy(ave_root, tmp_path / "r")
+def test_bad_rows_name_file_and_line(request, tmp_path, dataset, file, old, new, pattern):
+    root = _copy(request.getfixturevalue(f"{dataset}_root"), tmp_path / "r")
     _rewrite(os.path.join(root, file), old, new)
     with pytest.raises(ValueError, match=pattern):
-        prepare("ave", root, str(tmp_path / "cache"), image_size=S, progress=False)
+        prepare(dataset, root, str(tmp_path / "cache"), image_size=S, progress=False)
 
 
 def test_ave_empty_split_file(ave_root, tmp_path):
@@ -313,19 +318,6 @@ def test_cremad_end_to_end(cremad_root, tmp_path):
     assert f[0, :, 2].mean() > 0.6 and f[0, :, 1].mean() < 0.2        # the blue flv
     assert f[1, :, 1].mean() > 0.6 and f[1, :, 0].mean() < 0.2        # the green frame folder
     assert names.index("FEA") == test.labels[0]
-
-
-@pytest.mark.parametrize("file, old, new, pattern", [
-    ("test.csv", "1091_IEO_FEA_HI,FEA", "1091_IEO_FEA_HI,FEAR", r"test.csv:1: unknown class name 'FEAR'"),
-    ("test.csv", "1091_IEO_FEA_HI,FEA", "1091_IEO_FEA_HI,DIS", r"test.csv:1: label DIS disagrees"),
-    ("train.csv", "1001_DFA_ANG_XX,ANG", "1001_DFA_ANG_XX ANG", r"train.csv:2: malformed row"),
-    ("train.csv", "1002_DFA_HAP_XX,HAP", "DFA_HAP_XX,HAP", r"train.csv:3: malformed clip name"),
-])
-def test_cremad_bad_rows(cremad_root, tmp_path, file, old, new, pattern):
-    root = _copy(cremad_root, tmp_path / "r")
-    _rewrite(os.path.join(root, file), old, new)
-    with pytest.raises(ValueError, match=pattern):
-        prepare("cremad", root, str(tmp_path / "cache"), image_size=S, progress=False)
 
 
 def test_cremad_bad_files(cremad_root, tmp_path):
