@@ -2,7 +2,7 @@
 
     python -m refsnn.data.prepare --data {ave,cremad,urbansound8k-av} --root PATH
         [--cache DIR] [--image-size N] [--num-frames F] [--fps R] [--min-seconds S]
-        [--strict] [--workers W] [--no-progress]
+        [--silence-threshold A] [--strict] [--workers W] [--no-progress]
 
 - Resumable: a clip whose file is already in the cache is not decoded again; each clip is
   written through a temporary file and a rename, so an interrupt leaves no half file.
@@ -269,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=None, help="frame sampling rate of videos (default: the data set's)")
     p.add_argument("--min-seconds", type=float, default=COMMON_DEFAULTS["min_seconds"],
                    help="shorter audio is skipped as very short")
+    p.add_argument("--silence-threshold", type=float, default=COMMON_DEFAULTS["silence_threshold"],
+                   help="audio whose peak amplitude is below this is skipped as silent")
     p.add_argument("--strict", action="store_true", help="fail on the first undecodable clip instead of skipping it")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -277,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    options = {"min_seconds": args.min_seconds}
+    options = {"min_seconds": args.min_seconds, "silence_threshold": args.silence_threshold}
     if args.num_frames is not None:
         options["num_frames"] = args.num_frames
     if args.fps is not None:

@@ -17,7 +17,7 @@ import datafactory as fac
 from refsnn.data import BatchIterator, load_dataset
 from refsnn.data.audio import log_spectrogram
 from refsnn.data.layout import LayoutError
-from refsnn.data.prepare import PrepareError, prepare
+from refsnn.data.prepare import PrepareError, _parser, prepare
 from refsnn.data.video import decode_audio_track
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,6 +109,14 @@ def test_missing_cache_names_the_prepare_command_and_layout(tmp_path):
     assert "python -m refsnn.data.prepare --data ave --root /data/AVE_Dataset" in text
     assert f"--cache {tmp_path}" in text and "--image-size 32" in text
     assert "Annotations.txt" in text and "AVE/<VideoID>.mp4" in text
+    with pytest.raises(ValueError) as err:
+        load_dataset("ave", "train", root="/d", cache=str(tmp_path), image_size=32, num_frames=3,
+                     silence_threshold=0.001)
+    command = next(line.strip() for line in str(err.value).splitlines() if "refsnn.data.prepare" in line)
+    assert "--num-frames 3" in command and "--silence-threshold 0.001" in command
+    args = _parser().parse_args(command.split()[3:])          # the printed command is valid
+    assert (args.data, args.root, args.image_size, args.num_frames, args.silence_threshold) == \
+        ("ave", "/d", 32, 3, 0.001)
 
 
 def test_interrupted_cache_is_reported_incomplete(ave_cache, tmp_path):
