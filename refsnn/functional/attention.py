@@ -177,11 +177,9 @@ def qk_token_backward(dz, cache):
     heads = cache["heads"]
     d = D // heads
     if cache["backend"] == "packed":
-        dk = np.empty_like(dz)
-        da = np.empty((T, B * heads, N), dtype=dz.dtype)
-        _k.qk_token_backward_kernel(cache["kw"], cache["a"].reshape(T, B * heads, N),
-                                    dz.reshape(T, B * heads, d, N), dk.reshape(T, B * heads, d, N), da)
-        da = da.reshape(T, B, heads, N)
+        dk, da = _k.qk_token_backward_packed(cache["kw"], cache["a"].reshape(T, B * heads, N),
+                                             dz.reshape(T, B * heads, d, N))
+        dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, heads, N)
     else:
         dk, da = _k.qk_token_backward_dense(cache["k"], cache["a"], dz)
     dp = lif_backward(da, cache["lif"])
@@ -229,11 +227,9 @@ def qk_channel_backward(dz, cache):
     dz = _check_grad(dz, "dz", cache)
     T, B, D, N = cache["shape"]
     if cache["backend"] == "packed":
-        dk = np.empty_like(dz)
-        da = np.empty((T, B * D), dtype=dz.dtype)
-        _k.qk_channel_backward_kernel(cache["kw"], cache["a"].reshape(T, B * D),
-                                      dz.reshape(T, B * D, N), dk.reshape(T, B * D, N), da)
-        da = da.reshape(T, B, D)
+        dk, da = _k.qk_channel_backward_packed(cache["kw"], cache["a"].reshape(T, B * D),
+                                               dz.reshape(T, B * D, N))
+        dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, D)
     else:
         dk, da = _k.qk_channel_backward_dense(cache["k"], cache["a"], dz)
     dp = lif_backward(da, cache["lif"])

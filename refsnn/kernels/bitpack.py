@@ -19,12 +19,12 @@ from numba.extending import intrinsic
 
 from ..functional.checks import check_array, check_binary
 
-__all__ = ["pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel", "pack_last_kernel",
-           "unpack_kernel", "unpack_last_kernel",
-           "pack_numpy", "unpack_numpy", "WORD_BITS"]
+__all__ = ["pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel",
+           "pack_kernel_serial", "pack_last_kernel", "pack_last_kernel_serial", "unpack_kernel",
+           "unpack_kernel_serial", "unpack_last_kernel", "unpack_last_kernel_serial", "work_units",
+           "pack_numpy", "unpack_numpy", "use_parallel", "PARALLEL_MIN_WORK", "WORD_BITS"]
 
 WORD_BITS = 64
-_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @intrinsic
@@ -47,120 +47,175 @@ def num_words(length: int) -> int:
 
 _QBLOCK = 256   # trailing-axis block: a block of output words stays in L1 while 64 rows are read
 _WBLOCK = 64    # words per work unit when packing the last axis
+# Below this many elements of work a kernel runs on the calling thread: waking the worker
+# threads costs ~20 us on an idle machine and milliseconds on a busy one, more than the work.
+PARALLEL_MIN_WORK = 1 << 16
 
+
+def use_parallel(work: int, parallel: bool | None) -> bool:
+    """``parallel=None`` decides by size; True / False force the variant (tests use both)."""
+    return work >= PARALLEL_MIN_WORK if parallel is None else bool(parallel)
+
+
+@nb.njit(cache=True, inline="always")
+def _pack_unit(x, out, bad, u):
+    """Pack one unit of a ``[P, L, Q]`` array (Q > 1): the word row (p, w), a block of Q."""
+    P, L, Q = x.shape
+    W = out.shape[1]
+    nqb = (Q + _QBLOCK - 1) // _QBLOCK
+    p = u // (W * nqb)
+    rem = u - p * W * nqb
+    w = rem // nqb
+    q0 = (rem - w * nqb) * _QBLOCK
+    q1 = min(Q, q0 + _QBLOCK)
+    l0 = w * 64
+    nbits = min(64, L - l0)
+    # (v != 0) xor (v == 1) is 1 exactly for values other than 0 and 1 (NaN included);
+    # an integer OR keeps the loop vectorisable where a branch would not
+    badacc = np.uint64(0)
+    o = out[p, w, q0:q1]
+    o[:] = 0
+    for j in range(nbits):
+        sh = np.uint64(j)
+        row = x[p, l0 + j, q0:q1]
+        for q in range(q1 - q0):
+            v = row[q]
+            b = np.uint64(v == 1)
+            badacc |= np.uint64(v != 0) ^ b
+            o[q] |= b << sh
+    bad[u] = badacc
+
+
+@nb.njit(cache=True, inline="always")
+def _pack_last_unit(x, out, bad, u):
+    """Pack one unit of a ``[P, L]`` array along L: row p, a block of _WBLOCK words."""
+    P, L = x.shape
+    W = out.shape[1]
+    nwb = (W + _WBLOCK - 1) // _WBLOCK
+    p = u // nwb
+    w0 = (u - p * nwb) * _WBLOCK
+    w1 = min(W, w0 + _WBLOCK)
+    badacc = np.uint64(0)
+    for w in range(w0, w1):
+        l0 = w * 64
+        acc = np.uint64(0)
+        if l0 + 64 <= L:    # constant trip count: LLVM vectorises the word
+            seg = x[p, l0:l0 + 64]
+            for j in range(64):
+                v = seg[j]
+                b = np.uint64(v == 1)
+                badacc |= np.uint64(v != 0) ^ b
+                acc |= b << np.uint64(j)
+        else:
+            for j in range(L - l0):
+                v = x[p, l0 + j]
+                b = np.uint64(v == 1)
+                badacc |= np.uint64(v != 0) ^ b
+                acc |= b << np.uint64(j)
+        out[p, w] = acc
+    bad[u] = badacc
+
+
+@nb.njit(cache=True, inline="always")
+def _unpack_unit(words, out, u):
+    """Unpack one unit of ``[P, W, Q]`` words (Q > 1) into ``[P, L, Q]``."""
+    P, L, Q = out.shape
+    W = words.shape[1]
+    nqb = (Q + _QBLOCK - 1) // _QBLOCK
+    p = u // (W * nqb)
+    rem = u - p * W * nqb
+    w = rem // nqb
+    q0 = (rem - w * nqb) * _QBLOCK
+    q1 = min(Q, q0 + _QBLOCK)
+    l0 = w * 64
+    src = words[p, w, q0:q1]
+    for j in range(min(64, L - l0)):
+        sh = np.uint64(j)
+        dst = out[p, l0 + j, q0:q1]
+        for q in range(q1 - q0):
+            dst[q] = (src[q] >> sh) & np.uint64(1)
+
+
+@nb.njit(cache=True, inline="always")
+def _unpack_last_unit(words, out, u):
+    """Unpack one unit of ``[P, W]`` words into ``[P, L]``: row p, a block of _WBLOCK words."""
+    P, L = out.shape
+    W = words.shape[1]
+    nwb = (W + _WBLOCK - 1) // _WBLOCK
+    p = u // nwb
+    w0 = (u - p * nwb) * _WBLOCK
+    for w in range(w0, min(W, w0 + _WBLOCK)):
+        l0 = w * 64
+        word = words[p, w]
+        if l0 + 64 <= L:
+            dst = out[p, l0:l0 + 64]
+            for j in range(64):
+                dst[j] = (word >> np.uint64(j)) & np.uint64(1)
+        else:
+            for j in range(L - l0):
+                out[p, l0 + j] = (word >> np.uint64(j)) & np.uint64(1)
+
+
+def work_units(P: int, L: int, Q: int) -> int:
+    """Work units of the (un)pack kernels for ``[P, L, Q]`` spikes (``bad`` entries of pack)."""
+    W = num_words(L)
+    return P * -(-W // _WBLOCK) if Q == 1 else P * W * -(-Q // _QBLOCK)
+
+
+# Each kernel comes twice, parallel and serial, with the same unit body (see PARALLEL_MIN_WORK).
 
 @nb.njit(parallel=True, cache=True)
 def pack_kernel(x, out, bad):
     """x ``[P, L, Q]`` (any numeric dtype, Q > 1) -> out ``[P, W, Q]`` uint64, W = ceil(L/64).
+    ``bad[u]`` (``work_units`` entries) is nonzero when unit u met a value other than 0 and 1;
+    the caller then reports the first such index."""
+    for u in nb.prange(bad.size):
+        _pack_unit(x, out, bad, u)
 
-    Work unit u covers one word row (p, w) and a block of Q. ``bad[u]`` is nonzero when the
-    unit met a value that is neither 0 nor 1 (NaN included); the caller then reports the
-    first such index. ``bad`` needs ``P * W * ceil(Q / _QBLOCK)`` entries.
-    """
-    P, L, Q = x.shape
-    W = out.shape[1]
-    nqb = (Q + _QBLOCK - 1) // _QBLOCK
-    for u in nb.prange(P * W * nqb):
-        p = u // (W * nqb)
-        rem = u - p * W * nqb
-        w = rem // nqb
-        q0 = (rem - w * nqb) * _QBLOCK
-        q1 = min(Q, q0 + _QBLOCK)
-        l0 = w * 64
-        nbits = min(64, L - l0)
-        # (v != 0) xor (v == 1) is 1 exactly for values other than 0 and 1 (NaN included);
-        # an integer OR keeps the loop vectorisable where a branch would not
-        badacc = np.uint64(0)
-        o = out[p, w, q0:q1]
-        o[:] = 0
-        for j in range(nbits):
-            sh = np.uint64(j)
-            row = x[p, l0 + j, q0:q1]
-            for q in range(q1 - q0):
-                v = row[q]
-                b = np.uint64(v == 1)
-                badacc |= np.uint64(v != 0) ^ b
-                o[q] |= b << sh
-        bad[u] = badacc
+
+@nb.njit(cache=True)
+def pack_kernel_serial(x, out, bad):
+    for u in range(bad.size):
+        _pack_unit(x, out, bad, u)
 
 
 @nb.njit(parallel=True, cache=True)
 def pack_last_kernel(x, out, bad):
-    """x ``[P, L]`` -> out ``[P, W]`` uint64 (packing the contiguous axis).
+    """x ``[P, L]`` -> out ``[P, W]`` uint64 (packing the contiguous axis); ``bad`` as above."""
+    for u in nb.prange(bad.size):
+        _pack_last_unit(x, out, bad, u)
 
-    Work unit u covers row p and a block of _WBLOCK words; ``bad`` as in ``pack_kernel``,
-    with ``P * ceil(W / _WBLOCK)`` entries.
-    """
-    P, L = x.shape
-    W = out.shape[1]
-    nwb = (W + _WBLOCK - 1) // _WBLOCK
-    for u in nb.prange(P * nwb):
-        p = u // nwb
-        w0 = (u - p * nwb) * _WBLOCK
-        w1 = min(W, w0 + _WBLOCK)
-        badacc = np.uint64(0)
-        for w in range(w0, w1):
-            l0 = w * 64
-            acc = np.uint64(0)
-            if l0 + 64 <= L:    # constant trip count: LLVM vectorises the word
-                seg = x[p, l0:l0 + 64]
-                for j in range(64):
-                    v = seg[j]
-                    b = np.uint64(v == 1)
-                    badacc |= np.uint64(v != 0) ^ b
-                    acc |= b << np.uint64(j)
-            else:
-                for j in range(L - l0):
-                    v = x[p, l0 + j]
-                    b = np.uint64(v == 1)
-                    badacc |= np.uint64(v != 0) ^ b
-                    acc |= b << np.uint64(j)
-            out[p, w] = acc
-        bad[u] = badacc
+
+@nb.njit(cache=True)
+def pack_last_kernel_serial(x, out, bad):
+    for u in range(bad.size):
+        _pack_last_unit(x, out, bad, u)
 
 
 @nb.njit(parallel=True, cache=True)
-def unpack_kernel(words, out):
+def unpack_kernel(words, out, units):
     """words ``[P, W, Q]`` uint64 (Q > 1) -> out ``[P, L, Q]`` (any numeric dtype), 0 or 1."""
-    P, L, Q = out.shape
-    W = words.shape[1]
-    nqb = (Q + _QBLOCK - 1) // _QBLOCK
-    for u in nb.prange(P * W * nqb):
-        p = u // (W * nqb)
-        rem = u - p * W * nqb
-        w = rem // nqb
-        q0 = (rem - w * nqb) * _QBLOCK
-        q1 = min(Q, q0 + _QBLOCK)
-        l0 = w * 64
-        nbits = min(64, L - l0)
-        src = words[p, w, q0:q1]
-        for j in range(nbits):
-            sh = np.uint64(j)
-            dst = out[p, l0 + j, q0:q1]
-            for q in range(q1 - q0):
-                dst[q] = (src[q] >> sh) & np.uint64(1)
+    for u in nb.prange(units):
+        _unpack_unit(words, out, u)
+
+
+@nb.njit(cache=True)
+def unpack_kernel_serial(words, out, units):
+    for u in range(units):
+        _unpack_unit(words, out, u)
 
 
 @nb.njit(parallel=True, cache=True)
-def unpack_last_kernel(words, out):
+def unpack_last_kernel(words, out, units):
     """words ``[P, W]`` uint64 -> out ``[P, L]`` (unpacking the contiguous axis)."""
-    P, L = out.shape
-    W = words.shape[1]
-    nwb = (W + _WBLOCK - 1) // _WBLOCK
-    for u in nb.prange(P * nwb):
-        p = u // nwb
-        w0 = (u - p * nwb) * _WBLOCK
-        w1 = min(W, w0 + _WBLOCK)
-        for w in range(w0, w1):
-            l0 = w * 64
-            word = words[p, w]
-            if l0 + 64 <= L:
-                dst = out[p, l0:l0 + 64]
-                for j in range(64):
-                    dst[j] = (word >> np.uint64(j)) & np.uint64(1)
-            else:
-                for j in range(L - l0):
-                    out[p, l0 + j] = (word >> np.uint64(j)) & np.uint64(1)
+    for u in nb.prange(units):
+        _unpack_last_unit(words, out, u)
+
+
+@nb.njit(cache=True)
+def unpack_last_kernel_serial(words, out, units):
+    for u in range(units):
+        _unpack_last_unit(words, out, u)
 
 
 def pack_numpy(x3: np.ndarray) -> np.ndarray:
@@ -194,12 +249,14 @@ def _pqr(shape: tuple, axis: int) -> tuple[int, int, int]:
     return P, shape[axis], Q
 
 
-def pack_bits(spikes: np.ndarray, axis: int = -1, *, name: str = "spikes") -> np.ndarray:
+def pack_bits(spikes: np.ndarray, axis: int = -1, *, name: str = "spikes",
+              parallel: bool | None = None) -> np.ndarray:
     """Pack a binary array along ``axis`` into uint64 words.
 
     spikes: any shape, bool or any real/integer dtype holding only 0 and 1.
     Returns uint64 of spikes' shape with ``axis`` replaced by ``ceil(length / 64)``.
-    ``name`` is the argument named in error messages (callers pass "q", "k").
+    ``name`` is the argument named in error messages (callers pass "q", "k"); ``parallel``
+    forces the parallel / serial kernel (default: by size).
     """
     check_array(spikes, name, min_ndim=1)
     ax = _axis(axis, spikes.ndim)
@@ -213,19 +270,20 @@ def pack_bits(spikes: np.ndarray, axis: int = -1, *, name: str = "spikes") -> np
     out = np.empty((P, W, Q), dtype=np.uint64)
     if out.size:
         x = np.ascontiguousarray(spikes)
+        bad = np.empty(work_units(P, L, Q), dtype=np.uint64)
+        par = use_parallel(x.size, parallel)
         if Q == 1:
-            bad = np.empty(P * -(-W // _WBLOCK), dtype=np.uint64)
-            pack_last_kernel(x.reshape(P, L), out.reshape(P, W), bad)
+            (pack_last_kernel if par else pack_last_kernel_serial)(x.reshape(P, L), out.reshape(P, W), bad)
         else:
-            bad = np.empty(P * W * -(-Q // _QBLOCK), dtype=np.uint64)
-            pack_kernel(x.reshape(P, L, Q), out, bad)
+            (pack_kernel if par else pack_kernel_serial)(x.reshape(P, L, Q), out, bad)
         if bad.any():
             check_binary(spikes, name)       # raises, naming the first offending index
             raise AssertionError("pack_kernel flagged a value that check_binary accepts")
     return out.reshape(spikes.shape[:ax] + (W,) + spikes.shape[ax + 1:])
 
 
-def unpack_bits(words: np.ndarray, length: int, axis: int = -1, *, dtype=np.uint8) -> np.ndarray:
+def unpack_bits(words: np.ndarray, length: int, axis: int = -1, *, dtype=np.uint8,
+                parallel: bool | None = None) -> np.ndarray:
     """Inverse of ``pack_bits``: uint64 words -> 0/1 array with ``length`` elements on ``axis``.
 
     ``dtype`` (default uint8) is the output dtype; the attention ops unpack straight to float.
@@ -248,8 +306,11 @@ def unpack_bits(words: np.ndarray, length: int, axis: int = -1, *, dtype=np.uint
                          f"(wrong length, or not produced by pack_bits)")
     out = np.empty((P, int(length), Q), dtype=dtype)
     if out.size:
+        par = use_parallel(out.size, parallel)
         if Q == 1:
-            unpack_last_kernel(w3.reshape(P, W), out.reshape(P, int(length)))
+            kernel = unpack_last_kernel if par else unpack_last_kernel_serial
+            kernel(w3.reshape(P, W), out.reshape(P, int(length)), work_units(P, int(length), Q))
         else:
-            unpack_kernel(w3, out)
+            kernel = unpack_kernel if par else unpack_kernel_serial
+            kernel(w3, out, work_units(P, int(length), Q))
     return out.reshape(words.shape[:ax] + (int(length),) + words.shape[ax + 1:])

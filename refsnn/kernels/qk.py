@@ -27,17 +27,23 @@ The backward kernels take K packed (the forward's cache keeps K at 1 bit per spi
     dK = A * dZ      dA = sum of dZ over the set bits of K (a head's channels / a channel's tokens)
 Sums run in a fixed sequential order (channels in order for QKTA, tokens in order for QKCA);
 the twins sum in the same order (``np.cumsum`` is sequential), so both agree bit for bit.
+
+Every kernel exists as a parallel (prange over work units) and a serial variant with one
+inlined unit body; the wrappers run small inputs serially (``bitpack.PARALLEL_MIN_WORK``).
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-from .bitpack import popcount64
+from .bitpack import popcount64, use_parallel
 from .lif import lif_forward_numpy
 
 __all__ = ["qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backward_kernel",
-           "qk_channel_backward_kernel", "qk_token_packed", "qk_channel_packed",
+           "qk_channel_backward_kernel", "qk_token_packed_kernel_serial",
+           "qk_channel_packed_kernel_serial", "qk_token_backward_kernel_serial",
+           "qk_channel_backward_kernel_serial", "qk_token_packed", "qk_channel_packed",
+           "qk_token_backward_packed", "qk_channel_backward_packed", "token_units",
            "qk_token_dense", "qk_channel_dense", "qk_token_backward_dense",
            "qk_channel_backward_dense", "dense_counts", "token_sums", "channel_sums", "token_mask", "channel_mask",
            "TOKEN_BLOCK"]
@@ -63,146 +69,204 @@ def _lif_step(x, vp, tau, v_th, v_reset, r, hard_reset, decay_input, one):
     return hv, s, vn
 
 
+@nb.njit(cache=True, inline="always")
+def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+    """QKTA forward of unit u: group g (sample and head), a block of TOKEN_BLOCK tokens."""
+    T, G, Wd, N = qw.shape
+    r = v_reset if hard_reset else one - one
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    g = u // nblk
+    n0 = (u - g * nblk) * TOKEN_BLOCK
+    m = min(N, n0 + TOKEN_BLOCK) - n0
+    v = np.empty(m, dtype=a.dtype)
+    v[:] = r
+    x = np.empty(m, dtype=a.dtype)
+    acc = np.empty(m, dtype=np.int64)
+    mask = np.empty(m, dtype=np.uint64)
+    adds = 0
+    sel = 0
+    kept = 0
+    for t in range(T):
+        acc[:] = 0
+        for w in range(Wd):
+            qrow = qw[t, g, w, n0:n0 + m]
+            for j in range(m):
+                acc[j] += popcount64(qrow[j])
+        for j in range(m):
+            adds += acc[j]
+            x[j] = acc[j]          # exact: an integer below 2**24 (float32) / 2**53
+        arow = a[t, g, n0:n0 + m]
+        hrow = h[t, g, n0:n0 + m]
+        for j in range(m):
+            hv, s, vn = _lif_step(x[j], v[j], tau, v_th, v_reset, r, hard_reset, decay_input, one)
+            hrow[j] = hv
+            arow[j] = s
+            v[j] = vn
+            mask[j] = _ALL_ONES if s != 0 else np.uint64(0)
+        for w in range(Wd):
+            krow = kw[t, g, w, n0:n0 + m]
+            zrow = zw[t, g, w, n0:n0 + m]
+            for j in range(m):
+                kv = krow[j]
+                zv = kv & mask[j]
+                zrow[j] = zv
+                sel += popcount64(kv)
+                kept += popcount64(zv)
+    counts[u, 0] = adds
+    counts[u, 1] = sel
+    counts[u, 2] = kept
+
+
+@nb.njit(cache=True, inline="always")
+def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one):
+    """QKCA forward of group g (sample and channel)."""
+    T, G, WN = qw.shape
+    r = v_reset if hard_reset else one - one
+    # a one-element buffer carries the LIF dtype: a scalar int -> float conversion in Numba
+    # gives float64, and float32 arithmetic must stay float32 to match lif_forward
+    xb = np.empty(1, dtype=a.dtype)
+    v = r
+    adds = 0
+    sel = 0
+    kept = 0
+    for t in range(T):
+        p = 0
+        qrow = qw[t, g]
+        for w in range(WN):
+            p += popcount64(qrow[w])
+        adds += p
+        xb[0] = p
+        hv, s, v = _lif_step(xb[0], v, tau, v_th, v_reset, r, hard_reset, decay_input, one)
+        h[t, g] = hv
+        a[t, g] = s
+        mask = _ALL_ONES if s != 0 else np.uint64(0)
+        krow = kw[t, g]
+        zrow = zw[t, g]
+        for w in range(WN):
+            kv = krow[w]
+            zv = kv & mask
+            zrow[w] = zv
+            sel += popcount64(kv)
+            kept += popcount64(zv)
+    counts[g, 0] = adds
+    counts[g, 1] = sel
+    counts[g, 2] = kept
+
+
+@nb.njit(cache=True, inline="always")
+def _token_backward_unit(kw, a, dz, dk, da, u):
+    """QKTA backward of unit u (as ``_token_unit``): dk = a * dz; da = the sum over the
+    head's channels, in order, of dz where K is 1."""
+    T, G, d, N = dz.shape
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    g = u // nblk
+    n0 = (u - g * nblk) * TOKEN_BLOCK
+    m = min(N, n0 + TOKEN_BLOCK) - n0
+    acc = np.empty(m, dtype=da.dtype)
+    for t in range(T):
+        acc[:] = 0
+        arow = a[t, g, n0:n0 + m]
+        for c in range(d):
+            krow = kw[t, g, c // 64, n0:n0 + m]
+            sh = np.uint64(c % 64)
+            dzrow = dz[t, g, c, n0:n0 + m]
+            dkrow = dk[t, g, c, n0:n0 + m]
+            for j in range(m):
+                dzv = dzrow[j]
+                dkrow[j] = arow[j] * dzv
+                if (krow[j] >> sh) & np.uint64(1):
+                    acc[j] += dzv
+        da[t, g, n0:n0 + m] = acc
+
+
+@nb.njit(cache=True, inline="always")
+def _channel_backward_unit(kw, a, dz, dk, da, g):
+    """QKCA backward of group g: dk = a * dz; da = the sum over tokens, in order, of dz where
+    K is 1."""
+    T, G, N = dz.shape
+    for t in range(T):
+        av = a[t, g]
+        acc = dz[t, g, 0] - dz[t, g, 0]     # zero of dz's dtype
+        krow = kw[t, g]
+        dzrow = dz[t, g]
+        dkrow = dk[t, g]
+        for n in range(N):
+            dzv = dzrow[n]
+            dkrow[n] = av * dzv
+            if (krow[n // 64] >> np.uint64(n % 64)) & np.uint64(1):
+                acc += dzv
+        da[t, g] = acc
+
+
+# Each kernel comes twice, parallel and serial, over the same unit body (the wrappers pick
+# one by size, see refsnn.kernels.bitpack.PARALLEL_MIN_WORK).
+
 @nb.njit(parallel=True, cache=True)
 def qk_token_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
                            decay_input, one):
     """QKTA core. qw, kw, zw ``[T, G, Wd, N]`` uint64; a, h ``[T, G, N]``; counts
-    ``[G * ceil(N / TOKEN_BLOCK), 3]`` int64. Float scalars have a's dtype."""
-    T, G, Wd, N = qw.shape
-    r = v_reset if hard_reset else one - one
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    for u in nb.prange(G * nblk):
-        g = u // nblk
-        n0 = (u - g * nblk) * TOKEN_BLOCK
-        m = min(N, n0 + TOKEN_BLOCK) - n0
-        v = np.empty(m, dtype=a.dtype)
-        v[:] = r
-        x = np.empty(m, dtype=a.dtype)
-        acc = np.empty(m, dtype=np.int64)
-        mask = np.empty(m, dtype=np.uint64)
-        adds = 0
-        sel = 0
-        kept = 0
-        for t in range(T):
-            acc[:] = 0
-            for w in range(Wd):
-                qrow = qw[t, g, w, n0:n0 + m]
-                for j in range(m):
-                    acc[j] += popcount64(qrow[j])
-            for j in range(m):
-                adds += acc[j]
-                x[j] = acc[j]          # exact: an integer below 2**24 (float32) / 2**53
-            arow = a[t, g, n0:n0 + m]
-            hrow = h[t, g, n0:n0 + m]
-            for j in range(m):
-                hv, s, vn = _lif_step(x[j], v[j], tau, v_th, v_reset, r, hard_reset,
-                                      decay_input, one)
-                hrow[j] = hv
-                arow[j] = s
-                v[j] = vn
-                mask[j] = _ALL_ONES if s != 0 else np.uint64(0)
-            for w in range(Wd):
-                krow = kw[t, g, w, n0:n0 + m]
-                zrow = zw[t, g, w, n0:n0 + m]
-                for j in range(m):
-                    kv = krow[j]
-                    zv = kv & mask[j]
-                    zrow[j] = zv
-                    sel += popcount64(kv)
-                    kept += popcount64(zv)
-        counts[u, 0] = adds
-        counts[u, 1] = sel
-        counts[u, 2] = kept
+    ``[G * ceil(N / TOKEN_BLOCK), 3]`` int64 (one row per unit). Float scalars have a's dtype."""
+    for u in nb.prange(counts.shape[0]):
+        _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+
+
+@nb.njit(cache=True)
+def qk_token_packed_kernel_serial(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
+                                  decay_input, one):
+    for u in range(counts.shape[0]):
+        _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one)
 
 
 @nb.njit(parallel=True, cache=True)
 def qk_channel_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
                              decay_input, one):
     """QKCA core. qw, kw, zw ``[T, G, WN]`` uint64; a, h ``[T, G]``; counts ``[G, 3]``."""
-    T, G, WN = qw.shape
-    r = v_reset if hard_reset else one - one
-    for g in nb.prange(G):
-        # one-element buffers carry the LIF dtype: a scalar int -> float conversion in Numba
-        # would give float64, and float32 arithmetic must stay float32 to match lif_forward
-        xb = np.empty(1, dtype=a.dtype)
-        v = r
-        adds = 0
-        sel = 0
-        kept = 0
-        for t in range(T):
-            p = 0
-            qrow = qw[t, g]
-            for w in range(WN):
-                p += popcount64(qrow[w])
-            adds += p
-            xb[0] = p
-            hv, s, v = _lif_step(xb[0], v, tau, v_th, v_reset, r, hard_reset, decay_input, one)
-            h[t, g] = hv
-            a[t, g] = s
-            mask = _ALL_ONES if s != 0 else np.uint64(0)
-            krow = kw[t, g]
-            zrow = zw[t, g]
-            for w in range(WN):
-                kv = krow[w]
-                zv = kv & mask
-                zrow[w] = zv
-                sel += popcount64(kv)
-                kept += popcount64(zv)
-        counts[g, 0] = adds
-        counts[g, 1] = sel
-        counts[g, 2] = kept
+    for g in nb.prange(counts.shape[0]):
+        _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one)
+
+
+@nb.njit(cache=True)
+def qk_channel_packed_kernel_serial(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
+                                    decay_input, one):
+    for g in range(counts.shape[0]):
+        _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one)
 
 
 @nb.njit(parallel=True, cache=True)
-def qk_token_backward_kernel(kw, a, dz, dk, da):
-    """QKTA backward. kw ``[T, G, Wd, N]`` uint64; a, da ``[T, G, N]``; dz, dk ``[T, G, d, N]``.
-    dk = a * dz; da = sum over the head's channels (in order) of dz where K is 1."""
-    T, G, d, N = dz.shape
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    for u in nb.prange(G * nblk):
-        g = u // nblk
-        n0 = (u - g * nblk) * TOKEN_BLOCK
-        m = min(N, n0 + TOKEN_BLOCK) - n0
-        acc = np.empty(m, dtype=da.dtype)
-        for t in range(T):
-            acc[:] = 0
-            arow = a[t, g, n0:n0 + m]
-            for c in range(d):
-                krow = kw[t, g, c // 64, n0:n0 + m]
-                sh = np.uint64(c % 64)
-                dzrow = dz[t, g, c, n0:n0 + m]
-                dkrow = dk[t, g, c, n0:n0 + m]
-                for j in range(m):
-                    dzv = dzrow[j]
-                    dkrow[j] = arow[j] * dzv
-                    if (krow[j] >> sh) & np.uint64(1):
-                        acc[j] += dzv
-            da[t, g, n0:n0 + m] = acc
+def qk_token_backward_kernel(kw, a, dz, dk, da, units):
+    """QKTA backward. kw ``[T, G, Wd, N]`` uint64; a, da ``[T, G, N]``; dz, dk ``[T, G, d, N]``;
+    units = G * ceil(N / TOKEN_BLOCK)."""
+    for u in nb.prange(units):
+        _token_backward_unit(kw, a, dz, dk, da, u)
+
+
+@nb.njit(cache=True)
+def qk_token_backward_kernel_serial(kw, a, dz, dk, da, units):
+    for u in range(units):
+        _token_backward_unit(kw, a, dz, dk, da, u)
 
 
 @nb.njit(parallel=True, cache=True)
 def qk_channel_backward_kernel(kw, a, dz, dk, da):
-    """QKCA backward. kw ``[T, G, WN]`` uint64; a, da ``[T, G]``; dz, dk ``[T, G, N]``.
-    dk = a * dz; da = sum over tokens (in order) of dz where K is 1."""
-    T, G, N = dz.shape
-    for g in nb.prange(G):
-        for t in range(T):
-            av = a[t, g]
-            acc = dz[t, g, 0] - dz[t, g, 0]     # zero of dz's dtype
-            krow = kw[t, g]
-            dzrow = dz[t, g]
-            dkrow = dk[t, g]
-            for n in range(N):
-                dzv = dzrow[n]
-                dkrow[n] = av * dzv
-                if (krow[n // 64] >> np.uint64(n % 64)) & np.uint64(1):
-                    acc += dzv
-            da[t, g] = acc
+    """QKCA backward. kw ``[T, G, WN]`` uint64; a, da ``[T, G]``; dz, dk ``[T, G, N]``."""
+    for g in nb.prange(dz.shape[1]):
+        _channel_backward_unit(kw, a, dz, dk, da, g)
+
+
+@nb.njit(cache=True)
+def qk_channel_backward_kernel_serial(kw, a, dz, dk, da):
+    for g in range(dz.shape[1]):
+        _channel_backward_unit(kw, a, dz, dk, da, g)
 
 
 # --------------------------------------------------------------------------------------------
-# Python wrappers of the packed kernels (allocate outputs, sum the per-unit counts)
+# Python wrappers (allocate outputs, pick the parallel or serial kernel, sum the unit counts)
 # --------------------------------------------------------------------------------------------
+
+def token_units(G: int, N: int) -> int:
+    """Work units of the QKTA kernels."""
+    return G * -(-N // TOKEN_BLOCK)
+
 
 def _lif_scalars(lif: dict):
     """The kernels' LIF arguments from ``refsnn.functional.lif``'s typed options."""
@@ -210,21 +274,23 @@ def _lif_scalars(lif: dict):
             lif["tau"].dtype.type(1.0))
 
 
-def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict):
+def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bool | None = None):
     """QKTA core on packed spikes ``[T, G, Wd, N]``. ``lif``: typed LIF scalars (tau, v_th,
-    v_reset, hard_reset, decay_input; the floats' dtype is the LIF dtype).
+    v_reset, hard_reset, decay_input; the floats' dtype is the LIF dtype). ``parallel``
+    forces the parallel / serial kernel (default: by size).
     Returns (zw, a, h, counts) with counts a dict of additions, selects, kept."""
     T, G, Wd, N = qw.shape
     dtype = lif["tau"].dtype
     zw = np.empty_like(qw)
     a = np.empty((T, G, N), dtype=dtype)
     h = np.empty((T, G, N), dtype=dtype)
-    units = np.zeros((G * (-(-N // TOKEN_BLOCK)), 3), dtype=np.int64)
-    qk_token_packed_kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
+    units = np.zeros((token_units(G, N), 3), dtype=np.int64)
+    kernel = qk_token_packed_kernel if use_parallel(64 * qw.size, parallel) else qk_token_packed_kernel_serial
+    kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
     return zw, a, h, _count_dict(units)
 
 
-def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict):
+def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bool | None = None):
     """QKCA core on packed spikes ``[T, G, WN]``; as ``qk_token_packed``, a and h ``[T, G]``."""
     T, G, WN = qw.shape
     dtype = lif["tau"].dtype
@@ -232,8 +298,33 @@ def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict):
     a = np.empty((T, G), dtype=dtype)
     h = np.empty((T, G), dtype=dtype)
     units = np.zeros((G, 3), dtype=np.int64)
-    qk_channel_packed_kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
+    kernel = qk_channel_packed_kernel if use_parallel(64 * qw.size, parallel) else qk_channel_packed_kernel_serial
+    kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
     return zw, a, h, _count_dict(units)
+
+
+def qk_token_backward_packed(kw: np.ndarray, a: np.ndarray, dz: np.ndarray, *,
+                             parallel: bool | None = None):
+    """QKTA backward on packed K ``[T, G, Wd, N]``, a ``[T, G, N]``, dz ``[T, G, d, N]``.
+    Returns (dk ``[T, G, d, N]``, da ``[T, G, N]``)."""
+    T, G, d, N = dz.shape
+    dk = np.empty_like(dz)
+    da = np.empty((T, G, N), dtype=dz.dtype)
+    kernel = qk_token_backward_kernel if use_parallel(dz.size, parallel) else qk_token_backward_kernel_serial
+    kernel(kw, a, dz, dk, da, token_units(G, N))
+    return dk, da
+
+
+def qk_channel_backward_packed(kw: np.ndarray, a: np.ndarray, dz: np.ndarray, *,
+                               parallel: bool | None = None):
+    """QKCA backward on packed K ``[T, G, WN]``, a ``[T, G]``, dz ``[T, G, N]``.
+    Returns (dk ``[T, G, N]``, da ``[T, G]``)."""
+    T, G, N = dz.shape
+    dk = np.empty_like(dz)
+    da = np.empty((T, G), dtype=dz.dtype)
+    kernel = qk_channel_backward_kernel if use_parallel(dz.size, parallel) else qk_channel_backward_kernel_serial
+    kernel(kw, a, dz, dk, da)
+    return dk, da
 
 
 def _count_dict(units: np.ndarray) -> dict:

@@ -1,0 +1,383 @@
+"""The attention pairs of refsnn.functional.attention (SPEC sections 4, 11, 12): the worked
+example, packed == dense, a plain-loop oracle of sections 2 and 4, smooth-mode finite
+differences, operation counters and argument checks.
+
+The plain-loop oracles (``lif_loop``, ``qk_loop``) are reused by tests/test_cmqka.py.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from refsnn.functional.attention import (qk_channel_backward, qk_channel_forward,
+                                         qk_token_backward, qk_token_forward, ssa_backward,
+                                         ssa_forward)
+from refsnn.kernels.bitpack import num_words
+from refsnn.testing import gradient_error, numerical_gradient
+
+NEURONS = st.fixed_dictionaries(dict(
+    tau=st.sampled_from([1.5, 2.0, 3.7]),
+    v_threshold=st.sampled_from([0.5, 1.0]),
+    v_reset=st.sampled_from([0.0, -0.2, None]),
+    decay_input=st.booleans(),
+    detach_reset=st.booleans(),
+    surrogate=st.sampled_from(["sigmoid", "atan", "fast_sigmoid"]),
+    alpha=st.sampled_from([None, 1.7]),
+))
+DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
+
+
+def rng_of(seed):
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def spikes(rng, shape, rate=0.4, dtype=np.float64):
+    return (rng.random(shape) < rate).astype(dtype)
+
+
+# ------------------------------------------------------------------ plain-loop oracles
+
+def _surrogate_grad(x, name, alpha):
+    if name == "sigmoid":
+        s = 1 / (1 + math.exp(-alpha * x))
+        return alpha * s * (1 - s)
+    if name == "atan":
+        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+    return 1 / (alpha * abs(x) + 1) ** 2
+
+
+def lif_loop(x, ds, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
+             surrogate="sigmoid", alpha=None):
+    """SPEC section 2 element by element: x, ds ``[T, M]`` -> (S, dX). ``ds=None``: no backward."""
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
+    T, M = x.shape
+    hard = v_reset is not None
+    r = v_reset if hard else 0.0
+    S, H, dX = np.zeros((T, M)), np.zeros((T, M)), np.zeros((T, M))
+    for m in range(M):
+        v = r
+        for t in range(T):
+            h = v + (x[t, m] - (v - r)) / tau if decay_input else v - (v - r) / tau + x[t, m]
+            s = 1.0 if h - v_threshold >= 0 else 0.0
+            H[t, m], S[t, m] = h, s
+            v = h * (1 - s) + v_reset * s if hard else h - v_threshold * s
+        if ds is None:
+            continue
+        dv = 0.0
+        for t in reversed(range(T)):
+            h, s = H[t, m], S[t, m]
+            g = _surrogate_grad(h - v_threshold, surrogate, alpha)
+            if hard:
+                dvdh = (1 - s) if detach_reset else (1 - s) + (v_reset - h) * g
+            else:
+                dvdh = 1.0 if detach_reset else 1 - v_threshold * g
+            dh = ds[t, m] * g + dv * dvdh
+            dv = dh * (1 - 1 / tau)
+            dX[t, m] = dh / tau if decay_input else dh
+    return S, dX
+
+
+def qk_loop(q, k, dz, mode, heads, neuron):
+    """SPEC section 4 (QKTA ``mode="token"`` / QKCA ``"channel"``) element by element, with the
+    attention LIF of section 2. Returns (z, dq, dk); ``dz=None`` skips the backward."""
+    T, B, D, N = q.shape
+    d = D // heads
+    token = mode == "token"
+    group = (lambda c, n: (c // d, n)) if token else (lambda c, n: (c,))
+    a_shape = (T, B, heads, N) if token else (T, B, D)
+    P = np.zeros(a_shape)
+    for t in range(T):
+        for b in range(B):
+            for c in range(D):
+                for n in range(N):
+                    P[(t, b) + group(c, n)] += q[t, b, c, n]
+    dA = np.zeros(a_shape)
+    A, _ = lif_loop(P.reshape(T, -1), None, **neuron)
+    A = A.reshape(a_shape)
+    z = np.zeros(q.shape)
+    dq, dk = np.zeros(q.shape), np.zeros(q.shape)
+    for t in range(T):
+        for b in range(B):
+            for c in range(D):
+                for n in range(N):
+                    g = (t, b) + group(c, n)
+                    z[t, b, c, n] = A[g] * k[t, b, c, n]
+                    if dz is not None:
+                        dk[t, b, c, n] = A[g] * dz[t, b, c, n]
+                        dA[g] += k[t, b, c, n] * dz[t, b, c, n]
+    if dz is None:
+        return z, None, None
+    _, dP = lif_loop(P.reshape(T, -1), dA.reshape(T, -1), **neuron)
+    dP = dP.reshape(a_shape)
+    for t in range(T):
+        for b in range(B):
+            for c in range(D):
+                for n in range(N):
+                    dq[t, b, c, n] = dP[(t, b) + group(c, n)]
+    return z, dq, dk
+
+
+def ssa_loop(q, k, v, dout, heads, scale, neuron):
+    """Spikformer SSA (SPEC section 4) element by element. Returns (out, dq, dk, dv)."""
+    T, B, D, N = q.shape
+    d = D // heads
+    x = np.zeros(q.shape)
+    attn = np.zeros((T, B, heads, N, N))
+    for t in range(T):
+        for b in range(B):
+            for i in range(heads):
+                cs = range(i * d, i * d + d)
+                for n in range(N):
+                    for m in range(N):
+                        attn[t, b, i, n, m] = sum(q[t, b, c, n] * k[t, b, c, m] for c in cs)
+                for c in cs:
+                    for n in range(N):
+                        x[t, b, c, n] = sum(attn[t, b, i, n, m] * v[t, b, c, m] for m in range(N)) * scale
+    out, dx = lif_loop(x.reshape(T, -1), dout.reshape(T, -1), **neuron)
+    dx = dx.reshape(q.shape) * scale
+    dq, dk, dv = np.zeros(q.shape), np.zeros(q.shape), np.zeros(q.shape)
+    for t in range(T):
+        for b in range(B):
+            for i in range(heads):
+                cs = range(i * d, i * d + d)
+                dattn = np.zeros((N, N))
+                for n in range(N):
+                    for m in range(N):
+                        dattn[n, m] = sum(dx[t, b, c, n] * v[t, b, c, m] for c in cs)
+                for c in cs:
+                    for m in range(N):
+                        dv[t, b, c, m] = sum(dx[t, b, c, n] * attn[t, b, i, n, m] for n in range(N))
+                        dk[t, b, c, m] = sum(dattn[n, m] * q[t, b, c, n] for n in range(N))
+                    for n in range(N):
+                        dq[t, b, c, n] = sum(dattn[n, m] * k[t, b, c, m] for m in range(N))
+    return out.reshape(q.shape), dq, dk, dv
+
+
+# ------------------------------------------------------------------ SPEC section 4 worked example
+
+def _rows(text):
+    return np.array([[int(ch) for ch in row] for row in text.split()], dtype=np.float32)
+
+
+WQ = np.stack([_rows("101 100 011 001"), _rows("011 001 110 000")])[:, None]   # [T=2, B=1, D=4, N=3]
+WK = np.stack([_rows("110 011 101 111"), _rows("101 110 011 100")])[:, None]
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+def test_worked_example_token(backend):
+    z, cache = qk_token_forward(WQ, WK, 2, backend=backend)
+    np.testing.assert_array_equal(cache["a"][:, 0], [[[1, 0, 1], [0, 1, 1]], [[0, 1, 1], [1, 1, 0]]])
+    np.testing.assert_array_equal(z[0, 0], _rows("100 001 001 011"))
+    np.testing.assert_array_equal(z[1, 0], _rows("001 010 010 100"))
+    # P = head sums (2,0,1),(0,1,2) then (0,1,2),(1,1,0): the membranes before firing are P/2 at
+    # t = 0 and V/2 + P/2 at t = 1 (hard reset to 0 where A fired)
+    np.testing.assert_array_equal(cache["lif"].h.reshape(2, 2, 3),
+                                  [[[1, 0, 0.5], [0, 0.5, 1]], [[0, 0.5, 1], [0.5, 0.5, 0]]])
+    assert cache["counts"]["additions"] == WQ.sum() and cache["counts"]["kept"] == z.sum()
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+def test_worked_example_channel(backend):
+    z, cache = qk_channel_forward(WQ, WK, backend=backend)
+    np.testing.assert_array_equal(cache["a"][:, 0], [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(z[0], WK[0])
+    np.testing.assert_array_equal(z[1, 0], _rows("101 110 011 000"))
+
+
+# ------------------------------------------------------------------ packed == dense
+
+@settings(deadline=None, max_examples=30)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), heads=st.integers(1, 3),
+       d=st.sampled_from([1, 4, 64, 67]), N=st.sampled_from([1, 5, 64, 130]),
+       rates=st.tuples(st.sampled_from([0.0, 0.3, 1.0]), st.sampled_from([0.0, 0.3, 1.0])),
+       neuron=NEURONS, dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_packed_equals_dense(T, B, heads, d, N, rates, neuron, dtype, seed):
+    rng = rng_of(seed)
+    shape = (T, B, heads * d, N)
+    q, k = spikes(rng, shape, rates[0], dtype), spikes(rng, shape, rates[1], dtype)
+    dz = rng.normal(size=shape).astype(dtype)
+    for fwd, bwd, args in ((qk_token_forward, qk_token_backward, (heads,)),
+                           (qk_channel_forward, qk_channel_backward, ())):
+        zp, cp = fwd(q, k, *args, neuron=neuron, backend="packed")
+        zd, cd = fwd(q, k, *args, neuron=neuron, backend="dense")
+        np.testing.assert_array_equal(zp, zd)
+        np.testing.assert_array_equal(cp["a"], cd["a"])
+        assert zp.dtype == zd.dtype == dtype
+        for name in ("additions", "selects", "kept", "comparisons"):
+            assert cp["counts"][name] == cd["counts"][name]
+        for gp, gd in zip(bwd(dz, cp), bwd(dz, cd)):
+            np.testing.assert_array_equal(gp, gd)
+            assert gp.dtype == dtype
+
+
+# ------------------------------------------------------------------ oracle (real spikes)
+
+@settings(deadline=None, max_examples=25)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), heads=st.integers(1, 2), d=st.integers(1, 3),
+       N=st.integers(1, 4), mode=st.sampled_from(["token", "channel"]),
+       backend=st.sampled_from(["packed", "dense"]), neuron=NEURONS, seed=st.integers(0, 2**16))
+def test_qk_equals_plain_loop(T, B, heads, d, N, mode, backend, neuron, seed):
+    rng = rng_of(seed)
+    shape = (T, B, heads * d, N)
+    q, k = spikes(rng, shape, 0.6), spikes(rng, shape, 0.6)
+    dz = rng.normal(size=shape)
+    z_ref, dq_ref, dk_ref = qk_loop(q, k, dz, mode, heads, neuron)
+    if mode == "token":
+        z, cache = qk_token_forward(q, k, heads, neuron=neuron, backend=backend)
+        dq, dk = qk_token_backward(dz, cache)
+    else:
+        z, cache = qk_channel_forward(q, k, neuron=neuron, backend=backend)
+        dq, dk = qk_channel_backward(dz, cache)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_allclose(dq, dq_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dk, dk_ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=15)
+@given(T=st.integers(1, 2), B=st.integers(1, 2), heads=st.integers(1, 2), d=st.integers(1, 3),
+       N=st.integers(1, 4), neuron=NEURONS, scale=st.sampled_from([0.125, 0.3]),
+       seed=st.integers(0, 2**16))
+def test_ssa_equals_plain_loop(T, B, heads, d, N, neuron, scale, seed):
+    rng = rng_of(seed)
+    shape = (T, B, heads * d, N)
+    q, k, v = (spikes(rng, shape, 0.6) for _ in range(3))
+    dout = rng.normal(size=shape)
+    out_ref, *grads_ref = ssa_loop(q, k, v, dout, heads, scale, neuron)
+    out, cache = ssa_forward(q, k, v, heads, scale, neuron=neuron)
+    np.testing.assert_array_equal(out, out_ref)
+    for g, g_ref in zip(ssa_backward(dout, cache), grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ smooth mode, finite differences
+
+def _smooth(neuron):
+    return dict(neuron, spike_fn="smooth", detach_reset=False)
+
+
+@settings(deadline=None, max_examples=20)
+@given(T=st.integers(1, 3), heads=st.integers(1, 2), d=st.integers(1, 3), N=st.integers(1, 4),
+       op=st.sampled_from(["token", "channel", "ssa"]), neuron=NEURONS, seed=st.integers(0, 2**16))
+def test_smooth_mode_finite_differences(T, heads, d, N, op, neuron, seed):
+    rng = rng_of(seed)
+    neuron = _smooth(neuron)
+    shape = (T, 2, heads * d, N)
+    inputs = [rng.random(shape) for _ in range(3 if op == "ssa" else 2)]
+    dout = rng.normal(size=shape)
+
+    def run():
+        if op == "token":
+            return qk_token_forward(*inputs, heads, neuron=neuron, backend="dense")
+        if op == "channel":
+            return qk_channel_forward(*inputs, neuron=neuron, backend="dense")
+        return ssa_forward(*inputs, heads, 0.3, neuron=neuron)
+
+    out, cache = run()
+    backward = {"token": qk_token_backward, "channel": qk_channel_backward, "ssa": ssa_backward}[op]
+    grads = backward(dout, cache)
+
+    def loss():
+        return float(np.sum(run()[0] * dout))
+
+    for x, g in zip(inputs, grads):
+        assert gradient_error(g, numerical_gradient(loss, x)) < 1e-6
+
+
+# ------------------------------------------------------------------ counters
+
+@settings(deadline=None, max_examples=20)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), heads=st.integers(1, 3), d=st.sampled_from([2, 70]),
+       N=st.sampled_from([3, 64, 100]), seed=st.integers(0, 2**16))
+def test_counters_report_what_ran(T, B, heads, d, N, seed):
+    rng = rng_of(seed)
+    D = heads * d
+    q, k = spikes(rng, (T, B, D, N), 0.3), spikes(rng, (T, B, D, N), 0.5)
+    z, c = qk_token_forward(q, k, heads)
+    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
+                               comparisons=T * B * heads * N,
+                               popcount_words=T * B * heads * num_words(d) * N,
+                               and_words=T * B * heads * num_words(d) * N)
+    z, c = qk_channel_forward(q, k)
+    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
+                               comparisons=T * B * D, popcount_words=T * B * D * num_words(N),
+                               and_words=T * B * D * num_words(N))
+    z, c = qk_channel_forward(q, k, backend="dense")
+    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(), comparisons=T * B * D)
+
+
+def test_ssa_macs_grow_four_times_when_tokens_double():
+    rng = rng_of(5)
+    q, k, v = (spikes(rng, (2, 1, 8, 24)) for _ in range(3))
+    _, c1 = ssa_forward(q, k, v, 2)
+    _, c2 = ssa_forward(*(np.concatenate([x, x], axis=3) for x in (q, k, v)), 2)
+    assert c1["counts"]["macs"] == 2 * 2 * 1 * 8 * 24 * 24
+    assert c2["counts"]["macs"] == 4 * c1["counts"]["macs"]
+    assert c2["counts"]["comparisons"] == 2 * c1["counts"]["comparisons"]
+
+
+# ------------------------------------------------------------------ dtypes, purity, checks
+
+def test_integer_and_bool_inputs_give_float32():
+    q = WQ.astype(np.int64)
+    k = WK.astype(bool)
+    z, cache = qk_token_forward(q, k, 2)
+    assert z.dtype == np.float32
+    np.testing.assert_array_equal(z, qk_token_forward(WQ, WK, 2)[0])
+    dq, dk = qk_token_backward(np.ones(z.shape, np.float32), cache)
+    assert dq.dtype == dk.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+def test_backward_never_mutates_dz(backend):
+    rng = rng_of(9)
+    q, k = spikes(rng, (2, 2, 6, 70)), spikes(rng, (2, 2, 6, 70))
+    dz = rng.normal(size=q.shape)
+    before = dz.copy()
+    for fwd, bwd, args in ((qk_token_forward, qk_token_backward, (3,)),
+                           (qk_channel_forward, qk_channel_backward, ())):
+        _, cache = fwd(q, k, *args, backend=backend)
+        bwd(dz, cache)
+        np.testing.assert_array_equal(dz, before)
+    _, cache = ssa_forward(q, k, k, 3)
+    ssa_backward(dz, cache)
+    np.testing.assert_array_equal(dz, before)
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+@pytest.mark.parametrize("bad", [2.0, 0.5, np.nan])
+def test_non_binary_spikes_are_rejected(backend, bad):
+    k = WK.copy()
+    k[1, 0, 2, 1] = bad
+    with pytest.raises(ValueError, match=r"^k: expected binary spikes"):
+        qk_token_forward(WQ, k, 2, backend=backend)
+    with pytest.raises(ValueError, match=r"^k: expected binary spikes"):
+        qk_channel_forward(WQ, k, backend=backend)
+    with pytest.raises(ValueError, match=r"^v: expected binary spikes"):
+        ssa_forward(WQ, WQ, k.copy(), 2)
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError, match="smooth"):
+        qk_token_forward(WQ, WK, 2, neuron=dict(spike_fn="smooth"))
+    with pytest.raises(ValueError, match="backend"):
+        qk_channel_forward(WQ, WK, backend="sparse")
+    with pytest.raises(ValueError, match="heads: expected a divisor"):
+        qk_token_forward(WQ, WK, 3)
+    with pytest.raises(ValueError, match="heads: expected a positive integer"):
+        ssa_forward(WQ, WQ, WQ, 0)
+    with pytest.raises(ValueError, match=r"k: expected the shape of q"):
+        qk_token_forward(WQ, WK[:, :, :, :2], 2)
+    with pytest.raises(ValueError, match="q: expected 4 dimensions"):
+        qk_channel_forward(WQ[0], WK[0])
+    with pytest.raises(ValueError, match="neuron: unknown LIF option"):
+        qk_channel_forward(WQ, WK, neuron=dict(threshold=0.5))
+    with pytest.raises(ValueError, match="scale"):
+        ssa_forward(WQ, WQ, WQ, 2, scale=float("nan"))
+    z, cache = qk_token_forward(WQ, WK, 2)
+    with pytest.raises(ValueError, match=r"dz: expected shape"):
+        qk_token_backward(z[:1], cache)
+    with pytest.raises(ValueError, match="cache: expected the cache returned by qk_channel_forward"):
+        qk_channel_backward(z, cache)
+    with pytest.raises(ValueError, match="dz: expected dtype float32 or float64"):
+        qk_token_backward(z.astype(np.int32), cache)

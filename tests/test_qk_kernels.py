@@ -1,0 +1,118 @@
+"""The packed Q-K attention kernels (refsnn.kernels.qk) against their dense NumPy twins:
+spikes, membranes, Z and counts identical, gradients identical, the attention LIF identical
+to lif_forward on the same sums."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from refsnn.functional.lif import _options, _typed_args, lif_forward
+from refsnn.kernels import qk as K
+from refsnn.kernels.bitpack import pack_bits, unpack_bits
+
+LIF_OPTIONS = st.fixed_dictionaries(dict(
+    tau=st.sampled_from([1.5, 2.0, 3.7]),
+    v_threshold=st.sampled_from([0.5, 1.0, 2.5]),
+    v_reset=st.sampled_from([0.0, -0.2, None]),
+    decay_input=st.booleans(),
+))
+RATES = st.sampled_from([0.0, 0.05, 0.5, 1.0])
+
+
+def _rng(seed):
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _typed(opts, dtype):
+    """The kernels' typed LIF scalars, as refsnn.functional.attention builds them."""
+    full = _options(detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside", **opts)
+    return _typed_args(full, dtype)
+
+
+def _pair(seed, shape, rate_q, rate_k, dtype):
+    rng = _rng(seed)
+    return ((rng.random(shape) < rate_q).astype(dtype), (rng.random(shape) < rate_k).astype(dtype))
+
+
+@settings(deadline=None, max_examples=40)
+@given(T=st.integers(1, 4), B=st.integers(1, 3), heads=st.integers(1, 3),
+       d=st.sampled_from([1, 3, 64, 65, 130]), N=st.sampled_from([1, 7, 64, 100, 1030]),
+       rate_q=RATES, rate_k=RATES, opts=LIF_OPTIONS,
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_token_kernel_equals_twin(T, B, heads, d, N, rate_q, rate_k, opts, dtype, parallel, seed):
+    D = heads * d
+    q, k = _pair(seed, (T, B, D, N), rate_q, rate_k, dtype)
+    lif = _typed(opts, dtype)
+    qw = pack_bits(q.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
+    kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
+    zw, a, h, counts = K.qk_token_packed(qw, kw, lif, parallel=parallel)
+    z_ref, a_ref, h_ref, counts_ref = K.qk_token_dense(q, k, heads, lif)
+    z = unpack_bits(zw.reshape(T * B * heads, -1, N), d, axis=1).reshape(T, B, D, N)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_array_equal(a.reshape(a_ref.shape), a_ref)
+    np.testing.assert_array_equal(h.reshape(h_ref.shape), h_ref)
+    assert counts == counts_ref
+    assert a.dtype == h.dtype == dtype
+    # the attention LIF equals lif_forward (the Numba LIF) on the same integer sums
+    s, cache = lif_forward(K.token_sums(q, heads), **opts)
+    np.testing.assert_array_equal(a.reshape(s.shape), s)
+    np.testing.assert_array_equal(h.reshape(cache.h.shape), cache.h)
+
+
+@settings(deadline=None, max_examples=40)
+@given(T=st.integers(1, 4), B=st.integers(1, 3), D=st.integers(1, 6),
+       N=st.sampled_from([1, 7, 63, 64, 65, 200, 1030]), rate_q=RATES, rate_k=RATES,
+       opts=LIF_OPTIONS, dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_channel_kernel_equals_twin(T, B, D, N, rate_q, rate_k, opts, dtype, parallel, seed):
+    q, k = _pair(seed, (T, B, D, N), rate_q, rate_k, dtype)
+    lif = _typed(opts, dtype)
+    qw = pack_bits(q, axis=3).reshape(T, B * D, -1)
+    kw = pack_bits(k, axis=3).reshape(T, B * D, -1)
+    zw, a, h, counts = K.qk_channel_packed(qw, kw, lif, parallel=parallel)
+    z_ref, a_ref, h_ref, counts_ref = K.qk_channel_dense(q, k, lif)
+    np.testing.assert_array_equal(unpack_bits(zw.reshape(T, B, D, -1), N, axis=3), z_ref)
+    np.testing.assert_array_equal(a.reshape(a_ref.shape), a_ref)
+    np.testing.assert_array_equal(h.reshape(h_ref.shape), h_ref)
+    assert counts == counts_ref
+    s, cache = lif_forward(K.channel_sums(q), **opts)
+    np.testing.assert_array_equal(a.reshape(s.shape), s)
+    np.testing.assert_array_equal(h.reshape(cache.h.shape), cache.h)
+
+
+@settings(deadline=None, max_examples=30)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), heads=st.integers(1, 3),
+       d=st.sampled_from([1, 5, 64, 70]), N=st.sampled_from([1, 9, 1030]), rate=RATES,
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_token_backward_kernel_equals_twin(T, B, heads, d, N, rate, dtype, parallel, seed):
+    D = heads * d
+    rng = _rng(seed)
+    k = (rng.random((T, B, D, N)) < rate).astype(dtype)
+    a = (rng.random((T, B, heads, N)) < 0.5).astype(dtype)
+    dz = rng.normal(size=(T, B, D, N)).astype(dtype)
+    dz_before = dz.copy()
+    kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
+    dk, da = K.qk_token_backward_packed(kw, a.reshape(T, B * heads, N),
+                                        dz.reshape(T, B * heads, d, N), parallel=parallel)
+    dk_ref, da_ref = K.qk_token_backward_dense(k, a, dz)
+    np.testing.assert_array_equal(dk.reshape(dk_ref.shape), dk_ref)
+    np.testing.assert_array_equal(da.reshape(da_ref.shape), da_ref)
+    np.testing.assert_array_equal(dz, dz_before)
+
+
+@settings(deadline=None, max_examples=30)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), D=st.integers(1, 5),
+       N=st.sampled_from([1, 63, 64, 65, 300]), rate=RATES,
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_channel_backward_kernel_equals_twin(T, B, D, N, rate, dtype, parallel, seed):
+    rng = _rng(seed)
+    k = (rng.random((T, B, D, N)) < rate).astype(dtype)
+    a = (rng.random((T, B, D)) < 0.5).astype(dtype)
+    dz = rng.normal(size=(T, B, D, N)).astype(dtype)
+    kw = pack_bits(k, axis=3).reshape(T, B * D, -1)
+    dk, da = K.qk_channel_backward_packed(kw, a.reshape(T, B * D), dz.reshape(T, B * D, N),
+                                          parallel=parallel)
+    dk_ref, da_ref = K.qk_channel_backward_dense(k, a, dz)
+    np.testing.assert_array_equal(dk.reshape(dk_ref.shape), dk_ref)
+    np.testing.assert_array_equal(da.reshape(da_ref.shape), da_ref)
