@@ -8,11 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "check_array", "check_float_array", "check_shape", "check_finite", "check_binary",
+    "NonFiniteError", "check_array", "check_float_array", "check_shape", "check_finite", "check_binary",
     "check_same_shape", "check_positive_int", "FLOAT_DTYPES",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NonFiniteError(ValueError):
+    """An array holds NaN or inf (bad input, or a computation that overflowed)."""
 
 
 def check_array(x, name: str, *, ndim: int | None = None, min_ndim: int | None = None) -> np.ndarray:
@@ -40,7 +44,7 @@ def check_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | 
 def check_finite(x: np.ndarray, name: str) -> None:
     if x.size and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"{name}: contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
+        raise NonFiniteError(f"{name}: contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
 
 
 def check_shape(x: np.ndarray, name: str, expected: tuple) -> None:

@@ -1,4 +1,5 @@
 """Model configurations and the SNNergy hierarchy."""
 from .configs import CHOICES, FUSION_MODES, PRESETS, Config, config
+from .snnergy import SNNergy
 
-__all__ = ["Config", "config", "PRESETS", "CHOICES", "FUSION_MODES"]
+__all__ = ["Config", "config", "PRESETS", "CHOICES", "FUSION_MODES", "SNNergy"]

@@ -43,12 +43,12 @@ def _check_channels(x, channels):
         raise ValueError(f"x: expected {channels} channels on axis 2 of [T, B, C, ...], got shape {x.shape}")
 
 
-def _input_counts(module, x: np.ndarray, counts: dict, steps: int, batch: int) -> dict:
+def _input_counts(module, x: np.ndarray, counts: dict, steps: int, batch: int, out_shape) -> dict:
     """The op's counts, plus what the attached EventCounter says about the input."""
     if module.counter is None:
         return counts
     return dict(counts, input_elements=int(x.size), input_events=module.counter.events(x),
-                steps=int(steps), batch=int(batch))
+                steps=int(steps), batch=int(batch), output_shape=tuple(int(d) for d in out_shape))
 
 
 class Conv2d(Module):
@@ -75,8 +75,9 @@ class Conv2d(Module):
                                     None if self.bias is None else self.bias.value,
                                     stride=self.stride, padding=self.padding)
         self._cache = (cache, (T, B))
-        self.op_counts = _input_counts(self, x, cache["counts"], T, B)
-        return y.reshape((T, B) + y.shape[1:])
+        y = y.reshape((T, B) + y.shape[1:])
+        self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
+        return y
 
     def backward(self, dy, need_dx=True):
         """Returns dx (None with ``need_dx=False``: skips the input-gradient GEMM)."""
@@ -107,8 +108,9 @@ class Conv1x1(Module):
         y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
                                      None if self.bias is None else self.bias.value)
         self._cache = (cache, (T, B))
-        self.op_counts = _input_counts(self, x, cache["counts"], T, B)
-        return y.reshape(T, B, self.out_channels, N)
+        y = y.reshape(T, B, self.out_channels, N)
+        self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
+        return y
 
     def backward(self, dy):
         cache, (T, B) = self._cache
@@ -134,7 +136,7 @@ class Linear(Module):
     def forward(self, x):
         y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
         self._cache = cache
-        self.op_counts = _input_counts(self, x, cache["counts"], 1, x.shape[0])
+        self.op_counts = _input_counts(self, x, cache["counts"], 1, x.shape[0], y.shape)
         return y
 
     def backward(self, dy):
