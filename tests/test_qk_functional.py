@@ -4,8 +4,6 @@ differences, operation counters and argument checks.
 
 The plain-loop oracles (``lif_loop``, ``qk_loop``) are reused by tests/test_cmqka.py.
 """
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -15,6 +13,7 @@ from refsnn.functional.attention import (qk_channel_backward, qk_channel_forward
                                          ssa_forward)
 from refsnn.kernels.bitpack import num_words
 from refsnn.testing import gradient_error, numerical_gradient
+from test_lif import lif_loop as _lif_oracle
 
 NEURONS = st.fixed_dictionaries(dict(
     tau=st.sampled_from([1.5, 2.0, 3.7]),
@@ -25,7 +24,6 @@ NEURONS = st.fixed_dictionaries(dict(
     surrogate=st.sampled_from(["sigmoid", "atan", "fast_sigmoid"]),
     alpha=st.sampled_from([None, 1.7]),
 ))
-DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
 
 
 def rng_of(seed):
@@ -38,44 +36,14 @@ def spikes(rng, shape, rate=0.4, dtype=np.float64):
 
 # ------------------------------------------------------------------ plain-loop oracles
 
-def _surrogate_grad(x, name, alpha):
-    if name == "sigmoid":
-        s = 1 / (1 + math.exp(-alpha * x))
-        return alpha * s * (1 - s)
-    if name == "atan":
-        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
-    return 1 / (alpha * abs(x) + 1) ** 2
+_LIF_DEFAULTS = dict(tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
+                     surrogate="sigmoid", alpha=None)
 
 
-def lif_loop(x, ds, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
-             surrogate="sigmoid", alpha=None):
-    """SPEC section 2 element by element: x, ds ``[T, M]`` -> (S, dX). ``ds=None``: no backward."""
-    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
-    T, M = x.shape
-    hard = v_reset is not None
-    r = v_reset if hard else 0.0
-    S, H, dX = np.zeros((T, M)), np.zeros((T, M)), np.zeros((T, M))
-    for m in range(M):
-        v = r
-        for t in range(T):
-            h = v + (x[t, m] - (v - r)) / tau if decay_input else v - (v - r) / tau + x[t, m]
-            s = 1.0 if h - v_threshold >= 0 else 0.0
-            H[t, m], S[t, m] = h, s
-            v = h * (1 - s) + v_reset * s if hard else h - v_threshold * s
-        if ds is None:
-            continue
-        dv = 0.0
-        for t in reversed(range(T)):
-            h, s = H[t, m], S[t, m]
-            g = _surrogate_grad(h - v_threshold, surrogate, alpha)
-            if hard:
-                dvdh = (1 - s) if detach_reset else (1 - s) + (v_reset - h) * g
-            else:
-                dvdh = 1.0 if detach_reset else 1 - v_threshold * g
-            dh = ds[t, m] * g + dv * dvdh
-            dv = dh * (1 - 1 / tau)
-            dX[t, m] = dh / tau if decay_input else dh
-    return S, dX
+def lif_loop(x, ds, **neuron):
+    """SPEC section 2 element by element (tests/test_lif.py's oracle): x, ds ``[T, M]`` ->
+    (S, dX); ``ds=None`` when only S is wanted; options default as lif_forward's."""
+    return _lif_oracle(x, np.zeros(x.shape) if ds is None else ds, **{**_LIF_DEFAULTS, **neuron})
 
 
 def qk_loop(q, k, dz, mode, heads, neuron):

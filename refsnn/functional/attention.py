@@ -122,9 +122,25 @@ def _check_grad(dy, name: str, cache: dict) -> np.ndarray:
     return np.ascontiguousarray(dy, dtype=cache["dtype"])
 
 
-def _packed_lif_cache(h: np.ndarray, opts: dict, shape: tuple) -> LIFCache:
-    """The LIF cache of an attention LIF that the packed kernel ran, for ``lif_backward``."""
-    return LIFCache(h.reshape(shape[0], -1), dict(opts), shape)
+def _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a) -> None:
+    """Fill a Q-K cache after the packed kernel: K stays packed; the attention LIF's cache is
+    built from the membranes the kernel wrote, for ``lif_backward``."""
+    counts.update(popcount_words=int(qw.size), and_words=int(kw.size),
+                  comparisons=int(np.prod(shape_a)))
+    cache.update(kw=kw, a=a.reshape(shape_a), counts=counts,
+                 lif=LIFCache(h.reshape(shape_a[0], -1), dict(opts), shape_a))
+
+
+def _dense_core(cache, q, k, opts, sums, mask) -> np.ndarray:
+    """The dense Q-K core: A = LIF(sums(Q)), Z = mask(A, K); fills ``cache``, returns Z."""
+    dtype = cache["dtype"]
+    kf = np.ascontiguousarray(k, dtype=dtype)
+    a, lif_cache = lif_forward(sums(np.asarray(q, dtype=dtype)), **_lif_kwargs(opts))
+    z = mask(a, kf)
+    counts = _k.dense_counts(q, k, z)
+    counts["comparisons"] = int(a.size)
+    cache.update(k=kf, a=a, lif=lif_cache, counts=counts)
+    return z
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,18 +168,9 @@ def qk_token_forward(q, k, heads, *, neuron=None, backend="packed"):
         kw = kw.reshape(T, B * heads, Wd, N)
         zw, a, h, counts = _k.qk_token_packed(qw, kw, _lif_typed_args(opts, dtype))
         z = unpack_bits(zw.reshape(T * B * heads, Wd, N), d, axis=1, dtype=dtype).reshape(T, B, D, N)
-        a = a.reshape(shape_a)
-        cache.update(kw=kw, a=a, lif=_packed_lif_cache(h, opts, shape_a))
-        counts.update(popcount_words=int(qw.size), and_words=int(kw.size))
+        _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a)
     else:
-        kf = np.ascontiguousarray(k, dtype=dtype)
-        a, lif_cache = lif_forward(_k.token_sums(np.asarray(q, dtype=dtype), heads),
-                                   **_lif_kwargs(opts))
-        z = _k.token_mask(a, kf)
-        counts = _k.dense_counts(q, k, z)
-        cache.update(k=kf, a=a, lif=lif_cache)
-    counts["comparisons"] = int(np.prod(shape_a))
-    cache["counts"] = counts
+        z = _dense_core(cache, q, k, opts, lambda x: _k.token_sums(x, heads), _k.token_mask)
     return z, cache
 
 
@@ -206,17 +213,9 @@ def qk_channel_forward(q, k, *, neuron=None, backend="packed"):
         kw = pack_bits(k, axis=3, name="k").reshape(T, B * D, WN)
         zw, a, h, counts = _k.qk_channel_packed(qw, kw, _lif_typed_args(opts, dtype))
         z = unpack_bits(zw.reshape(T, B, D, WN), N, axis=3, dtype=dtype)
-        a = a.reshape(shape_a)
-        cache.update(kw=kw, a=a, lif=_packed_lif_cache(h, opts, shape_a))
-        counts.update(popcount_words=int(qw.size), and_words=int(kw.size))
+        _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a)
     else:
-        kf = np.ascontiguousarray(k, dtype=dtype)
-        a, lif_cache = lif_forward(_k.channel_sums(np.asarray(q, dtype=dtype)), **_lif_kwargs(opts))
-        z = _k.channel_mask(a, kf)
-        counts = _k.dense_counts(q, k, z)
-        cache.update(k=kf, a=a, lif=lif_cache)
-    counts["comparisons"] = int(np.prod(shape_a))
-    cache["counts"] = counts
+        z = _dense_core(cache, q, k, opts, _k.channel_sums, _k.channel_mask)
     return z, cache
 
 

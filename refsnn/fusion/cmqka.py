@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional.checks import check_float_array, check_positive_int
-from ..nn.attention import QK_MODES, QKCrossAttention, sum_counts
+from ..nn.attention import QK_MODES, QKCrossAttention, check_token_map, sum_counts
 from ..nn.module import Module, Parameter
 
 __all__ = ["CMQKA", "ResidualCrossFusion", "MASK_FROM", "RESIDUALS", "RESIDUAL_INIT"]
@@ -87,19 +87,10 @@ class ResidualCrossFusion(Module):
             return (x_a, x_v), (x_v, x_a)
         return (x_v, x_a), (x_a, x_v)
 
-    def _check(self, x, name: str, like=None) -> None:
-        check_float_array(x, name, ndim=4)
-        if x.dtype != self.dtype:
-            raise ValueError(f"{name}: expected dtype {self.dtype} (the module's), got {x.dtype}")
-        if x.shape[2] != self.dim:
-            raise ValueError(f"{name}: expected [T, B, {self.dim}, N], got shape {x.shape}")
-        if like is not None and x.shape != like.shape:
-            raise ValueError(f"{name}: expected the shape of x_audio {like.shape}, got {x.shape}")
-
     def forward(self, x_audio, x_visual):
         """x_audio, x_visual ``[T, B, D, N]`` (same shape) -> (y_audio, y_visual)."""
-        self._check(x_audio, "x_audio")
-        self._check(x_visual, "x_visual", like=x_audio)
+        check_token_map(x_audio, "x_audio", self.dim, self.dtype)
+        check_token_map(x_visual, "x_visual", self.dim, self.dtype, x_audio, "x_audio")
         in_av, in_va = self._inputs(x_audio, x_visual)
         y_av = self.audio_from_visual.forward(*in_av)
         y_va = self.visual_from_audio.forward(*in_va)

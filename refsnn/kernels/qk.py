@@ -372,19 +372,20 @@ def dense_counts(q, k, z) -> dict:
                 kept=int(np.count_nonzero(z)))
 
 
-def qk_token_dense(q: np.ndarray, k: np.ndarray, heads: int, lif: dict):
+def qk_token_dense(q: np.ndarray, k: np.ndarray, heads: int, lif: dict, *, count: bool = True):
     """Twin of ``qk_token_packed`` on dense spikes q, k ``[T, B, D, N]`` of the LIF dtype.
-    Returns (z ``[T, B, D, N]``, a, h ``[T, B, h, N]``, counts)."""
+    Returns (z ``[T, B, D, N]``, a, h ``[T, B, h, N]``, counts); ``count=False`` skips the
+    counting passes (counts None), for timing the bare dense core."""
     a, h = _lif_numpy(token_sums(q, heads), lif)
     z = token_mask(a, k)
-    return z, a, h, dense_counts(q, k, z)
+    return z, a, h, dense_counts(q, k, z) if count else None
 
 
-def qk_channel_dense(q: np.ndarray, k: np.ndarray, lif: dict):
+def qk_channel_dense(q: np.ndarray, k: np.ndarray, lif: dict, *, count: bool = True):
     """Twin of ``qk_channel_packed``. Returns (z ``[T, B, D, N]``, a, h ``[T, B, D]``, counts)."""
     a, h = _lif_numpy(channel_sums(q), lif)
     z = channel_mask(a, k)
-    return z, a, h, dense_counts(q, k, z)
+    return z, a, h, dense_counts(q, k, z) if count else None
 
 
 def qk_token_backward_dense(k: np.ndarray, a: np.ndarray, dz: np.ndarray):

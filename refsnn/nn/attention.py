@@ -34,7 +34,7 @@ from .layers import LIF, BatchNorm, Conv1x1
 from .module import Module
 
 __all__ = ["QKCore", "SSACore", "QKAttention", "QKCrossAttention", "SSAttention",
-           "SSACrossAttention", "QK_MODES", "attention_neurons", "sum_counts"]
+           "SSACrossAttention", "QK_MODES", "attention_neurons", "sum_counts", "check_token_map"]
 
 QK_MODES = ("token", "channel")
 
@@ -59,6 +59,19 @@ def sum_counts(*counts: dict) -> dict:
         for key, value in c.items():
             out[key] = out.get(key, 0) + int(value)
     return out
+
+
+def check_token_map(x, name: str, dim: int, dtype, like: np.ndarray | None = None,
+                    like_name: str = "") -> None:
+    """A module input: a finite ``[T, B, dim, N]`` array of the module's dtype (and, given
+    ``like``, of its shape; ``like_name`` names it in the message)."""
+    check_float_array(x, name, ndim=4)
+    if x.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (the module's), got {x.dtype}")
+    if x.shape[2] != dim:
+        raise ValueError(f"{name}: expected [T, B, {dim}, N], got shape {x.shape}")
+    if like is not None and x.shape != like.shape:
+        raise ValueError(f"{name}: expected the shape of {like_name} {like.shape}, got {x.shape}")
 
 
 def _check_backend(backend, attention_neuron: dict) -> str:
@@ -163,13 +176,7 @@ class _ProjectedAttention(Module):
         return getattr(self, f"{name}_conv").backward(dy)
 
     def _check_input(self, x, name: str, like: np.ndarray | None = None) -> None:
-        check_float_array(x, name, ndim=4)
-        if x.dtype != self.dtype:
-            raise ValueError(f"{name}: expected dtype {self.dtype} (the module's), got {x.dtype}")
-        if x.shape[2] != self.dim:
-            raise ValueError(f"{name}: expected [T, B, {self.dim}, N], got shape {x.shape}")
-        if like is not None and x.shape != like.shape:
-            raise ValueError(f"{name}: expected the shape of the query input {like.shape}, got {x.shape}")
+        check_token_map(x, name, self.dim, self.dtype, like, "the query input")
 
     @property
     def attention_counts(self) -> dict:

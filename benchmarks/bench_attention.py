@@ -1,0 +1,190 @@
+"""Binary attention benchmark (issue 3): every figure is a ratio measured in this one run.
+
+    python benchmarks/bench_attention.py                 # T=4, B=1, D=256, 8 heads
+    python benchmarks/bench_attention.py --quick         # smaller N lists, fewer repeats
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_attention.py
+    OMP_WAIT_POLICY=passive python benchmarks/bench_attention.py   # see README_attention.md
+
+(1) The attention core (sums, attention LIF, mask) on pre-packed uint64 spikes against the
+    dense float32 NumPy twin of the same core (refsnn.kernels.qk.qk_*_dense without the
+    counting passes), for QKTA and QKCA at N in {256, 1024, 4096, 16384}; then the same with
+    packing Q and K from float32 spikes included, and the whole packed functional forward
+    (packing, core, unpacking Z to float32).
+(2) Wall time of a whole CMQKA module forward + backward (float32, train mode) against N, as
+    t(2N) / t(N), beside the Spikformer SSA block's (explicit N x N map).
+(3) Peak traced memory (tracemalloc: every NumPy allocation) of one forward + backward of both
+    at their largest N.
+(4) The packed QKTA kernel's achieved memory bandwidth (bytes read + written / time) against
+    np.copyto moving the same number of bytes, measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tracemalloc
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import blas_report, machine, set_threads, timeit  # noqa: E402
+from refsnn.functional.attention import (attention_options, qk_channel_forward,  # noqa: E402
+                                         qk_token_forward)
+from refsnn.functional.lif import _typed_args  # noqa: E402
+from refsnn.fusion import CMQKA  # noqa: E402
+from refsnn.kernels import qk as K  # noqa: E402
+from refsnn.kernels.bitpack import pack_bits  # noqa: E402
+from refsnn.nn.attention import SSAttention  # noqa: E402
+
+T, B, D, HEADS = 4, 1, 256, 8
+RATE = 0.15        # firing rate of Q and K: typical of trained spiking transformers (10-20%)
+
+
+def rng_of(seed):
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def spikes(rng, N):
+    return (rng.random((T, B, D, N)) < RATE).astype(np.float32)
+
+
+def pack_token(x):
+    d = D // HEADS
+    N = x.shape[-1]
+    return pack_bits(x.reshape(T, B, HEADS, d, N), axis=3).reshape(T, B * HEADS, -1, N)
+
+
+def pack_channel(x):
+    return pack_bits(x, axis=3).reshape(T, B * D, -1)
+
+
+def bench_core(Ns, repeat):
+    print(f"\n== (1) attention core, T={T} B={B} D={D} heads={HEADS}, firing rate {RATE}, float32 ==")
+    lif = _typed_args(attention_options(None), np.float32)
+    print(f"{'mode':8}{'N':>7}{'dense ms':>11}{'packed ms':>11}{'speedup':>9}"
+          f"{'+pack ms':>10}{'speedup':>9}{'functional ms':>15}{'speedup':>9}")
+    rows = []
+    for mode in ("token", "channel"):
+        for N in Ns:
+            rng = rng_of(N)
+            q, k = spikes(rng, N), spikes(rng, N)
+            if mode == "token":
+                qw, kw = pack_token(q), pack_token(k)
+                t_dense = timeit(lambda: K.qk_token_dense(q, k, HEADS, lif, count=False), repeat)
+                t_core = timeit(lambda: K.qk_token_packed(qw, kw, lif), repeat)
+                t_pack = timeit(lambda: K.qk_token_packed(pack_token(q), pack_token(k), lif), repeat)
+                t_fun = timeit(lambda: qk_token_forward(q, k, HEADS), repeat)
+            else:
+                qw, kw = pack_channel(q), pack_channel(k)
+                t_dense = timeit(lambda: K.qk_channel_dense(q, k, lif, count=False), repeat)
+                t_core = timeit(lambda: K.qk_channel_packed(qw, kw, lif), repeat)
+                t_pack = timeit(lambda: K.qk_channel_packed(pack_channel(q), pack_channel(k), lif), repeat)
+                t_fun = timeit(lambda: qk_channel_forward(q, k), repeat)
+            rows.append((mode, N, t_dense, t_core))
+            print(f"{mode:8}{N:>7}{t_dense * 1e3:>11.3f}{t_core * 1e3:>11.3f}{t_dense / t_core:>8.1f}x"
+                  f"{t_pack * 1e3:>10.3f}{t_dense / t_pack:>8.1f}x{t_fun * 1e3:>15.3f}{t_dense / t_fun:>8.1f}x")
+    return rows
+
+
+def bench_bandwidth(N, repeat):
+    print(f"\n== (4) packed QKTA kernel bandwidth at N={N} ==")
+    rng = rng_of(7)
+    lif = _typed_args(attention_options(None), np.float32)
+    qw, kw = pack_token(spikes(rng, N)), pack_token(spikes(rng, N))
+    zw, a, h, _ = K.qk_token_packed(qw, kw, lif)
+    moved = qw.nbytes + kw.nbytes + zw.nbytes + a.nbytes + h.nbytes      # read + written
+    t_kernel = timeit(lambda: K.qk_token_packed(qw, kw, lif), repeat)
+    # a copy of S bytes reads S and writes S: copy half the kernel's traffic
+    src = np.ones(moved // 2, dtype=np.uint8)
+    dst = np.empty_like(src)
+    t_copy = timeit(lambda: np.copyto(dst, src), repeat)
+    gbs_kernel = moved / t_kernel / 1e9
+    gbs_copy = 2 * src.nbytes / t_copy / 1e9
+    print(f"kernel: {moved / 1e6:.2f} MB in {t_kernel * 1e3:.3f} ms = {gbs_kernel:.1f} GB/s "
+          f"(allocation of its outputs included)")
+    print(f"np.copyto of {src.nbytes / 1e6:.2f} MB (read + write {2 * src.nbytes / 1e6:.2f} MB): "
+          f"{t_copy * 1e3:.3f} ms = {gbs_copy:.1f} GB/s")
+    print(f"kernel / copy bandwidth: {gbs_kernel / gbs_copy:.2f}")
+
+
+def _fwd_bwd_cmqka(N, mask):
+    rng = rng_of(N + 1)
+    m = CMQKA(D, HEADS, mask=mask, rng=rng_of(0))
+    x_a = spikes(rng, N) + spikes(rng, N)
+    x_v = spikes(rng, N) + spikes(rng, N)
+    dy_a, dy_v = rng.normal(size=x_a.shape).astype(np.float32), rng.normal(size=x_a.shape).astype(np.float32)
+
+    def step():
+        m.forward(x_a, x_v)
+        m.backward(dy_a, dy_v)
+    return step
+
+
+def _fwd_bwd_ssa(N):
+    rng = rng_of(N + 2)
+    m = SSAttention(D, HEADS, rng=rng_of(0))
+    x = spikes(rng, N) + spikes(rng, N)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+
+    def step():
+        m.forward(x)
+        m.backward(dy)
+    return step
+
+
+def bench_scaling(cm_Ns, ssa_Ns, repeat):
+    print(f"\n== (2) module forward + backward, T={T} B={B} D={D} heads={HEADS}, float32 ==")
+    results = {}
+    for label, Ns, make in (("CMQKA token", cm_Ns, lambda N: _fwd_bwd_cmqka(N, "token")),
+                            ("CMQKA channel", cm_Ns, lambda N: _fwd_bwd_cmqka(N, "channel")),
+                            ("SSA block", ssa_Ns, _fwd_bwd_ssa)):
+        times = []
+        for N in Ns:
+            times.append(timeit(make(N), repeat=max(1, repeat // 2)))
+        results[label] = (Ns, times)
+        line = ", ".join(f"N={N}: {t * 1e3:.0f} ms" for N, t in zip(Ns, times))
+        ratios = ", ".join(f"t({2 * a})/t({a}) = {tb / ta:.2f}" for a, ta, tb in zip(Ns, times, times[1:]))
+        print(f"{label:14} {line}\n{'':14} {ratios}")
+    return results
+
+
+def bench_memory(cm_N, ssa_N):
+    print("\n== (3) peak traced memory of one forward + backward (tracemalloc) ==")
+    for label, step in ((f"CMQKA token  N={cm_N}", _fwd_bwd_cmqka(cm_N, "token")),
+                        (f"CMQKA channel N={cm_N}", _fwd_bwd_cmqka(cm_N, "channel")),
+                        (f"SSA block    N={ssa_N}", _fwd_bwd_ssa(ssa_N))):
+        step()          # compile and warm up outside the measurement
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        step()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        one_map = T * B * D * int(label.split("N=")[1]) * 4
+        print(f"{label}: {peak / 2**20:8.1f} MiB  ({peak / one_map:.1f} x one [T,B,D,N] float32 map)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller N lists and fewer repeats")
+    ap.add_argument("--threads", type=int, default=None, help="numba and BLAS threads")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"BLAS: {blas_report()}")
+    print(f"numba {numba.__version__}: {numba.get_num_threads()} threads, threading layer "
+          f"{numba.config.THREADING_LAYER!r}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    if args.quick:
+        core_Ns, cm_Ns, ssa_Ns, repeat = [256, 1024, 4096], [1024, 2048, 4096], [512, 1024], 5
+    else:
+        core_Ns, cm_Ns, ssa_Ns, repeat = [256, 1024, 4096, 16384], [1024, 2048, 4096, 8192, 16384], \
+            [512, 1024, 2048, 4096], 9
+    bench_core(core_Ns, repeat)
+    bench_bandwidth(core_Ns[-1], repeat)
+    bench_scaling(cm_Ns, ssa_Ns, repeat)
+    bench_memory(cm_Ns[-1], ssa_Ns[-1])
+    print(f"\nthreading layer that ran: {numba.threading_layer()}")
+
+
+if __name__ == "__main__":
+    main()
