@@ -87,38 +87,40 @@ def qk_loop(q, k, dz, mode, heads, neuron):
 
 
 def ssa_loop(q, k, v, dout, heads, scale, neuron):
-    """Spikformer SSA (SPEC section 4) element by element. Returns (out, dq, dk, dv)."""
+    """Spikformer SSA (SPEC section 4) element by element; q ``[T, B, D, N]``, k, v
+    ``[T, B, D, Nk]``. Returns (out, dq, dk, dv)."""
     T, B, D, N = q.shape
+    Nk = k.shape[3]
     d = D // heads
     x = np.zeros(q.shape)
-    attn = np.zeros((T, B, heads, N, N))
+    attn = np.zeros((T, B, heads, N, Nk))
     for t in range(T):
         for b in range(B):
             for i in range(heads):
                 cs = range(i * d, i * d + d)
                 for n in range(N):
-                    for m in range(N):
+                    for m in range(Nk):
                         attn[t, b, i, n, m] = sum(q[t, b, c, n] * k[t, b, c, m] for c in cs)
                 for c in cs:
                     for n in range(N):
-                        x[t, b, c, n] = sum(attn[t, b, i, n, m] * v[t, b, c, m] for m in range(N)) * scale
+                        x[t, b, c, n] = sum(attn[t, b, i, n, m] * v[t, b, c, m] for m in range(Nk)) * scale
     out, dx = lif_loop(x.reshape(T, -1), dout.reshape(T, -1), **neuron)
     dx = dx.reshape(q.shape) * scale
-    dq, dk, dv = np.zeros(q.shape), np.zeros(q.shape), np.zeros(q.shape)
+    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(k.shape)
     for t in range(T):
         for b in range(B):
             for i in range(heads):
                 cs = range(i * d, i * d + d)
-                dattn = np.zeros((N, N))
+                dattn = np.zeros((N, Nk))
                 for n in range(N):
-                    for m in range(N):
+                    for m in range(Nk):
                         dattn[n, m] = sum(dx[t, b, c, n] * v[t, b, c, m] for c in cs)
                 for c in cs:
-                    for m in range(N):
+                    for m in range(Nk):
                         dv[t, b, c, m] = sum(dx[t, b, c, n] * attn[t, b, i, n, m] for n in range(N))
                         dk[t, b, c, m] = sum(dattn[n, m] * q[t, b, c, n] for n in range(N))
                     for n in range(N):
-                        dq[t, b, c, n] = sum(dattn[n, m] * k[t, b, c, m] for m in range(N))
+                        dq[t, b, c, n] = sum(dattn[n, m] * k[t, b, c, m] for m in range(Nk))
     return out.reshape(q.shape), dq, dk, dv
 
 
@@ -204,16 +206,18 @@ def test_qk_equals_plain_loop(T, B, heads, d, N, mode, backend, neuron, seed):
 
 @settings(deadline=None, max_examples=15)
 @given(T=st.integers(1, 2), B=st.integers(1, 2), heads=st.integers(1, 2), d=st.integers(1, 3),
-       N=st.integers(1, 4), neuron=NEURONS, scale=st.sampled_from([0.125, 0.3]),
-       seed=st.integers(0, 2**16))
-def test_ssa_equals_plain_loop(T, B, heads, d, N, neuron, scale, seed):
+       N=st.integers(1, 4), Nk=st.sampled_from([None, 1, 3]), neuron=NEURONS,
+       scale=st.sampled_from([0.125, 0.3]), seed=st.integers(0, 2**16))
+def test_ssa_equals_plain_loop(T, B, heads, d, N, Nk, neuron, scale, seed):
     rng = rng_of(seed)
     shape = (T, B, heads * d, N)
-    q, k, v = (spikes(rng, shape, 0.6) for _ in range(3))
+    q = spikes(rng, shape, 0.6)
+    k, v = (spikes(rng, shape[:3] + (Nk or N,), 0.6) for _ in range(2))
     dout = rng.normal(size=shape)
     out_ref, *grads_ref = ssa_loop(q, k, v, dout, heads, scale, neuron)
     out, cache = ssa_forward(q, k, v, heads, scale, neuron=neuron)
     np.testing.assert_array_equal(out, out_ref)
+    assert cache["counts"]["macs"] == 2 * T * B * heads * d * N * (Nk or N)
     for g, g_ref in zip(ssa_backward(dout, cache), grads_ref):
         np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
 
@@ -231,7 +235,9 @@ def test_smooth_mode_finite_differences(T, heads, d, N, op, neuron, seed):
     rng = rng_of(seed)
     neuron = _smooth(neuron)
     shape = (T, 2, heads * d, N)
-    inputs = [rng.random(shape) for _ in range(3 if op == "ssa" else 2)]
+    inputs = [rng.random(shape) for _ in range(2)]
+    if op == "ssa":     # keys and values over their own token count
+        inputs = [inputs[0]] + [rng.random(shape[:3] + (N + 1,)) for _ in range(2)]
     dout = rng.normal(size=shape)
 
     def run():
@@ -336,6 +342,11 @@ def test_argument_checks():
         ssa_forward(WQ, WQ, WQ, 0)
     with pytest.raises(ValueError, match=r"k: expected the shape of q"):
         qk_token_forward(WQ, WK[:, :, :, :2], 2)
+    with pytest.raises(ValueError, match=r"v: expected \[T, B, D\] = \(2, 1, 4\) \(those of q\) and "
+                                         r"the token count of k"):
+        ssa_forward(WQ, WK[..., :2], WK, 2)
+    with pytest.raises(ValueError, match=r"k: expected \[T, B, D\]"):
+        ssa_forward(WQ, WK[:1], WK[:1], 2)
     with pytest.raises(ValueError, match="q: expected 4 dimensions"):
         qk_channel_forward(WQ[0], WK[0])
     with pytest.raises(ValueError, match="neuron: unknown LIF option"):

@@ -94,6 +94,10 @@ def test_cross_blocks_smooth_finite_differences():
     _fd_block(m, _inputs(8, (2, 2, 4, 3), n=2), m.forward, m.backward, 9)
     s = SSACrossAttention(4, 2, neuron=SMOOTH, rng=rng_of(10), dtype=np.float64)
     _fd_block(s, _inputs(11, (2, 2, 4, 3), n=2), s.forward, s.backward, 12)
+    # queries attending to another token set (Nk = 2 against N = 3)
+    x_q, = _inputs(19, (2, 2, 4, 3))
+    x_kv, = _inputs(20, (2, 2, 4, 2))
+    _fd_block(s, [x_q, x_kv], s.forward, s.backward, 21)
 
 
 def test_ssa_block_smooth_finite_differences():
@@ -136,3 +140,6 @@ def test_argument_checks():
     c = QKCrossAttention(4, 2, rng=rng)
     with pytest.raises(ValueError, match="x_k: expected the shape of the query input"):
         c.forward(np.zeros((1, 2, 4, 3), np.float32), np.zeros((1, 2, 4, 4), np.float32))
+    s = SSACrossAttention(4, 2, rng=rng)
+    with pytest.raises(ValueError, match=r"x_kv: expected \[T, B\] = \(1, 2\)"):
+        s.forward(np.zeros((1, 2, 4, 3), np.float32), np.zeros((2, 2, 4, 3), np.float32))

@@ -4,7 +4,8 @@
     qk_channel_forward(q, k)        QKCA: A = LIF_0.5(per-channel token sums of Q) [T,B,D]
                                     both: Z = A * K (A broadcast), linear in N
     ssa_forward(q, k, v, heads)     Spikformer SSA: LIF_0.5((Q Kᵀ) V * scale) per head, with the
-                                    explicit N x N map (quadratic in N; the reference to beat)
+                                    explicit N x N map (quadratic in N; the reference to beat);
+                                    k, v may hold another token count Nk (cross-attention)
 
 q, k, v are ``[T, B, D, N]`` binary spike maps of any real or integer dtype (checked binary,
 never cast). Outputs and gradients are float: float64 if an input is float64, else float32.
@@ -25,7 +26,8 @@ Every cache holds ``counts`` (str -> int), what the op executed on its input:
                      time step: T*B*h*N for QKTA, T*B*D for QKCA, T*B*D*N for SSA)
     popcount_words   uint64 words of Q popcounted (packed backend only)
     and_words        uint64 words of K ANDed with the mask (packed backend only)
-    macs             SSA only: multiply-accumulates of Q Kᵀ and (Q Kᵀ) V, 2*T*B*D*N²
+    macs             SSA only: multiply-accumulates of Q Kᵀ and (Q Kᵀ) V, 2*T*B*D*N*Nk
+                     (2*T*B*D*N² for self-attention)
 """
 from __future__ import annotations
 
@@ -77,8 +79,10 @@ def _compute_dtype(*arrays) -> np.dtype:
     return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays) else np.dtype(np.float32)
 
 
-def _check_inputs(arrays: dict, neuron, backend) -> tuple[dict, np.dtype]:
-    """Validate q, k (, v) and the options; returns (LIF options, compute dtype)."""
+def _check_inputs(arrays: dict, neuron, backend, own_tokens: tuple = ()) -> tuple[dict, np.dtype]:
+    """Validate q, k (, v) and the options; returns (LIF options, compute dtype). Every array
+    has the first one's shape, except that those named in ``own_tokens`` may have their own
+    token count N (equal among themselves)."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"backend: expected one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
     opts = attention_options(neuron)
@@ -87,9 +91,16 @@ def _check_inputs(arrays: dict, neuron, backend) -> tuple[dict, np.dtype]:
         raise ValueError("backend: smooth spikes (spike_fn='smooth', SPEC section 12) have no "
                          "bit-packed form; use backend='dense'")
     first_name, first = next(iter(arrays.items()))
+    check_array(first, first_name, ndim=4)
+    token_ref = {}
     for name, x in arrays.items():
         check_array(x, name, ndim=4)
-        if x.shape != first.shape:
+        if name in own_tokens:
+            ref_name, ref = token_ref.setdefault("ref", (name, x))
+            if x.shape[:3] != first.shape[:3] or x.shape[3] != ref.shape[3]:
+                raise ValueError(f"{name}: expected [T, B, D] = {first.shape[:3]} (those of "
+                                 f"{first_name}) and the token count of {ref_name}, got {x.shape}")
+        elif x.shape != first.shape:
             raise ValueError(f"{name}: expected the shape of {first_name} {first.shape}, got {x.shape}")
         if min(x.shape) < 1:
             raise ValueError(f"{name}: expected [T, B, D, N] with every axis >= 1, got {x.shape}")
@@ -247,50 +258,54 @@ def _ssa_slices(x: np.ndarray, heads: int) -> np.ndarray:
 
 
 def ssa_forward(q, k, v, heads, scale=0.125, *, neuron=None):
-    """Spiking self-attention with an explicit map: per head, attn = Q Kᵀ ``[N, N]``, then
+    """Spiking self-attention with an explicit map: per head, attn = Q Kᵀ ``[N, Nk]``, then
     out = LIF_0.5((attn V) * scale), ``[T, B, D, N]``.
 
-    Evaluated in this order on purpose (the N² cost is the point of the comparison; without a
-    softmax Q (Kᵀ V) would be linear). One (time, sample, head) slice at a time, so at most
-    one N x N map is alive; the backward recomputes it instead of caching T*B*h of them.
+    q ``[T, B, D, N]``; k, v ``[T, B, D, Nk]``: Nk = N for self-attention; another count lets
+    queries attend to a different token set (bottleneck or aggregation tokens of the fusion
+    baselines). Evaluated in this order on purpose (the N·Nk cost is the point of the
+    comparison; without a softmax Q (Kᵀ V) would be linear). One (time, sample, head) slice at
+    a time, so at most one N x Nk map is alive; the backward recomputes it instead of caching
+    T*B*h of them. ``cache["counts"]``: ``macs`` = 2·T·B·D·N·Nk, ``comparisons`` = T·B·D·N.
     """
-    opts, dtype = _check_inputs({"q": q, "k": k, "v": v}, neuron, "dense")
+    opts, dtype = _check_inputs({"q": q, "k": k, "v": v}, neuron, "dense", own_tokens=("k", "v"))
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
             or not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite number, got {scale!r}")
     T, B, D, N = q.shape
+    Nk = k.shape[3]
     heads = _check_heads(heads, D)
     qf, kf, vf = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
     qs, ks, vs = (_ssa_slices(x, heads) for x in (qf, kf, vf))
     x = np.empty((T, B, D, N), dtype=dtype)
     xs = _ssa_slices(x, heads)
-    attn = np.empty((N, N), dtype=dtype)
+    attn = np.empty((N, Nk), dtype=dtype)
     for i in range(qs.shape[0]):
         np.matmul(qs[i].T, ks[i], out=attn)        # attn[n, m] = sum_c Q[c, n] K[c, m]
         np.matmul(vs[i], attn.T, out=xs[i])        # x[c, n] = sum_m attn[n, m] V[c, m]
     del attn
     x *= dtype.type(scale)
     out, lif_cache = lif_forward(x, **_lif_kwargs(opts))
-    counts = dict(macs=int(2 * T * B * D * N * N), comparisons=int(x.size))
+    counts = dict(macs=int(2 * T * B * D * N * Nk), comparisons=int(x.size))
     cache = dict(op="ssa", shape=q.shape, dtype=dtype, heads=heads, scale=float(scale),
                  q=qf, k=kf, v=vf, lif=lif_cache, counts=counts)
     return out, cache
 
 
 def ssa_backward(dout, cache):
-    """Returns ``(dq, dk, dv)``, each ``[T, B, D, N]``. Never mutates ``dout``."""
+    """Returns ``(dq, dk, dv)`` with the shapes of q, k, v. Never mutates ``dout``."""
     cache = _check_cache(cache, "ssa")
     dout = _check_grad(dout, "dout", cache)
     dtype, heads = cache["dtype"], cache["heads"]
-    N = cache["shape"][3]
     dx = lif_backward(dout, cache["lif"])
     dx *= dtype.type(cache["scale"])
     qs, ks, vs = (_ssa_slices(cache[n], heads) for n in ("q", "k", "v"))
     dxs = _ssa_slices(dx, heads)
-    dq, dk, dv = (np.empty(cache["shape"], dtype=dtype) for _ in range(3))
+    dq = np.empty(cache["q"].shape, dtype=dtype)
+    dk, dv = (np.empty(cache["k"].shape, dtype=dtype) for _ in range(2))
     dqs, dks, dvs = (_ssa_slices(g, heads) for g in (dq, dk, dv))
-    attn = np.empty((N, N), dtype=dtype)
-    dattn = np.empty((N, N), dtype=dtype)
+    attn = np.empty((dq.shape[3], dk.shape[3]), dtype=dtype)
+    dattn = np.empty_like(attn)
     for i in range(qs.shape[0]):
         np.matmul(qs[i].T, ks[i], out=attn)
         np.matmul(dxs[i], attn, out=dvs[i])         # dV[c, m] = sum_n dx[c, n] attn[n, m]

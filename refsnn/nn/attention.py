@@ -269,12 +269,17 @@ class SSAttention(_SSABlock):
 
 
 class SSACrossAttention(_SSABlock):
-    """Spikformer SSA block with Q from ``x_q`` and K, V from ``x_kv`` (the S-CMRL-style
-    ``ssa-cross`` direction): ``forward(x_q, x_kv) -> y``, ``backward(dy) -> (dx_q, dx_kv)``."""
+    """Spikformer SSA block with Q from ``x_q`` ``[T, B, dim, N]`` and K, V from ``x_kv``
+    ``[T, B, dim, Nk]`` (the S-CMRL-style ``ssa-cross`` direction with Nk = N, or queries
+    attending to another token set): ``forward(x_q, x_kv) -> y`` ``[T, B, dim, N]``,
+    ``backward(dy) -> (dx_q, dx_kv)``."""
 
     def forward(self, x_q, x_kv):
         self._check_input(x_q, "x_q")
-        self._check_input(x_kv, "x_kv", like=x_q)
+        self._check_input(x_kv, "x_kv")
+        if x_kv.shape[:2] != x_q.shape[:2]:
+            raise ValueError(f"x_kv: expected [T, B] = {x_q.shape[:2]} (those of x_q), got shape "
+                             f"{x_kv.shape}")
         return self._forward(x_q, x_kv)
 
     def backward(self, dy):
