@@ -172,6 +172,27 @@ def test_suites_cover_every_option_and_keep_margins():
     assert len(cm) == 12
 
 
+def test_model_suite_names_every_parameter_and_marks_bn_fed_biases():
+    from refsnn.models import Config
+    from refsnn.models.snnergy import SNNergy
+    manifest = fmt.load_manifest(os.path.join(COMMITTED, "MANIFEST.json"))
+    assert {"train", "eval"} <= set(manifest["suites"]["snnergy-tiny"])
+    for name in manifest["suites"]["snnergy-tiny"]:
+        case, inputs, expected = _case("snnergy-tiny", name)
+        assert case["float32"] is False and case["spike_margin"]["reached"] >= 1e-6
+        model = SNNergy(Config.from_dict(case["params"]["config"]), dtype=np.float64)
+        assert case["params"]["parameters"] == list(model.parameters())
+        assert set(inputs) - {"audio", "visual", "labels"} == set(model.state_dict())
+        assert {k[len("grad."):] for k in expected if k.startswith("grad.")} == set(model.parameters())
+        marked = {k for k, s in case["outputs"].items() if s["compare"] == "atol_only"}
+        if case["params"]["training"]:
+            biases = {f"grad.{k}" for k in model.parameters()
+                      if k.endswith("_conv.bias")}          # every token conv bias feeds a BN
+            assert marked == biases and biases
+        else:
+            assert not marked
+
+
 def test_committed_vectors_within_size_budget():
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(VECTORS) for f in fs)
     assert size < 20e6
@@ -191,22 +212,14 @@ def test_refsnn_adapter_passes_per_op_suites_in_float32():
     assert result.ok, text
 
 
-@pytest.fixture(scope="module")
-def regenerated(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("regen"))
-    generate(out, log=lambda *a: None)
-    return out
-
-
-def test_generate_twice_is_byte_identical(regenerated, tmp_path):
-    again = str(tmp_path / "again")
-    generate(again, ["lif", "layers", "qk", "bitpack"], log=lambda *a: None)
-    # partial regeneration: the other suites' entries are absent, the regenerated files identical
-    man = fmt.load_manifest(os.path.join(again, "MANIFEST.json"))
-    full = fmt.load_manifest(os.path.join(regenerated, "MANIFEST.json"))
-    for rel, digest in man["files"].items():
-        assert full["files"][rel] == digest, rel
-        with open(os.path.join(again, rel), "rb") as a, open(os.path.join(regenerated, rel), "rb") as b:
+def test_generate_twice_is_byte_identical(tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    generate(one, ["lif", "bitpack", "qk"], log=lambda *a: None)
+    generate(two, ["lif", "bitpack", "qk"], log=lambda *a: None)
+    names = sorted(os.path.relpath(os.path.join(d, f), one) for d, _, fs in os.walk(one) for f in fs)
+    assert names == sorted(os.path.relpath(os.path.join(d, f), two) for d, _, fs in os.walk(two) for f in fs)
+    for rel in names:
+        with open(os.path.join(one, rel), "rb") as a, open(os.path.join(two, rel), "rb") as b:
             assert a.read() == b.read(), rel
 
 
@@ -225,10 +238,13 @@ def _close_json(a, b, path=""):
         assert a == b, path
 
 
-def test_committed_vectors_are_current(regenerated):
+@pytest.mark.slow
+def test_committed_vectors_are_current(tmp_path):
     """A regeneration with the current refsnn gives the committed cases (to rounding: BLAS
     kernels may differ between machines). If this fails, refsnn's numbers changed: regenerate
     with ``python -m refsnn.conformance generate --out conformance`` and review the diff."""
+    regenerated = str(tmp_path / "regen")
+    generate(regenerated, log=lambda *a: None)
     new = fmt.load_manifest(os.path.join(regenerated, "MANIFEST.json"))
     old = fmt.load_manifest(os.path.join(COMMITTED, "MANIFEST.json"))
     assert new["suites"] == old["suites"]

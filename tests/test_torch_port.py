@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# the tensors here are tiny: one intra-op thread avoids OpenMP spin-waiting, which on a shared
+# 2-core machine made these tests 20x slower
+torch.set_num_threads(1)
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from examples.torch_port import (CMQKA, LIFOptions, SNNergy, config, lif, load_checkpoint,  # noqa: E402
+from examples.torch_port import (CMQKA, LIFOptions, PortConfig, SNNergy, config, lif, load_checkpoint,  # noqa: E402
                                  model_from_checkpoint, qk_channel, qk_token, save_checkpoint, ssa)
 from examples.torch_port.model import frame_indices  # noqa: E402
 from examples.torch_port.ops import max_pool  # noqa: E402
@@ -484,6 +487,55 @@ def test_checkpoint_round_trip(tmp_path):
     other = model_from_checkpoint(path, dtype=F64).eval()
     with torch.no_grad():
         np.testing.assert_array_equal(other(a, v).numpy(), ref.numpy())
+    path2 = tmp_path / "training.npz"
+    save_checkpoint(model, path2, layout="training")
+    third = model_from_checkpoint(path2, dtype=F64).eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(third(a, v).numpy(), ref.numpy())
+
+
+def _refsnn_model_and_inputs(overrides):
+    """A refsnn SNNergy (float64) with non-trivial BN statistics, and inputs; None without it."""
+    snn = pytest.importorskip("refsnn.models.snnergy")
+    from refsnn.models import config as refsnn_config
+    cfg = refsnn_config("tiny", **overrides)
+    model = snn.SNNergy(cfg, seed=3, dtype=np.float64)
+    rng = np.random.Generator(np.random.PCG64(4))
+    audio = rng.normal(size=(2, 1, 32, 32))
+    visual = rng.uniform(size=(2, 2, 3, 32, 32))
+    model.train()
+    model.forward(audio, visual)            # running statistics move off their init
+    model.eval()
+    return cfg, model, audio, visual
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(stage3_attention="ssa", cmqka_residual="channel")])
+def test_refsnn_checkpoints_load_into_the_port_and_back(tmp_path, overrides):
+    """A refsnn model's checkpoint (plain state_dict and training layout) gives the same eval
+    logits in the port; the port's export loads back into refsnn with the same logits."""
+    from refsnn.checkpoint import load_model, save_checkpoint as refsnn_save
+    cfg, model, audio, visual = _refsnn_model_and_inputs(overrides)
+    ref = model.forward(audio, visual)
+    plain, training = tmp_path / "plain.npz", tmp_path / "training.npz"
+    model.save(plain)
+    refsnn_save(training, model, meta={"epoch": 1})
+    port_cfg = PortConfig.from_dict(cfg.to_dict())
+    for path, given in ((plain, port_cfg), (training, None)):
+        port = model_from_checkpoint(path, cfg=given, dtype=F64).eval()
+        with torch.no_grad():
+            got = port(torch.from_numpy(audio), torch.from_numpy(visual)).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    # export back: refsnn reads the port's files
+    out_plain, out_training = tmp_path / "port_plain.npz", tmp_path / "port_training.npz"
+    save_checkpoint(port, out_plain, with_config=False)
+    save_checkpoint(port, out_training, layout="training")
+    from refsnn.models.snnergy import SNNergy as RefSNNergy
+    back = RefSNNergy(cfg, seed=99, dtype=np.float64)
+    back.load(out_plain)
+    back.eval()
+    np.testing.assert_allclose(back.forward(audio, visual), ref, rtol=1e-10, atol=1e-12)
+    back2 = load_model(out_training, dtype=np.float64)
+    np.testing.assert_allclose(back2.forward(audio, visual), ref, rtol=1e-10, atol=1e-12)
 
 
 def test_checkpoint_errors_name_every_problem(tmp_path):

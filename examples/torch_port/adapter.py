@@ -15,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import PortConfig
+from .energy import energy_report
 from .lif import LIFOptions, lif
-from .model import CMQKA, BatchNorm
+from .model import CMQKA, BatchNorm, SNNergy
 from .ops import batch_norm, max_pool, pack_bits, qk_channel, qk_token, ssa, unpack_bits
 
 __all__ = ["run", "OPS"]
@@ -185,11 +187,47 @@ def _cmqka(case, x):
     return out
 
 
+def _model(p, x):
+    dtype = torch.from_numpy(x["head.weight"][:0]).dtype
+    model = SNNergy(PortConfig.from_dict(p["config"])).to(dtype)
+    model.load_state_dict({k: _t(x[k]) for k in p["parameters"] + p["buffers"]})
+    model.train(p["training"])
+    return model
+
+
+def _energy(case, x):
+    p = case["params"]
+    rep = energy_report(_model(p, x), _t(x["audio"]) if "audio" in x else None,
+                        _t(x["visual"]) if "visual" in x else None)
+    out = {}
+    for key in ("macs", "acs", "ann_macs", "input_firing_rate"):
+        values = [rep["layers"][n][key] if n in rep["layers"] else np.nan for n in p["layers"]]
+        out[f"layers.{key}"] = np.array([-1.0 if v is None else v for v in values])
+    for key in ("macs", "acs", "ann_macs", "snn_mJ", "ann_mJ"):
+        out[f"totals.{key}"] = np.asarray(rep["totals"][key], dtype=np.float64)
+    return out
+
+
+def _snnergy(case, x):
+    p = case["params"]
+    model = _model(p, x)
+    audio = _t(x["audio"]) if "audio" in x else None
+    visual = _t(x["visual"]) if "visual" in x else None
+    logits = model(audio, visual)
+    loss = F.cross_entropy(logits, _t(x["labels"]).long(), label_smoothing=p["loss"]["label_smoothing"])
+    (loss * p["loss"]["dloss"]).backward()
+    out = {"logits": _np(logits), "loss": _np(loss)}
+    out.update({f"grad.{k}": _np(v.grad) for k, v in model.named_parameters()})
+    out.update({f"state.{k}": _np(v) for k, v in model.named_buffers()})
+    return out
+
+
 OPS = {
     "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
     "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
     "qk_token": _qk, "qk_channel": _qk, "ssa": _ssa, "pack_bits": _pack_bits,
-    "unpack_bits": _unpack_bits, "cmqka": _cmqka,
+    "unpack_bits": _unpack_bits, "cmqka": _cmqka, "snnergy": _snnergy,
+    "energy": _energy,
 }
 
 

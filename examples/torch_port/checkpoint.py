@@ -1,14 +1,19 @@
 """refsnn checkpoints (``.npz``) <-> the torch port.
 
-Accepted format: an ``.npz`` (no pickles) whose arrays are the model's ``state_dict`` under
-refsnn's names (docs/naming.md): every parameter and the BatchNorm buffers ``running_mean`` /
-``running_var``, float32 or float64, shapes as in the naming contract (Conv1x1 over tokens
-``[out, in]``, 3x3 convs OIHW). Keys that begin with ``__`` (metadata such as ``__config__``,
-a JSON string of the config's fields) are read as metadata, not weights. Any other key the
-model does not have, a missing key or a wrong shape is an error naming every problem.
+Two layouts are read, both ``.npz`` without pickles, weights named as in docs/naming.md
+(every parameter and the BatchNorm buffers ``running_mean`` / ``running_var``; Conv1x1 over
+tokens ``[out, in]``, 3x3 convs OIHW; float32 or float64):
 
-``save_checkpoint`` writes the same format (plus ``__config__``), which refsnn's
-``Module.load`` reads.
+* a **state_dict** file (refsnn's ``Module.save``): one array per name, nothing else (the port
+  adds ``__config__``, the config as JSON, which refsnn's ``Module.load`` does not accept:
+  write it with ``with_config=False`` for refsnn);
+* a **training checkpoint** (``refsnn.checkpoint.save_checkpoint``, e.g. a run's ``best.npz``):
+  ``config`` (the Config as JSON), ``meta``, ``model.<name>`` (the weights), ``optim.*`` and
+  ``sched.*`` (optimizer and schedule state, ignored here).
+
+A missing key, an unexpected key or a wrong shape is an error naming every problem; nothing is
+loaded unless all match. ``save_checkpoint(..., layout="training")`` writes a file that
+``refsnn.checkpoint.load_model`` reads (config, empty meta, ``model.<name>``).
 """
 from __future__ import annotations
 
@@ -22,28 +27,31 @@ import torch
 from .config import PortConfig
 from .model import SNNergy
 
-__all__ = ["load_checkpoint", "save_checkpoint", "read_npz", "model_from_checkpoint",
+__all__ = ["load_checkpoint", "save_checkpoint", "read_checkpoint", "model_from_checkpoint",
            "state_dict_to_numpy"]
 
 
-def read_npz(path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Returns (weights, metadata) of an ``.npz``; metadata are the ``__``-prefixed keys."""
+def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict | None]:
+    """(weights by name, config dict or None) of either layout."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable .npz ({exc})") from None
-    meta = {k: v for k, v in arrays.items() if k.startswith("__")}
-    return {k: v for k, v in arrays.items() if not k.startswith("__")}, meta
+    if "config" in arrays and any(k.startswith("model.") for k in arrays):
+        weights = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+        return weights, json.loads(str(arrays["config"]))
+    config = json.loads(str(arrays["__config__"])) if "__config__" in arrays else None
+    return {k: v for k, v in arrays.items() if not k.startswith("__")}, config
 
 
-def load_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> dict[str, np.ndarray]:
-    """Copy the weights of an ``.npz`` into ``model`` (names and shapes checked first; nothing
-    is changed unless all match). Returns the metadata arrays."""
-    weights, meta = read_npz(path)
+def load_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> dict | None:
+    """Copy the weights of a checkpoint (either layout) into ``model``; returns its config dict
+    (or None). Names and shapes are checked first."""
+    weights, config = read_checkpoint(path)
     own = model.state_dict()
     problems = []
     missing = sorted(set(own) - set(weights))
@@ -60,7 +68,7 @@ def load_checkpoint(model: torch.nn.Module, path, strict: bool = True) -> dict[s
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(torch.from_numpy(np.ascontiguousarray(weights[k])).to(t.dtype))
-    return meta
+    return config
 
 
 def state_dict_to_numpy(model: torch.nn.Module, dtype=None) -> dict[str, np.ndarray]:
@@ -71,15 +79,30 @@ def state_dict_to_numpy(model: torch.nn.Module, dtype=None) -> dict[str, np.ndar
     return out
 
 
-def save_checkpoint(model: torch.nn.Module, path, dtype=None) -> None:
-    """Write the state_dict (refsnn names) to ``path`` (``.npz``), atomically; an SNNergy also
-    stores its config as ``__config__``."""
+def save_checkpoint(model: torch.nn.Module, path, *, layout: str = "state_dict", dtype=None,
+                    with_config: bool = True) -> None:
+    """Write the weights (refsnn names) to ``path`` (``.npz``) atomically.
+
+    ``layout="state_dict"``: one array per name (plus ``__config__`` for an SNNergy unless
+    ``with_config=False``); ``layout="training"``: refsnn's training-checkpoint keys
+    (``config``, ``meta``, ``model.<name>``; needs an SNNergy), for ``refsnn.checkpoint.load_model``.
+    """
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"path: expected a file name ending in .npz, got {path!r}")
-    arrays = state_dict_to_numpy(model, dtype)
-    if isinstance(model, SNNergy):
-        arrays["__config__"] = np.array(json.dumps(model.cfg.to_dict(), sort_keys=True))
+    if layout not in ("state_dict", "training"):
+        raise ValueError(f"layout: expected 'state_dict' or 'training', got {layout!r}")
+    weights = state_dict_to_numpy(model, dtype)
+    if layout == "training":
+        if not isinstance(model, SNNergy):
+            raise ValueError("layout='training' needs an SNNergy (the file stores its config)")
+        arrays = {"config": np.array(json.dumps(model.cfg.to_dict(), sort_keys=True)),
+                  "meta": np.array("{}")}
+        arrays.update({f"model.{k}": v for k, v in weights.items()})
+    else:
+        arrays = weights
+        if with_config and isinstance(model, SNNergy):
+            arrays["__config__"] = np.array(json.dumps(model.cfg.to_dict(), sort_keys=True))
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -87,12 +110,12 @@ def save_checkpoint(model: torch.nn.Module, path, dtype=None) -> None:
 
 
 def model_from_checkpoint(path, cfg: PortConfig | None = None, dtype=torch.float32) -> SNNergy:
-    """Build an SNNergy from a checkpoint: ``cfg``, or else the checkpoint's ``__config__``."""
-    _, meta = read_npz(path)
+    """Build an SNNergy from a checkpoint: ``cfg``, or else the config stored in the file."""
+    _, stored = read_checkpoint(path)
     if cfg is None:
-        if "__config__" not in meta:
-            raise ValueError(f"{os.fspath(path)}: no __config__ in the file; pass cfg")
-        cfg = PortConfig.from_json(str(meta["__config__"]))
+        if stored is None:
+            raise ValueError(f"{os.fspath(path)}: the file stores no config; pass cfg")
+        cfg = PortConfig.from_dict(stored)
     model = SNNergy(cfg).to(dtype)
     load_checkpoint(model, path)
     return model

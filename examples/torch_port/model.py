@@ -144,6 +144,16 @@ class _QKProjections(nn.Module):
         return lif(bn(conv(x)), self.neuron)
 
 
+def _count_qk(module, q, z):
+    """Energy (SPEC section 7): one AC per Q spike summed and one per K spike kept."""
+    counter = getattr(module, "counter", None)
+    if counter is not None:
+        q_spikes = float(q.sum())
+        counter.add(f"{module.energy_name}.qk", macs=0.0, steps=q.shape[0], events=q_spikes,
+                    elements=q.numel(), acs=q_spikes + float(torch.count_nonzero(z)),
+                    ann_macs=2.0 * q.numel() / q.shape[0])
+
+
 class QKAttention(_QKProjections):
     """QKTA (``kind="token"``) or QKCA (``kind="channel"``) of SPEC section 4, on ``[T,B,N,D]``."""
 
@@ -155,8 +165,11 @@ class QKAttention(_QKProjections):
 
     def core(self, q, k):
         if self.kind == "token":
-            return qk_token(q, k, self.heads, self.attention_neuron)[0]
-        return qk_channel(q, k, self.attention_neuron)[0]
+            z = qk_token(q, k, self.heads, self.attention_neuron)[0]
+        else:
+            z = qk_channel(q, k, self.attention_neuron)[0]
+        _count_qk(self, q, z)
+        return z
 
     def forward(self, x):
         q = self.project(self.q_conv, self.q_bn, x)
@@ -178,6 +191,13 @@ class SSAttention(_QKProjections):
         k = self.project(self.k_conv, self.k_bn, x)
         v = self.project(self.v_conv, self.v_bn, x)
         z = ssa(q, k, v, self.heads, 0.125, self.attention_neuron)
+        counter = getattr(self, "counter", None)
+        if counter is not None:
+            # evaluated as (Q K^T) V: N accumulates per Q spike and per V spike
+            T, B, N, D = q.shape
+            events = float(q.sum() + v.sum())
+            counter.add(f"{self.energy_name}.ssa", macs=0.0, steps=T, events=events,
+                        elements=2 * q.numel(), acs=N * events, ann_macs=2.0 * B * D * N * N)
         return self.project(self.proj_conv, self.proj_bn, z)
 
 
@@ -254,6 +274,7 @@ class _CMQKADirection(_QKProjections):
             z = qk_token(q, k, self.heads, self.attention_neuron)[0]
         else:
             z = qk_channel(q, k, self.attention_neuron)[0]
+        _count_qk(self, q, z)
         return self.project(self.proj_conv, self.proj_bn, z)
 
 
@@ -291,8 +312,17 @@ class CMQKA(nn.Module):
             y_a = self.audio_from_visual(x_v, x_a)
             y_v = self.visual_from_audio(x_a, x_v)
         if self.residual == "fixed":
-            return x_a + 0.5 * y_a, x_v + 0.5 * y_v
-        return x_a + self.alpha * y_a, x_v + self.beta * y_v
+            alpha = beta = 0.5
+        else:
+            alpha, beta = self.alpha, self.beta
+        out_a, out_v = x_a + alpha * y_a, x_v + beta * y_v
+        counter = getattr(self, "counter", None)
+        if counter is not None:
+            # x + alpha * Y carries the events of x plus the spikes of Y (alpha folds into weights)
+            for out, x, y, w in ((out_a, x_a, y_a, alpha), (out_v, x_v, y_v, beta)):
+                before = counter.events(x)
+                counter.register(out, None if before is None else before + float(torch.count_nonzero(w * y)))
+        return out_a, out_v
 
 
 def frame_indices(F_: int, T: int) -> list[int]:
@@ -352,13 +382,20 @@ class SNNergy(nn.Module):
             x["audio"], static["audio"] = self._input(audio, "audio", cfg.audio_channels, False)
         if "visual" in cfg.modalities:
             x["visual"], static["visual"] = self._input(visual, "visual", cfg.visual_channels, True)
+        counter = getattr(self, "counter", None)
+        if counter is not None:
+            for m in x:
+                counter.analog(x[m])            # data, even where its values look like spikes
         for s in (1, 2, 3):
             for m in cfg.modalities:
                 stage = getattr(self, m).stage(s)
                 if s == 1:
                     fmap = stage.embed(x[m], T, static[m])
                 else:
-                    fmap = stage.embed(_to_map(x[m]), T)
+                    fmap_in = _to_map(x[m])
+                    if counter is not None:
+                        counter.register(fmap_in, counter.events(x[m]))
+                    fmap = stage.embed(fmap_in, T)
                 tokens = _to_tokens(fmap, T)
                 for block in stage.blocks:
                     tokens = block(tokens)
@@ -366,5 +403,7 @@ class SNNergy(nn.Module):
             if hasattr(self, f"fusion{s}"):
                 x["audio"], x["visual"] = getattr(self, f"fusion{s}")(x["audio"], x["visual"])
         # head input: [visual ; audio], each the mean over tokens and time
-        feats = [x[m].mean((0, 2)) for m in ("visual", "audio") if m in x]
-        return self.head(torch.cat(feats, dim=1))
+        feats = torch.cat([x[m].mean((0, 2)) for m in ("visual", "audio") if m in x], dim=1)
+        if counter is not None:
+            counter.analog(feats)               # spike-rate averages: the head counts MACs
+        return self.head(feats)

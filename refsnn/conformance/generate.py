@@ -29,6 +29,8 @@ SUITES = {
     "qk": "qk",
     "cmqka": "cmqka",
     "bitpack": "bitpack",
+    "snnergy-tiny": "snnergy",
+    "energy": "energy",
 }
 
 

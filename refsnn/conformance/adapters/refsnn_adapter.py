@@ -10,9 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from ... import functional as Fn
+from ...energy import report as energy_report
 from ...functional import attention as At
 from ...fusion import CMQKA
 from ...kernels import bitpack
+from ...models import Config
+from ...models.snnergy import SNNergy
 
 __all__ = ["run", "OPS"]
 
@@ -137,11 +140,44 @@ def _cmqka(case, x):
     return out
 
 
+def _snnergy(case, x):
+    p = case["params"]
+    model = _model(p, x)
+    logits = model.forward(x.get("audio"), x.get("visual"))
+    loss, cache = Fn.cross_entropy_forward(logits, x["labels"], label_smoothing=p["loss"]["label_smoothing"])
+    model.zero_grad()
+    model.backward(Fn.cross_entropy_backward(cache, p["loss"]["dloss"]))
+    out = {"logits": logits, "loss": np.asarray(loss, dtype=logits.dtype)}
+    out.update({f"grad.{k}": v.grad for k, v in model.parameters().items()})
+    out.update({f"state.{k}": v for k, v in model.buffers().items()})
+    return out
+
+
+def _model(p, x):
+    model = SNNergy(Config.from_dict(p["config"]), dtype=x["head.weight"].dtype)
+    model.load_state_dict({k: x[k] for k in p["parameters"] + p["buffers"]})
+    model.train(p["training"])
+    return model
+
+
+def _energy(case, x):
+    p = case["params"]
+    rep = energy_report(_model(p, x), [(x.get("audio"), x.get("visual"))])
+    out = {}
+    for key in ("macs", "acs", "ann_macs", "input_firing_rate"):
+        values = [rep["layers"][name][key] if name in rep["layers"] else np.nan for name in p["layers"]]
+        out[f"layers.{key}"] = np.array([-1.0 if v is None else v for v in values])
+    for key in ("macs", "acs", "ann_macs", "snn_mJ", "ann_mJ"):
+        out[f"totals.{key}"] = np.asarray(rep["totals"][key], dtype=np.float64)
+    return out
+
+
 OPS = {
     "lif": _lif, "conv2d": _conv2d, "conv1x1": _conv1x1, "linear": _linear, "batchnorm": _batchnorm,
     "maxpool2d": _maxpool2d, "mean_pool": _mean_pool, "cross_entropy": _cross_entropy,
     "qk_token": _qk_token, "qk_channel": _qk_channel, "ssa": _ssa, "pack_bits": _pack_bits,
-    "unpack_bits": _unpack_bits, "cmqka": _cmqka,
+    "unpack_bits": _unpack_bits, "cmqka": _cmqka, "snnergy": _snnergy,
+    "energy": _energy,
 }
 
 

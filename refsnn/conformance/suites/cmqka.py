@@ -19,7 +19,7 @@ from ..margins import lif_margin
 SUITE = "cmqka"
 MARGIN = 1e-3
 TOK = "[T, B, D, N]"
-SHAPE = (2, 2, 8, 16)       # T, B, D, N
+SHAPE = (2, 1, 8, 16)       # T, B, D, N
 HEADS = 2
 
 
