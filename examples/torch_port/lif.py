@@ -93,6 +93,16 @@ def surrogate_grad(x: torch.Tensor, o: LIFOptions) -> torch.Tensor:
     return 1.0 / (d * d)
 
 
+def _charge(x_t, v, h, o: LIFOptions, r: float) -> None:
+    """h <- H[t] in SPEC's order of operations, written into ``h`` (a view of the H buffer)."""
+    if o.decay_input:                       # H = V + (X - (V - r)) / tau
+        torch.sub(x_t, v if r == 0.0 else v - r, out=h)
+        h.div_(o.tau).add_(v)
+    else:                                   # H = V - (V - r) / tau + X
+        torch.sub(v, (v if r == 0.0 else v - r) / o.tau, out=h)
+        h.add_(x_t)
+
+
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, o: LIFOptions):
@@ -100,27 +110,36 @@ class _LIFFunction(torch.autograd.Function):
         hard = o.v_reset is not None
         r = o.v_reset if hard else 0.0
         h_all = torch.empty_like(x)
-        s_all = torch.empty_like(x)
         v = torch.full_like(x[0], r)
-        for t in range(T):
-            if o.decay_input:
-                h = v + (x[t] - (v - r)) / o.tau
-            else:
-                h = v - (v - r) / o.tau + x[t]
-            s = spike_function(h - o.v_threshold, o)
-            h_all[t] = h
-            s_all[t] = s
-            if hard:
-                v = h * (1.0 - s) + o.v_reset * s
-            else:
-                v = h - o.v_threshold * s
+        if o.spike_fn == "heaviside":
+            # the spike as a bool mask; the reset as a select, which gives exactly SPEC's values:
+            # H (1 - S) + v_reset S is v_reset where S = 1 and H where S = 0, H - v_th S is
+            # H - v_th or H
+            fired = torch.empty(x.shape, dtype=torch.bool)
+            for t in range(T):
+                h = h_all[t]
+                _charge(x[t], v, h, o, r)
+                torch.ge(h, o.v_threshold, out=fired[t])
+                v = h.masked_fill(fired[t], o.v_reset) if hard else torch.where(fired[t], h - o.v_threshold, h)
+            s_all = fired.to(x.dtype)
+        else:
+            s_all = torch.empty_like(x)
+            for t in range(T):
+                h = h_all[t]
+                _charge(x[t], v, h, o, r)
+                s = spike_function(h - o.v_threshold, o)
+                s_all[t] = s
+                v = h * (1.0 - s) + o.v_reset * s if hard else h - o.v_threshold * s
         ctx.options = o
-        # S is recomputed from H in the backward (one compare), so only H is kept
+        # S is recomputed from H in the backward, so only H is kept
         ctx.save_for_backward(h_all)
         return s_all
 
     @staticmethod
     def backward(ctx, ds: torch.Tensor):
+        """SPEC section 2: dH[t] = dS[t] g[t] + dV[t] dV/dH[t]; dV[t-1] = dH[t] (1 - 1/tau);
+        dX[t] = dH[t] / tau (decay_input) or dH[t]. One time step at a time, so a step's
+        arrays stay in cache."""
         (h_all,) = ctx.saved_tensors
         o: LIFOptions = ctx.options
         hard = o.v_reset is not None
@@ -128,19 +147,25 @@ class _LIFFunction(torch.autograd.Function):
         dx = torch.empty_like(h_all)
         dv = None
         for t in range(h_all.shape[0] - 1, -1, -1):
-            h = h_all[t]
-            x = h - o.v_threshold
+            x = h_all[t] - o.v_threshold
             g = surrogate_grad(x, o)
             dh = ds[t] * g
             if dv is not None:
-                if hard:
+                if not hard and o.detach_reset:          # dV/dH = 1
+                    dh += dv
+                elif hard and o.detach_reset and o.spike_fn == "heaviside":
+                    dh += dv.masked_fill_(x >= 0, 0.0)   # dV/dH = 1 - S: zero where it fired
+                elif hard:
                     s = spike_function(x, o)
-                    dvdh = (1.0 - s) if o.detach_reset else (1.0 - s) + (o.v_reset - h) * g
+                    dvdh = (1.0 - s) if o.detach_reset else (1.0 - s) + (o.v_reset - h_all[t]) * g
+                    dh.addcmul_(dv, dvdh)
                 else:
-                    dvdh = None if o.detach_reset else 1.0 - o.v_threshold * g
-                dh = dh + (dv if dvdh is None else dv * dvdh)
+                    dh.addcmul_(dv, 1.0 - o.v_threshold * g)
             dv = dh * leak
-            dx[t] = dh / o.tau if o.decay_input else dh
+            if o.decay_input:
+                torch.div(dh, o.tau, out=dx[t])
+            else:
+                dx[t] = dh
         return dx, None
 
 
