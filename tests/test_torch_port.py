@@ -556,3 +556,15 @@ def test_input_size_checked():
     model = SNNergy(config("tiny"))
     with pytest.raises(ValueError, match="visual"):
         model(torch.zeros(1, 1, 32, 32), torch.zeros(1, 2, 3, 16, 16))
+
+
+def test_port_config_mirrors_refsnn_config():
+    """The port reads refsnn's config dicts (checkpoints, conformance cases): same fields, same
+    presets."""
+    from dataclasses import fields
+
+    from refsnn.models import config as refsnn_config
+    from refsnn.models.configs import Config
+    assert {f.name for f in fields(PortConfig)} == {f.name for f in fields(Config)}
+    for name in ("tiny", "cpu", "paper"):
+        assert config(name).to_dict() == refsnn_config(name).to_dict()
