@@ -14,7 +14,7 @@ __all__ = ["RECIPES", "DEFAULTS", "recipe"]
 
 # The options every run has; a recipe overrides some of them.
 DEFAULTS = dict(
-    data="synthetic", config="cpu", epochs=6, batch_size=16, optimizer="adamw", lr=2e-3,
+    data="synthetic", config="cpu", epochs=4, batch_size=16, optimizer="adamw", lr=2e-3,
     weight_decay=0.01, momentum=0.9, warmup_epochs=1.0, min_lr=1e-5, label_smoothing=0.1,
     grad_clip=None, crop=False, flip=False, specaugment=False, mixup=0.0, eval_every=1,
     energy_batches=4,
@@ -22,7 +22,7 @@ DEFAULTS = dict(
 
 RECIPES: dict[str, dict] = {
     "synthetic": dict(
-        data="synthetic", config="cpu", epochs=6, batch_size=16, lr=2e-3, weight_decay=0.01,
+        data="synthetic", config="cpu", epochs=4, batch_size=16, lr=2e-3, weight_decay=0.01,
         warmup_epochs=1.0, label_smoothing=0.1,
         source="chosen here: the cpu preset reaches >= 0.90 test accuracy on the embedded "
                "synthetic task in a few minutes on 2 cores (README, Results); AdamW, cosine, "

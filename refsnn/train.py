@@ -37,7 +37,7 @@ from .functional.checks import NonFiniteError
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
 from .models.configs import FUSION_MODES, PRESETS, Config, config
 from .models.snnergy import SNNergy
-from .optim import SGD, AdamW, CosineSchedule, clip_grad_norm, default_decay_filter
+from .optim import SGD, AdamW, CosineSchedule, clip_grad_norm, default_decay_filter, grad_norm
 from .recipes import DEFAULTS, RECIPES, recipe
 
 __all__ = ["fit", "evaluate", "load_splits", "TrainingError", "main"]
@@ -332,7 +332,11 @@ def fit(config_: Config, dataset, *, out=None, resume: bool = False, progress: b
                         model.backward(cross_entropy_backward(cache_))
                     except NonFiniteError as exc:
                         raise diverged(f"non-finite values appeared ({exc})") from None
-                    if opts["grad_clip"]:
+                    # the backward does not scan its arrays; one norm over the gradients does
+                    norm = grad_norm(params)
+                    if not math.isfinite(norm):
+                        raise diverged(f"the gradient norm became {norm}")
+                    if opts["grad_clip"] and norm > opts["grad_clip"]:
                         clip_grad_norm(params, float(opts["grad_clip"]))
                     optimizer.step()
                     schedule.step()

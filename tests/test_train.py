@@ -113,7 +113,7 @@ def test_bad_training_input(tmp_path):
 
 
 class PoisonAfter(Dataset):
-    """A data set whose clips turn into values that overflow float32 after ``calls`` batches."""
+    """A data set whose clips turn to NaN after ``calls`` batches (a corrupt file mid-run)."""
 
     def __init__(self, base, calls):
         super().__init__(base.name, base.split, base.class_names, base._audio, base._frames,
@@ -124,19 +124,28 @@ class PoisonAfter(Dataset):
         audio, frames, labels = super().arrays(indices)
         self.calls -= 1
         if self.calls < 0:
-            audio[:] = 3e38
+            audio[:] = np.nan
         return audio, frames, labels
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_values_stop_and_keep_the_last_good_checkpoint(tmp_path):
     data = splits()
     data["train"] = PoisonAfter(data["train"], calls=6)          # epoch 1 is fine, epoch 2 breaks
-    with pytest.raises(TrainingError, match=r"non-finite values appeared .* at step 7 .*last finite loss was \d") as e:
-        fit(TINY, data, out=tmp_path, epochs=3, progress=False, **dict(OPTS, batch_size=8))
+    with pytest.raises(TrainingError, match=r"non-finite values appeared .*audio.* at step 7 .*"
+                                            r"last finite loss was \d") as e:
+        fit(TINY, data, out=tmp_path, epochs=3, progress=False, **OPTS)
     assert "last.npz" in str(e.value)
     ck = load_checkpoint(tmp_path / "last.npz")
     assert ck.meta["state"]["epoch"] == 1
     assert all(np.isfinite(v).all() for v in ck.model_state.values())
+
+
+def test_divergence_stops_with_the_step_and_last_finite_loss(tmp_path):
+    # an absurd learning rate sends the weights to ~1e37 after one step: the next forward
+    # overflows, a LIF neuron sees inf or NaN, and training stops
+    with pytest.raises(TrainingError, match=r"at step 2 .*last finite loss was \d.*none was written yet"):
+        fit(TINY, splits(), out=tmp_path, epochs=1, progress=False,
+            **dict(OPTS, lr=1e37, warmup_epochs=0.0, weight_decay=0.0))
 
 
 # ------------------------------------------------------------------------ command lines

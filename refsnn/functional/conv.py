@@ -3,7 +3,9 @@
 ``conv2d``   x ``[N, C, H, W]`` (the caller merges T and B), weight OIHW, optional bias.
 ``conv1x1``  a 1x1 convolution over tokens: x ``[M, C, N]`` (M = T*B), weight ``[O, C]``.
 ``linear``   x ``[B, I]``, weight ``[O, I]``.
-Each cache carries ``counts`` (what the op executed) for energy accounting.
+Each cache carries ``counts`` (what the op executed) for energy accounting. Shapes and dtypes
+are always checked; ``check=False`` skips the scans for NaN and inf (the modules use it on
+activations inside a network, where the LIF neurons and the loss catch non-finite values).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_back
            "linear_forward", "linear_backward"]
 
 
-def _check_weight(weight, name, ndim, in_channels, x_dtype):
-    check_float_array(weight, name, ndim=ndim)
+def _check_weight(weight, name, ndim, in_channels, x_dtype, finite=True):
+    check_float_array(weight, name, ndim=ndim, finite=finite)
     if weight.shape[1] != in_channels:
         raise ValueError(f"x: has {in_channels} channels on axis 1, but {name} of shape "
                          f"{weight.shape} expects {weight.shape[1]}")
@@ -25,10 +27,10 @@ def _check_weight(weight, name, ndim, in_channels, x_dtype):
         raise ValueError(f"{name}: expected dtype {x_dtype} (x's), got {weight.dtype}")
 
 
-def _check_bias(bias, out_channels, x_dtype):
+def _check_bias(bias, out_channels, x_dtype, finite=True):
     if bias is None:
         return
-    check_float_array(bias, "bias", ndim=1)
+    check_float_array(bias, "bias", ndim=1, finite=finite)
     if bias.shape != (out_channels,):
         raise ValueError(f"bias: expected shape ({out_channels},), got {bias.shape}")
     if bias.dtype != x_dtype:
@@ -37,12 +39,11 @@ def _check_bias(bias, out_channels, x_dtype):
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     """y ``[N, O, Ho, Wo]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, KH, KW]``) + bias."""
-    if check:
-        check_float_array(x, "x", ndim=4)
-        _check_weight(weight, "weight", 4, x.shape[1], x.dtype)
-        _check_bias(bias, weight.shape[0], x.dtype)
-        if stride < 1 or padding < 0:
-            raise ValueError(f"stride/padding: expected stride >= 1 and padding >= 0, got {stride}, {padding}")
+    check_float_array(x, "x", ndim=4, finite=check)
+    _check_weight(weight, "weight", 4, x.shape[1], x.dtype, check)
+    _check_bias(bias, weight.shape[0], x.dtype, check)
+    if stride < 1 or padding < 0:
+        raise ValueError(f"stride/padding: expected stride >= 1 and padding >= 0, got {stride}, {padding}")
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
@@ -56,13 +57,13 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     return y, cache
 
 
-def conv2d_backward(dy, cache, *, need_dx=True):
+def conv2d_backward(dy, cache, *, need_dx=True, check=True):
     """Returns ``(dx, dweight, dbias)``; dbias is None without a bias, dx is None with
     ``need_dx=False`` (the first layer of a network, whose input is data)."""
     x, weight = cache["x"], cache["weight"]
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
-    check_float_array(dy, "dy", ndim=4)
+    check_float_array(dy, "dy", ndim=4, finite=check)
     Ho, Wo = _k.conv_out_size(H, KH, cache["stride"], cache["padding"]), \
         _k.conv_out_size(W, KW, cache["stride"], cache["padding"])
     if dy.shape != (N, O, Ho, Wo):
@@ -82,10 +83,9 @@ def conv2d_backward(dy, cache, *, need_dx=True):
 
 def conv1x1_forward(x, weight, bias=None, *, check=True):
     """y ``[M, O, N]`` = weight ``[O, C]`` applied to every token of x ``[M, C, N]`` (+ bias)."""
-    if check:
-        check_float_array(x, "x", ndim=3)
-        _check_weight(weight, "weight", 2, x.shape[1], x.dtype)
-        _check_bias(bias, weight.shape[0], x.dtype)
+    check_float_array(x, "x", ndim=3, finite=check)
+    _check_weight(weight, "weight", 2, x.shape[1], x.dtype, check)
+    _check_bias(bias, weight.shape[0], x.dtype, check)
     y = np.matmul(weight, x)
     if bias is not None:
         y += bias[:, None]
@@ -95,11 +95,11 @@ def conv1x1_forward(x, weight, bias=None, *, check=True):
     return y, cache
 
 
-def conv1x1_backward(dy, cache):
+def conv1x1_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
     x, weight = cache["x"], cache["weight"]
     M, C, N = x.shape
-    check_float_array(dy, "dy", ndim=3)
+    check_float_array(dy, "dy", ndim=3, finite=check)
     if dy.shape != (M, weight.shape[0], N):
         raise ValueError(f"dy: expected shape {(M, weight.shape[0], N)}, got {dy.shape}")
     dy = dy.astype(x.dtype, copy=False)
@@ -112,10 +112,9 @@ def conv1x1_backward(dy, cache):
 
 def linear_forward(x, weight, bias=None, *, check=True):
     """y ``[B, O]`` = x ``[B, I]`` weightᵀ + bias."""
-    if check:
-        check_float_array(x, "x", ndim=2)
-        _check_weight(weight, "weight", 2, x.shape[1], x.dtype)
-        _check_bias(bias, weight.shape[0], x.dtype)
+    check_float_array(x, "x", ndim=2, finite=check)
+    _check_weight(weight, "weight", 2, x.shape[1], x.dtype, check)
+    _check_bias(bias, weight.shape[0], x.dtype, check)
     y = x @ weight.T
     if bias is not None:
         y += bias
@@ -124,10 +123,10 @@ def linear_forward(x, weight, bias=None, *, check=True):
     return y, cache
 
 
-def linear_backward(dy, cache):
+def linear_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
     x, weight = cache["x"], cache["weight"]
-    check_float_array(dy, "dy", ndim=2)
+    check_float_array(dy, "dy", ndim=2, finite=check)
     if dy.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"dy: expected shape {(x.shape[0], weight.shape[0])}, got {dy.shape}")
     dy = dy.astype(x.dtype, copy=False)

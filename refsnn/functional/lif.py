@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..kernels import lif as _k
-from .checks import check_float_array, check_same_shape
+from .checks import NonFiniteError, check_finite, check_float_array
 
 __all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache"]
 
@@ -85,7 +85,7 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
     x: ``[T, ...]`` float32 or float64 input current, time first, T >= 1.
     Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values).
     """
-    check_float_array(x, "x", min_ndim=1)
+    check_float_array(x, "x", min_ndim=1, finite=False)      # non-finite input: see below
     if x.shape[0] == 0:
         raise ValueError("x: expected T >= 1 time steps on axis 0, got T = 0")
     options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn)
@@ -98,22 +98,28 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
     if backend == "numba":
         spikes = np.empty_like(x2)
         h = np.empty_like(x2)
-        _k.lif_forward_kernel(x2, spikes, h, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
+        v_last = np.empty(x2.shape[1], dtype=x.dtype)
+        _k.lif_forward_kernel(x2, spikes, h, v_last, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
                               a["decay_input"], a["surrogate"], a["alpha"], spike_code,
                               x.dtype.type(1.0), x.dtype.type(math.pi))
     else:
-        spikes, h = _k.lif_forward_numpy(x2, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
-                                         a["decay_input"], a["surrogate"], a["alpha"], spike_code)
+        spikes, h, v_last = _k.lif_forward_numpy(x2, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
+                                                 a["decay_input"], a["surrogate"], a["alpha"], spike_code)
+    # any NaN or inf in x leaves the final membrane non-finite: one check of M values instead
+    # of a scan of all T * M inputs (the scan runs only to name the first bad index)
+    if not np.isfinite(v_last).all():
+        check_finite(x, "x")
+        raise NonFiniteError("x: the membrane overflowed to inf or NaN (inputs of about 1e38)")
     options["backend"] = backend
     return spikes.reshape(x.shape), LIFCache(h, options, x.shape)
 
 
-def lif_backward(dspikes, cache: LIFCache):
+def lif_backward(dspikes, cache: LIFCache, *, check=True):
     """Gradient of the loss with respect to x, given dL/dspikes (``[T, ...]``). Never mutates
-    ``dspikes``."""
+    ``dspikes``. ``check=False`` skips the scan of dspikes for NaN and inf."""
     if not isinstance(cache, LIFCache):
         raise ValueError(f"cache: expected the LIFCache returned by lif_forward, got {type(cache).__name__}")
-    check_float_array(dspikes, "dspikes")
+    check_float_array(dspikes, "dspikes", finite=check)
     if dspikes.shape != cache.shape:
         raise ValueError(f"dspikes: expected shape {cache.shape} (the forward's), got {dspikes.shape}")
     o = cache.options

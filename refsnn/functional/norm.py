@@ -3,72 +3,84 @@
 x ``[M, C, P]``: statistics per channel over M (time and batch merged) and P (spatial positions
 or tokens) together. Train mode normalises with the batch statistics (biased variance) and
 returns the updated running statistics (momentum 0.1, unbiased variance, as PyTorch); eval mode
-uses the running statistics.
+uses the running statistics. Statistics and gradients accumulate in float64 (Numba kernels in
+``refsnn.kernels.norm``; ``backend="numpy"`` runs the twins).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import norm as _k
 from .checks import check_float_array
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
 
 
 def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=True,
-                      momentum=0.1, eps=1e-5, repeats=1, check=True):
+                      momentum=0.1, eps=1e-5, repeats=1, backend="numba", check=True):
     """Returns ``(y, cache, new_running_mean, new_running_var)``.
 
     The running statistics are returned, not updated in place, so the op stays a pure function.
     ``repeats``: x stands for that many identical copies along M (an input repeated over time
     and normalised once): the batch statistics are those of the copies already, and only the
     unbiased correction of the running variance counts ``repeats * M * P`` values.
+    ``check=False`` skips the scan for NaN and inf (shapes are always checked).
     """
-    if check:
-        check_float_array(x, "x", ndim=3)
-        C = x.shape[1]
-        for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                        ("running_var", running_var)):
-            check_float_array(a, name, ndim=1)
-            if a.shape != (C,):
-                raise ValueError(f"{name}: expected shape ({C},) for x with {C} channels, got {a.shape}")
+    check_float_array(x, "x", ndim=3, finite=check)
     M, C, P = x.shape
-    dt = x.dtype.type
+    for name, a in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        check_float_array(a, name, ndim=1, finite=check)
+        if a.shape != (C,):
+            raise ValueError(f"{name}: expected shape ({C},) for x with {C} channels, got {a.shape}")
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    x = np.ascontiguousarray(x)
     if training:
         count = M * P
         if count < 2:
             raise ValueError(f"x: BatchNorm in train mode needs more than one value per channel, got shape {x.shape}")
-        mean = x.mean(axis=(0, 2))
-        centred = x - mean[:, None]
-        var = np.einsum("mcp,mcp->c", centred, centred) / dt(count)
-        inv_std = dt(1) / np.sqrt(var + dt(eps))
-        xhat = centred * inv_std[:, None]
-        m = dt(momentum)
+        if backend == "numba":
+            mean, var = np.empty(C), np.empty(C)
+            _k.bn_stats_kernel(x, mean, var)
+        else:
+            mean, var = _k.bn_stats_numpy(x)
         total = count * repeats
-        new_mean = (dt(1) - m) * running_mean + m * mean.astype(running_mean.dtype)
-        new_var = (dt(1) - m) * running_var + m * (var * dt(total / (total - 1))).astype(running_var.dtype)
+        m = momentum
+        new_mean = ((1 - m) * running_mean + m * mean).astype(running_mean.dtype)
+        new_var = ((1 - m) * running_var + m * var * (total / (total - 1))).astype(running_var.dtype)
     else:
-        inv_std = (dt(1) / np.sqrt(running_var + dt(eps))).astype(x.dtype)
-        xhat = (x - running_mean.astype(x.dtype)[:, None]) * inv_std[:, None]
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
         new_mean, new_var = running_mean, running_var
-    y = xhat * weight[:, None] + bias[:, None]
-    cache = dict(xhat=xhat, inv_std=inv_std, weight=weight, training=training)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale64 = inv_std * weight
+    scale = scale64.astype(x.dtype)
+    shift = (bias - mean * scale64).astype(x.dtype)
+    if backend == "numba":
+        y = np.empty_like(x)
+        _k.bn_apply_kernel(x, scale, shift, y)
+    else:
+        y = _k.bn_apply_numpy(x, scale, shift)
+    cache = dict(x=x, mean=mean, inv_std=inv_std, weight=weight, training=training, backend=backend)
     return y, cache, new_mean, new_var
 
 
-def batchnorm_backward(dy, cache):
+def batchnorm_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
-    xhat = cache["xhat"]
-    check_float_array(dy, "dy", ndim=3)
-    if dy.shape != xhat.shape:
-        raise ValueError(f"dy: expected shape {xhat.shape}, got {dy.shape}")
-    dy = dy.astype(xhat.dtype, copy=False)
-    dbias = dy.sum(axis=(0, 2))
-    dweight = np.einsum("mcp,mcp->c", dy, xhat)
-    scale = cache["weight"] * cache["inv_std"]
-    if cache["training"]:
-        M, C, P = xhat.shape
-        n = xhat.dtype.type(M * P)
-        dx = (dy - (dbias / n)[:, None] - xhat * (dweight / n)[:, None]) * scale[:, None]
+    x = cache["x"]
+    check_float_array(dy, "dy", ndim=3, finite=check)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy: expected shape {x.shape}, got {dy.shape}")
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    weight = cache["weight"]
+    if cache["backend"] == "numba":
+        C = x.shape[1]
+        dx = np.empty_like(x)
+        dweight, dbias = np.empty(C), np.empty(C)
+        _k.bn_backward_kernel(dy, x, cache["mean"], cache["inv_std"], weight.astype(np.float64),
+                              cache["training"], dx, dweight, dbias)
     else:
-        dx = dy * scale[:, None]
-    return dx, dweight, dbias
+        dx, dweight, dbias = _k.bn_backward_numpy(dy, x, cache["mean"], cache["inv_std"], weight,
+                                                  cache["training"])
+    return dx, dweight.astype(weight.dtype), dbias.astype(weight.dtype)

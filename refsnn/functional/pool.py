@@ -16,11 +16,10 @@ __all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean
 
 def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba", check=True):
     """y ``[N, C, Ho, Wo]`` with Ho = (H + 2p - k) // s + 1 (= ceil(H/2) for 3, 2, 1)."""
-    if check:
-        check_float_array(x, "x", ndim=4)
-        if not (kernel_size >= 1 and stride >= 1 and 0 <= padding <= kernel_size // 2):
-            raise ValueError(f"kernel_size/stride/padding: expected k >= 1, s >= 1, 0 <= p <= k // 2, "
-                             f"got {kernel_size}, {stride}, {padding}")
+    check_float_array(x, "x", ndim=4, finite=check)
+    if not (kernel_size >= 1 and stride >= 1 and 0 <= padding <= kernel_size // 2):
+        raise ValueError(f"kernel_size/stride/padding: expected k >= 1, s >= 1, 0 <= p <= k // 2, "
+                         f"got {kernel_size}, {stride}, {padding}")
     N, C, H, W = x.shape
     Ho, Wo = (H + 2 * padding - kernel_size) // stride + 1, (W + 2 * padding - kernel_size) // stride + 1
     if Ho < 1 or Wo < 1:
@@ -38,10 +37,10 @@ def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba",
     return y.reshape(N, C, Ho, Wo), cache
 
 
-def maxpool2d_backward(dy, cache):
+def maxpool2d_backward(dy, cache, *, check=True):
     N, C, H, W = cache["x_shape"]
     argmax = cache["argmax"]
-    check_float_array(dy, "dy", ndim=4)
+    check_float_array(dy, "dy", ndim=4, finite=check)
     if dy.shape != (N, C) + argmax.shape[1:]:
         raise ValueError(f"dy: expected shape {(N, C) + argmax.shape[1:]}, got {dy.shape}")
     dy3 = np.ascontiguousarray(dy).reshape(argmax.shape)

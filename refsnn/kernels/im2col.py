@@ -20,29 +20,74 @@ def conv_out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
+@nb.njit(cache=True, inline="always")
+def _valid_range(pad, k, stride, size, out_size):
+    """Output positions o whose input index o*stride - pad + k lies in [0, size)."""
+    lo = 0
+    while lo < out_size and lo * stride - pad + k < 0:
+        lo += 1
+    hi = out_size
+    while hi > lo and (hi - 1) * stride - pad + k >= size:
+        hi -= 1
+    return lo, hi
+
+
+# Index arithmetic in these kernels is unsigned (np.uint64): with signed indices Numba adds a
+# negative-index wraparound check to every access, which stops LLVM from vectorising the copy
+# loops (measured 4x slower). Unsigned and signed integers must not be mixed (Numba would
+# promote the sum to float64), hence the explicit conversions.
+
+
 @nb.njit(parallel=True, cache=True)
 def _im2col_kernel(x, KH, KW, stride, pad, Ho, Wo, cols):
     N, C, H, W = x.shape
     P = Ho * Wo
+    xf = x.reshape(N * C * H * W)
+    zero = np.zeros(1, dtype=x.dtype)[0]
     for r in nb.prange(C * KH * KW):
         c = r // (KH * KW)
         kh = (r // KW) % KH
         kw = r % KW
+        h_lo, h_hi = _valid_range(pad, kh, stride, H, Ho)
+        w_lo, w_hi = _valid_range(pad, kw, stride, W, Wo)
+        out = cols[r]
+        same = stride == 1 and Ho == H and Wo == W
         for n in range(N):
-            base = n * P
+            base = np.uint64(n * P)
+            if same:
+                # a 'same' stride-1 tap is one shifted copy of the plane: the interior rows in
+                # one contiguous run, then the column that wrapped into the next row zeroed
+                src = np.uint64((n * C + c) * H * W + (kh - pad) * W + (kw - pad) + h_lo * W)
+                start = np.uint64(h_lo * W)
+                stop = np.uint64(h_hi * W)
+                for i in range(np.uint64(0), start):
+                    out[base + i] = zero
+                for i in range(np.uint64(0), stop - start):
+                    out[base + start + i] = xf[src + i]
+                for i in range(stop, np.uint64(P)):
+                    out[base + i] = zero
+                for ho in range(h_lo, h_hi):
+                    row = base + np.uint64(ho * W)
+                    for wo in range(0, w_lo):
+                        out[row + np.uint64(wo)] = zero
+                    for wo in range(w_hi, Wo):
+                        out[row + np.uint64(wo)] = zero
+                continue
             for ho in range(Ho):
-                h = ho * stride - pad + kh
-                row = base + ho * Wo
-                if h < 0 or h >= H:
-                    for wo in range(Wo):
-                        cols[r, row + wo] = 0
-                else:
-                    for wo in range(Wo):
-                        w = wo * stride - pad + kw
-                        if w >= 0 and w < W:
-                            cols[r, row + wo] = x[n, c, h, w]
-                        else:
-                            cols[r, row + wo] = 0
+                d = base + np.uint64(ho * Wo)
+                if ho < h_lo or ho >= h_hi:
+                    for wo in range(np.uint64(0), np.uint64(Wo)):
+                        out[d + wo] = zero
+                    continue
+                s0 = np.uint64(((n * C + c) * H + ho * stride - pad + kh) * W + w_lo * stride + kw - pad)
+                for wo in range(np.uint64(0), np.uint64(w_lo)):
+                    out[d + wo] = zero
+                d1 = d + np.uint64(w_lo)
+                ustride = np.uint64(stride)
+                for i in range(np.uint64(0), np.uint64(w_hi - w_lo)):
+                    out[d1 + i] = xf[s0 + i * ustride]
+                for wo in range(np.uint64(w_hi), np.uint64(Wo)):
+                    out[d + wo] = zero
 
 
 @nb.njit(parallel=True, cache=True)
@@ -51,22 +96,23 @@ def _col2im_kernel(dcols, KH, KW, stride, pad, Ho, Wo, dx):
     Each (n, c) plane is owned by one thread, so the overlapping taps never race."""
     N, C, H, W = dx.shape
     P = Ho * Wo
+    dxf = dx.reshape(N * C * H * W)
+    ustride = np.uint64(stride)
     for nc in nb.prange(N * C):
         n = nc // C
         c = nc % C
         base = n * P
         for kh in range(KH):
+            h_lo, h_hi = _valid_range(pad, kh, stride, H, Ho)
             for kw in range(KW):
-                r = (c * KH + kh) * KW + kw
-                for ho in range(Ho):
-                    h = ho * stride - pad + kh
-                    if h < 0 or h >= H:
-                        continue
-                    row = base + ho * Wo
-                    for wo in range(Wo):
-                        w = wo * stride - pad + kw
-                        if w >= 0 and w < W:
-                            dx[n, c, h, w] += dcols[r, row + wo]
+                w_lo, w_hi = _valid_range(pad, kw, stride, W, Wo)
+                src = dcols[(c * KH + kh) * KW + kw]
+                count = np.uint64(w_hi - w_lo)
+                for ho in range(h_lo, h_hi):
+                    d0 = np.uint64((nc * H + ho * stride - pad + kh) * W + w_lo * stride + kw - pad)
+                    s0 = np.uint64(base + ho * Wo + w_lo)
+                    for i in range(np.uint64(0), count):
+                        dxf[d0 + i * ustride] += src[s0 + i]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -76,10 +122,12 @@ def _cm_to_nchw_kernel(y2, bias, has_bias, y):
     for no in nb.prange(N * O):
         n = no // O
         o = no % O
-        b = bias[o] if has_bias else y2[0, 0] - y2[0, 0]
-        base = n * P
-        for p in range(P):
-            y[n, o, p] = y2[o, base + p] + b
+        b = bias[o] if has_bias else bias[0] - bias[0]
+        src = y2[o]
+        dst = y[n, o]
+        base = np.uint64(n * P)
+        for p in range(np.uint64(0), np.uint64(P)):
+            dst[p] = src[base + p] + b
 
 
 @nb.njit(parallel=True, cache=True)
@@ -89,9 +137,11 @@ def _nchw_to_cm_kernel(dy, dy2):
     for no in nb.prange(N * O):
         n = no // O
         o = no % O
-        base = n * P
-        for p in range(P):
-            dy2[o, base + p] = dy[n, o, p]
+        src = dy[n, o]
+        dst = dy2[o]
+        base = np.uint64(n * P)
+        for p in range(np.uint64(0), np.uint64(P)):
+            dst[base + p] = src[p]
 
 
 def im2col(x, KH, KW, stride, pad, out=None):

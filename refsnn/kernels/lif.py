@@ -68,9 +68,14 @@ def _surrogate_into(hs, out, n, v_th, one, pi, surrogate, alpha):
 
 
 @nb.njit(parallel=True, cache=True)
-def lif_forward_kernel(x, spikes, h, tau, v_th, v_reset, hard_reset, decay_input,
+def lif_forward_kernel(x, spikes, h, v_last, tau, v_th, v_reset, hard_reset, decay_input,
                        surrogate, alpha, spike_fn, one, pi):
-    """Fill ``spikes`` and ``h`` ([T, M], x's dtype) from ``x``. Float scalars have x's dtype."""
+    """Fill ``spikes`` and ``h`` ([T, M], x's dtype) from ``x``, and ``v_last`` ([M]) with the
+    membrane after the last step. Float scalars have x's dtype.
+
+    A NaN or inf anywhere in a neuron's input leaves its final membrane non-finite (NaN stays
+    NaN; +inf fires and resets to inf * 0 = NaN, or inf - v_th; -inf stays -inf or meets +inf
+    in the next charge), so checking ``v_last`` replaces a scan of all of x."""
     T, M = x.shape
     r = v_reset if hard_reset else one - one
     nblocks = (M + _BLOCK - 1) // _BLOCK
@@ -96,6 +101,7 @@ def lif_forward_kernel(x, spikes, h, tau, v_th, v_reset, hard_reset, decay_input
             else:
                 for j in range(n):
                     v[j] = hs[j] - v_th * ss[j]
+        v_last[start:start + n] = v
 
 
 @nb.njit(parallel=True, cache=True)
@@ -167,7 +173,7 @@ def _surrogate_grad_numpy(x, surrogate, alpha):
 
 
 def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate, alpha, spike_fn):
-    """Twin of ``lif_forward_kernel``; returns (spikes, h)."""
+    """Twin of ``lif_forward_kernel``; returns (spikes, h, v_last)."""
     T, M = x.shape
     r = v_reset if hard_reset else x.dtype.type(0)
     spikes = np.empty_like(x)
@@ -185,7 +191,7 @@ def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate,
             v = hv * (1 - s) + v_reset * s
         else:
             v = hv - v_th * s
-    return spikes, h
+    return spikes, h, v
 
 
 def lif_backward_numpy(dspikes, h, tau, v_th, v_reset, hard_reset, decay_input,

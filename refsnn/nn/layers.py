@@ -5,6 +5,10 @@ Layouts are time-major (SPEC section 1): feature maps ``[T, B, C, H, W]``, token
 PyTorch's defaults: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with
 a = sqrt(5)), BatchNorm weight 1 and bias 0.
 
+Modules check shapes and dtypes of every input but do not scan activations for NaN or inf:
+inside a network a non-finite value reaches a LIF neuron, which detects it (see
+``refsnn.functional.lif``), and training checks the loss. The functional ops scan by default.
+
 ``op_counts`` (a dict) describes the last forward: ``macs`` of the dense op always; while an
 ``EventCounter`` is attached (``refsnn.energy`` does it) also ``input_elements``,
 ``input_events`` (spike events carried by the input; None for an analog input), ``steps`` (time
@@ -68,12 +72,12 @@ class Conv2d(Module):
         self.op_counts = {}
 
     def forward(self, x):
-        check_float_array(x, "x", ndim=5)
+        check_float_array(x, "x", ndim=5, finite=False)
         _check_channels(x, self.in_channels)
         T, B = x.shape[:2]
         y, cache = F.conv2d_forward(x.reshape((T * B,) + x.shape[2:]), self.weight.value,
                                     None if self.bias is None else self.bias.value,
-                                    stride=self.stride, padding=self.padding)
+                                    stride=self.stride, padding=self.padding, check=False)
         self._cache = (cache, (T, B))
         y = y.reshape((T, B) + y.shape[1:])
         self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
@@ -82,7 +86,8 @@ class Conv2d(Module):
     def backward(self, dy, need_dx=True):
         """Returns dx (None with ``need_dx=False``: skips the input-gradient GEMM)."""
         cache, (T, B) = self._cache
-        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, need_dx=need_dx)
+        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, need_dx=need_dx,
+                                       check=False)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -102,11 +107,11 @@ class Conv1x1(Module):
         self.op_counts = {}
 
     def forward(self, x):
-        check_float_array(x, "x", ndim=4)
+        check_float_array(x, "x", ndim=4, finite=False)
         _check_channels(x, self.in_channels)
         T, B, C, N = x.shape
         y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
-                                     None if self.bias is None else self.bias.value)
+                                     None if self.bias is None else self.bias.value, check=False)
         self._cache = (cache, (T, B))
         y = y.reshape(T, B, self.out_channels, N)
         self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
@@ -114,7 +119,7 @@ class Conv1x1(Module):
 
     def backward(self, dy):
         cache, (T, B) = self._cache
-        dx, dw, db = F.conv1x1_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        dx, dw, db = F.conv1x1_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, check=False)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -134,13 +139,14 @@ class Linear(Module):
         self.op_counts = {}
 
     def forward(self, x):
-        y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value)
+        y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
+                                    check=False)
         self._cache = cache
         self.op_counts = _input_counts(self, x, cache["counts"], 1, x.shape[0], y.shape)
         return y
 
     def backward(self, dy):
-        dx, dw, db = F.linear_backward(dy, self._cache)
+        dx, dw, db = F.linear_backward(dy, self._cache, check=False)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -163,7 +169,7 @@ class BatchNorm(Module):
     def forward(self, x, repeats: int = 1):
         """x ``[T, B, C, ...]``; ``repeats`` > 1 when x (with T = 1) stands for an input
         repeated over that many time steps (see ``batchnorm_forward``)."""
-        check_float_array(x, "x", min_ndim=3)
+        check_float_array(x, "x", min_ndim=3, finite=False)
         if x.shape[2] != self.channels:
             raise ValueError(f"x: expected {self.channels} channels on axis 2 of [T, B, C, ...], "
                              f"got shape {x.shape}")
@@ -171,7 +177,7 @@ class BatchNorm(Module):
         x3 = x.reshape(T * B, C, -1)
         y, cache, mean, var = batchnorm_forward(
             x3, self.weight.value, self.bias.value, self.running_mean, self.running_var,
-            training=self.training, momentum=self.momentum, eps=self.eps, repeats=repeats)
+            training=self.training, momentum=self.momentum, eps=self.eps, repeats=repeats, check=False)
         if self.training:
             self.set_buffer("running_mean", mean)
             self.set_buffer("running_var", var)
@@ -181,7 +187,7 @@ class BatchNorm(Module):
     def backward(self, dy):
         cache, shape = self._cache
         T, B, C = shape[:3]
-        dx, dw, db = batchnorm_backward(dy.reshape(T * B, C, -1), cache)
+        dx, dw, db = batchnorm_backward(dy.reshape(T * B, C, -1), cache, check=False)
         self.weight.grad += dw
         self.bias.grad += db
         return dx.reshape(shape)
@@ -212,7 +218,7 @@ class LIF(Module):
         return spikes
 
     def backward(self, dspikes):
-        return lif_backward(dspikes, self._cache)
+        return lif_backward(dspikes, self._cache, check=False)
 
 
 class MaxPool2d(Module):
@@ -224,14 +230,14 @@ class MaxPool2d(Module):
         self._cache = None
 
     def forward(self, x):
-        check_float_array(x, "x", ndim=5)
+        check_float_array(x, "x", ndim=5, finite=False)
         T, B = x.shape[:2]
         y, cache = maxpool2d_forward(x.reshape((T * B,) + x.shape[2:]), kernel_size=self.kernel_size,
-                                     stride=self.stride, padding=self.padding)
+                                     stride=self.stride, padding=self.padding, check=False)
         self._cache = (cache, (T, B))
         return y.reshape((T, B) + y.shape[1:])
 
     def backward(self, dy):
         cache, (T, B) = self._cache
-        dx = maxpool2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache)
+        dx = maxpool2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, check=False)
         return dx.reshape((T, B) + dx.shape[1:])
