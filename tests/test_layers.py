@@ -295,3 +295,24 @@ def test_bad_inputs_name_the_argument():
     _, cache = F.conv1x1_forward(np.zeros((2, 3, 4)), np.zeros((5, 3)))
     with pytest.raises(ValueError, match="dy: expected shape"):
         F.conv1x1_backward(np.zeros((2, 5, 5)), cache)
+
+
+@settings(deadline=None, max_examples=30)
+@given(M=st.integers(1, 4), C=st.integers(1, 5), P=st.integers(1, 40), training=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_batchnorm_kernels_equal_twins(M, C, P, training, dtype, seed):
+    if training and M * P < 2:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 2.0, size=(M, C, P)).astype(dtype)
+    w, b = rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
+    rm, rv = rng.normal(size=C).astype(dtype), rng.uniform(0.5, 2, size=C).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    out = {}
+    for backend in ("numba", "numpy"):
+        y, cache, m, v = F.batchnorm_forward(x, w, b, rm, rv, training=training, backend=backend)
+        out[backend] = (y, m, v) + F.batchnorm_backward(dy, cache)
+    for a, c in zip(out["numba"], out["numpy"]):
+        assert a.dtype == c.dtype
+        np.testing.assert_allclose(a, c, **tol)

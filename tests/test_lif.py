@@ -201,3 +201,16 @@ def test_bad_upstream_gradient():
         lif_backward(np.zeros((2, 4)), cache)
     with pytest.raises(ValueError, match="dspikes"):
         lif_backward(np.full((2, 3), np.nan), cache)
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+@pytest.mark.parametrize("decay_input", [True, False])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("t", [0, 2])
+def test_non_finite_input_is_caught_from_the_final_membrane(v_reset, decay_input, bad, t):
+    x = np.full((3, 4), 0.7, dtype=np.float32)
+    x[t, 1] = bad
+    with pytest.raises(ValueError, match=rf"x: contains NaN or inf \(first at index \({t}, 1\)\)"):
+        lif_forward(x, v_reset=v_reset, decay_input=decay_input)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        lif_forward(x, v_reset=v_reset, decay_input=decay_input, spike_fn="smooth")
