@@ -17,36 +17,61 @@ def maxpool_forward_kernel(x, k, s, p, y, argmax):
     """x [M, H, W] -> y [M, Ho, Wo]; argmax [M, Ho, Wo] holds h*W + w of the chosen input."""
     M, H, W = x.shape
     _, Ho, Wo = y.shape
+    HW = H * W
+    P = Ho * Wo
+    xf = x.reshape(M * HW)
+    yf = y.reshape(M * P)
+    af = argmax.reshape(M * P)
     for m in nb.prange(M):
+        src = np.uint64(m * HW)
+        dst = m * P
         for ho in range(Ho):
+            h0 = ho * s - p
             for wo in range(Wo):
-                best = x[m, 0, 0]
-                best_idx = -1
-                for kh in range(k):
-                    h = ho * s - p + kh
-                    if h < 0 or h >= H:
-                        continue
-                    for kw in range(k):
-                        w = wo * s - p + kw
-                        if w < 0 or w >= W:
+                w0 = wo * s - p
+                if h0 >= 0 and w0 >= 0 and h0 + k <= H and w0 + k <= W:
+                    # interior window: no bounds checks; strict '>' keeps the first maximum
+                    best_idx = h0 * W + w0
+                    best = xf[src + np.uint64(best_idx)]
+                    for kh in range(k):
+                        row = (h0 + kh) * W + w0
+                        for kw in range(k):
+                            v = xf[src + np.uint64(row + kw)]
+                            if v > best:
+                                best = v
+                                best_idx = row + kw
+                else:
+                    best = xf[src]
+                    best_idx = -1
+                    for kh in range(k):
+                        h = h0 + kh
+                        if h < 0 or h >= H:
                             continue
-                        v = x[m, h, w]
-                        if best_idx < 0 or v > best:   # strict: ties keep the first
-                            best = v
-                            best_idx = h * W + w
-                y[m, ho, wo] = best
-                argmax[m, ho, wo] = best_idx
+                        for kw in range(k):
+                            w = w0 + kw
+                            if w < 0 or w >= W:
+                                continue
+                            v = xf[src + np.uint64(h * W + w)]
+                            if best_idx < 0 or v > best:   # padding is -inf: never chosen
+                                best = v
+                                best_idx = h * W + w
+                yf[dst + ho * Wo + wo] = best
+                af[dst + ho * Wo + wo] = best_idx
 
 
 @nb.njit(parallel=True, cache=True)
 def maxpool_backward_kernel(dy, argmax, H, W, dx):
     """dx [M, H, W] (zeroed) += dy at the recorded positions; one thread per plane."""
     M, Ho, Wo = dy.shape
+    P = Ho * Wo
+    HW = H * W
+    dyf = dy.reshape(M * P)
+    af = argmax.reshape(M * P)
+    dxf = dx.reshape(M * HW)
     for m in nb.prange(M):
-        for ho in range(Ho):
-            for wo in range(Wo):
-                idx = argmax[m, ho, wo]
-                dx[m, idx // W, idx % W] += dy[m, ho, wo]
+        base = np.uint64(m * HW)
+        for i in range(np.uint64(m * P), np.uint64((m + 1) * P)):
+            dxf[base + np.uint64(af[i])] += dyf[i]
 
 
 def maxpool_forward_numpy(x, k, s, p):
