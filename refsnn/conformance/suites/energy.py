@@ -22,10 +22,8 @@ import numpy as np
 
 from ...energy import E_AC_PJ, E_MAC_PJ, report
 from ...models import config as make_config
-from ...models.snnergy import SNNergy
-from ..case import Case, case_seed, rng_for, value_out
-from ..margins import lif_margin
-from .snnergy import MARGIN, _inputs, calibrate, draw_state
+from ..case import Case, value_out
+from .snnergy import draw_model
 
 SUITE = "energy"
 PER_LAYER = ("macs", "acs", "ann_macs", "input_firing_rate")
@@ -34,22 +32,9 @@ TOTALS = ("macs", "acs", "ann_macs", "snn_mJ", "ann_mJ")
 
 def energy_case(name, description, *, overrides=None, frames=2):
     cfg = make_config("tiny", **(overrides or {}))
-    for attempt in range(200):
-        seed = case_seed(SUITE, name, attempt)
-        rng = rng_for(seed)
-        model = SNNergy(cfg, seed=seed % (2**31), dtype=np.float64)
-        state = draw_state(model, rng)
-        audio, visual = _inputs(rng, cfg, frames)
-        state = calibrate(cfg, state, audio, visual)
-        model.load_state_dict(state)
-        model.eval()
-        model.forward(audio, visual)
-        reached, seen = lif_margin(model)
-        if reached >= MARGIN:
-            break
-    else:
-        raise RuntimeError(f"{name}: no seed kept the margin")
-    rep = report(model, [(audio, visual)])
+    d = draw_model(SUITE, name, cfg, training=False, frames=frames)
+    model = d.model
+    rep = report(model, [(d.audio, d.visual)])
     names = list(rep["layers"])
     expected = {}
     for key in PER_LAYER:
@@ -57,26 +42,17 @@ def energy_case(name, description, *, overrides=None, frames=2):
         expected[f"layers.{key}"] = np.array([-1.0 if v is None else v for v in values], dtype=np.float64)
     for key in TOTALS:
         expected[f"totals.{key}"] = np.asarray(rep["totals"][key], dtype=np.float64)
-    inputs = dict(state)
     layout = {f"layers.{k}": "[L] in the order of params.layers" for k in PER_LAYER}
-    layout.update({f"totals.{k}": "[] per sample" for k in TOTALS})
-    if audio is not None:
-        inputs["audio"] = audio
-        layout["audio"] = "[B, 1, H, W]"
-    if visual is not None:
-        inputs["visual"] = visual
-        layout["visual"] = "[B, 3, H, W] (one frame)" if visual.ndim == 4 else "[B, F, 3, H, W]"
+    layout.update({f"totals.{k}": "[] per sample" for k in TOTALS}, **d.layout)
     params = {"config": cfg.to_dict(), "training": False, "layers": names,
               "kinds": [rep["layers"][n]["kind"] for n in names],
               "E_MAC_pJ": E_MAC_PJ, "E_AC_pJ": E_AC_PJ, "per": "sample (batch totals / B)",
               "parameters": list(model.parameters()), "buffers": list(model.buffers()),
               "input_firing_rate": "input events / input elements; -1 for an analog input"}
     return Case(suite=SUITE, name=name, op="energy", spec="SPEC section 7", description=description,
-                params=params, layout=layout, inputs=inputs, expected=expected,
-                outputs={k: value_out(float32=False) for k in expected}, seed=seed, float32=False,
-                spike_margin={"required": MARGIN, "reached": reached, "seed_attempts": attempt + 1,
-                              "neurons": f"{seen} neuron-steps: every LIF fed a BatchNorm output",
-                              "exempt": "the attention LIFs (integer sums)"})
+                params=params, layout=layout, inputs=d.inputs, expected=expected,
+                outputs={k: value_out(float32=False) for k in expected}, seed=d.seed, float32=False,
+                spike_margin=d.spike_margin)
 
 
 def cases() -> list[Case]:

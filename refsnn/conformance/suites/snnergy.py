@@ -76,10 +76,18 @@ def _bn_fed_biases(model) -> set:
     return names
 
 
-def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
-    cfg = make_config("tiny", **(overrides or {}))
+class Drawn:
+    """A model whose draw kept the margin, with its state, batch and the search's record."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def draw_model(suite: str, name: str, cfg, *, training: bool, frames) -> Drawn:
+    """Search seeds until every real-input neuron of a forward keeps |H - v_th| >= MARGIN.
+    Eval-mode models get the batch's statistics as running statistics (``calibrate``)."""
     for attempt in range(200):
-        seed = case_seed(SUITE, name, attempt)
+        seed = case_seed(suite, name, attempt)
         rng = rng_for(seed)
         model = SNNergy(cfg, seed=seed % (2**31), dtype=np.float64)
         state = draw_state(model, rng)
@@ -94,12 +102,8 @@ def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
         if reached >= MARGIN:
             break
     else:
-        raise RuntimeError(f"{name}: no seed kept the margin")
-    loss, ce_cache = cross_entropy_forward(logits, labels, label_smoothing=0.0)
-    model.zero_grad()
-    model.backward(cross_entropy_backward(ce_cache, 1.0))
-    inputs = {"labels": labels, **state}
-    layout = {"labels": "[B] int64", "logits": "[B, classes]", "loss": "[] (a scalar)"}
+        raise RuntimeError(f"{suite}/{name}: no seed kept the margin")
+    inputs, layout = dict(state), {}
     if audio is not None:
         inputs["audio"] = audio
         layout["audio"] = "[B, 1, H, W] (repeated over the T steps)"
@@ -107,6 +111,22 @@ def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
         inputs["visual"] = visual
         layout["visual"] = ("[B, 3, H, W] (one frame, repeated over T)" if visual.ndim == 4 else
                             "[B, F, 3, H, W] (step t uses frame floor((2t+1) F / (2T)))")
+    margin = {"required": MARGIN, "reached": reached, "seed_attempts": attempt + 1,
+              "neurons": f"{seen} neuron-steps: every LIF fed a BatchNorm output",
+              "exempt": "the attention LIFs (integer sums)"}
+    return Drawn(model=model, seed=seed, audio=audio, visual=visual, labels=labels, logits=logits,
+                 inputs=inputs, layout=layout, spike_margin=margin)
+
+
+def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
+    cfg = make_config("tiny", **(overrides or {}))
+    d = draw_model(SUITE, name, cfg, training=training, frames=frames)
+    model, logits, labels = d.model, d.logits, d.labels
+    loss, ce_cache = cross_entropy_forward(logits, labels, label_smoothing=0.0)
+    model.zero_grad()
+    model.backward(cross_entropy_backward(ce_cache, 1.0))
+    inputs = {"labels": labels, **d.inputs}
+    layout = {"labels": "[B] int64", "logits": "[B, classes]", "loss": "[] (a scalar)", **d.layout}
     expected = {"logits": logits, "loss": np.asarray(loss, dtype=np.float64)}
     outputs = {"logits": value_out(float32=False), "loss": value_out(float32=False)}
     zero = _bn_fed_biases(model) if training else set()
@@ -126,10 +146,7 @@ def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
                         "buffer after the forward"}
     return Case(suite=SUITE, name=name, op="snnergy", spec="SPEC sections 3-6", description=description,
                 params=params, layout=layout, inputs=inputs, expected=expected, outputs=outputs,
-                seed=seed, float32=False,
-                spike_margin={"required": MARGIN, "reached": reached, "seed_attempts": attempt + 1,
-                              "neurons": f"{seen} neuron-steps: every LIF fed a BatchNorm output",
-                              "exempt": "the attention LIFs (integer sums)"})
+                seed=d.seed, float32=False, spike_margin=d.spike_margin)
 
 
 def cases() -> list[Case]:
