@@ -360,3 +360,17 @@ def test_argument_checks():
         qk_channel_backward(z, cache)
     with pytest.raises(ValueError, match="dz: expected dtype float32 or float64"):
         qk_token_backward(z.astype(np.int32), cache)
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradients_are_named(backend, bad):
+    rng = rng_of(3)
+    q, k = spikes(rng, (2, 1, 4, 70)), spikes(rng, (2, 1, 4, 70))
+    dz = rng.normal(size=q.shape)
+    dz[1, 0, 3, 66] = bad
+    for fwd, bwd, args in ((qk_token_forward, qk_token_backward, (2,)),
+                           (qk_channel_forward, qk_channel_backward, ())):
+        _, cache = fwd(q, k, *args, backend=backend)
+        with pytest.raises(ValueError, match=r"dz: contains NaN or inf \(first at index \(1, 0, 3, 66\)\)"):
+            bwd(dz, cache)

@@ -92,8 +92,9 @@ def test_token_backward_kernel_equals_twin(T, B, heads, d, N, rate, dtype, paral
     dz = rng.normal(size=(T, B, D, N)).astype(dtype)
     dz_before = dz.copy()
     kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
-    dk, da = K.qk_token_backward_packed(kw, a.reshape(T, B * heads, N),
-                                        dz.reshape(T, B * heads, d, N), parallel=parallel)
+    dk, da, finite = K.qk_token_backward_packed(kw, a.reshape(T, B * heads, N),
+                                                dz.reshape(T, B * heads, d, N), parallel=parallel)
+    assert finite
     dk_ref, da_ref = K.qk_token_backward_dense(k, a, dz)
     np.testing.assert_array_equal(dk.reshape(dk_ref.shape), dk_ref)
     np.testing.assert_array_equal(da.reshape(da_ref.shape), da_ref)
@@ -111,8 +112,9 @@ def test_channel_backward_kernel_equals_twin(T, B, D, N, rate, dtype, parallel, 
     a = (rng.random((T, B, D)) < 0.5).astype(dtype)
     dz = rng.normal(size=(T, B, D, N)).astype(dtype)
     kw = pack_bits(k, axis=3).reshape(T, B * D, -1)
-    dk, da = K.qk_channel_backward_packed(kw, a.reshape(T, B * D), dz.reshape(T, B * D, N),
-                                          parallel=parallel)
+    dk, da, finite = K.qk_channel_backward_packed(kw, a.reshape(T, B * D), dz.reshape(T, B * D, N),
+                                                  parallel=parallel)
+    assert finite
     dk_ref, da_ref = K.qk_channel_backward_dense(k, a, dz)
     np.testing.assert_array_equal(dk.reshape(dk_ref.shape), dk_ref)
     np.testing.assert_array_equal(da.reshape(da_ref.shape), da_ref)

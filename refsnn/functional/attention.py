@@ -37,7 +37,7 @@ import numpy as np
 
 from ..kernels import qk as _k
 from ..kernels.bitpack import num_words, pack_bits, unpack_bits
-from .checks import check_array, check_binary, check_float_array, check_positive_int
+from .checks import check_array, check_binary, check_finite, check_float_array, check_positive_int
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
 from .lif import lif_backward, lif_forward
 
@@ -127,7 +127,9 @@ def _check_cache(cache, op: str) -> dict:
 
 
 def _check_grad(dy, name: str, cache: dict) -> np.ndarray:
-    check_float_array(dy, name, ndim=4)
+    """dy: float, the forward output's shape. Finiteness is checked here on the dense paths;
+    the packed backward kernels find an inf or NaN while they read dy (no extra scan)."""
+    check_float_array(dy, name, ndim=4, finite=cache.get("backend") != "packed")
     if dy.shape != cache["shape"]:
         raise ValueError(f"{name}: expected shape {cache['shape']} (the forward's output), got {dy.shape}")
     return np.ascontiguousarray(dy, dtype=cache["dtype"])
@@ -195,8 +197,10 @@ def qk_token_backward(dz, cache):
     heads = cache["heads"]
     d = D // heads
     if cache["backend"] == "packed":
-        dk, da = _k.qk_token_backward_packed(cache["kw"], cache["a"].reshape(T, B * heads, N),
-                                             dz.reshape(T, B * heads, d, N))
+        dk, da, finite = _k.qk_token_backward_packed(cache["kw"], cache["a"].reshape(T, B * heads, N),
+                                                     dz.reshape(T, B * heads, d, N))
+        if not finite:
+            check_finite(dz, "dz")
         dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, heads, N)
     else:
         dk, da = _k.qk_token_backward_dense(cache["k"], cache["a"], dz)
@@ -237,8 +241,10 @@ def qk_channel_backward(dz, cache):
     dz = _check_grad(dz, "dz", cache)
     T, B, D, N = cache["shape"]
     if cache["backend"] == "packed":
-        dk, da = _k.qk_channel_backward_packed(cache["kw"], cache["a"].reshape(T, B * D),
-                                               dz.reshape(T, B * D, N))
+        dk, da, finite = _k.qk_channel_backward_packed(cache["kw"], cache["a"].reshape(T, B * D),
+                                                       dz.reshape(T, B * D, N))
+        if not finite:
+            check_finite(dz, "dz")
         dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, D)
     else:
         dk, da = _k.qk_channel_backward_dense(cache["k"], cache["a"], dz)

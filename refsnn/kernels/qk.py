@@ -168,15 +168,18 @@ def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, d
 
 
 @nb.njit(cache=True, inline="always")
-def _token_backward_unit(kw, a, dz, dk, da, u):
+def _token_backward_unit(kw, a, dz, dk, da, finite, u):
     """QKTA backward of unit u (as ``_token_unit``): dk = a * dz; da = the sum over the
-    head's channels, in order, of dz where K is 1."""
+    head's channels, in order, of dz where K is 1. ``finite[u]`` = the sum of dz * 0 over the
+    unit: 0, or NaN when the unit read an inf or NaN (a check for free, during the pass)."""
     T, G, d, N = dz.shape
     nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
     g = u // nblk
     n0 = (u - g * nblk) * TOKEN_BLOCK
     m = min(N, n0 + TOKEN_BLOCK) - n0
     acc = np.empty(m, dtype=da.dtype)
+    zero = acc.dtype.type(0)
+    chk = zero
     for t in range(T):
         acc[:] = 0
         arow = a[t, g, n0:n0 + m]
@@ -188,28 +191,34 @@ def _token_backward_unit(kw, a, dz, dk, da, u):
             for j in range(m):
                 dzv = dzrow[j]
                 dkrow[j] = arow[j] * dzv
+                chk += dzv * zero
                 if (krow[j] >> sh) & np.uint64(1):
                     acc[j] += dzv
         da[t, g, n0:n0 + m] = acc
+    finite[u] = chk
 
 
 @nb.njit(cache=True, inline="always")
-def _channel_backward_unit(kw, a, dz, dk, da, g):
+def _channel_backward_unit(kw, a, dz, dk, da, finite, g):
     """QKCA backward of group g: dk = a * dz; da = the sum over tokens, in order, of dz where
-    K is 1."""
+    K is 1; ``finite[g]`` as in ``_token_backward_unit``."""
     T, G, N = dz.shape
+    zero = da.dtype.type(0)
+    chk = zero
     for t in range(T):
         av = a[t, g]
-        acc = dz[t, g, 0] - dz[t, g, 0]     # zero of dz's dtype
+        acc = zero
         krow = kw[t, g]
         dzrow = dz[t, g]
         dkrow = dk[t, g]
         for n in range(N):
             dzv = dzrow[n]
             dkrow[n] = av * dzv
+            chk += dzv * zero
             if (krow[n // 64] >> np.uint64(n % 64)) & np.uint64(1):
                 acc += dzv
         da[t, g] = acc
+    finite[g] = chk
 
 
 # Each kernel comes twice, parallel and serial, over the same unit body (the wrappers pick
@@ -247,30 +256,31 @@ def qk_channel_packed_kernel_serial(qw, kw, zw, a, h, counts, tau, v_th, v_reset
 
 
 @nb.njit(parallel=True, cache=True)
-def qk_token_backward_kernel(kw, a, dz, dk, da, units):
+def qk_token_backward_kernel(kw, a, dz, dk, da, finite):
     """QKTA backward. kw ``[T, G, Wd, N]`` uint64; a, da ``[T, G, N]``; dz, dk ``[T, G, d, N]``;
-    units = G * ceil(N / TOKEN_BLOCK)."""
-    for u in nb.prange(units):
-        _token_backward_unit(kw, a, dz, dk, da, u)
+    finite ``[G * ceil(N / TOKEN_BLOCK)]`` (one entry per unit)."""
+    for u in nb.prange(finite.shape[0]):
+        _token_backward_unit(kw, a, dz, dk, da, finite, u)
 
 
 @nb.njit(cache=True)
-def qk_token_backward_kernel_serial(kw, a, dz, dk, da, units):
-    for u in range(units):
-        _token_backward_unit(kw, a, dz, dk, da, u)
+def qk_token_backward_kernel_serial(kw, a, dz, dk, da, finite):
+    for u in range(finite.shape[0]):
+        _token_backward_unit(kw, a, dz, dk, da, finite, u)
 
 
 @nb.njit(parallel=True, cache=True)
-def qk_channel_backward_kernel(kw, a, dz, dk, da):
-    """QKCA backward. kw ``[T, G, WN]`` uint64; a, da ``[T, G]``; dz, dk ``[T, G, N]``."""
-    for g in nb.prange(dz.shape[1]):
-        _channel_backward_unit(kw, a, dz, dk, da, g)
+def qk_channel_backward_kernel(kw, a, dz, dk, da, finite):
+    """QKCA backward. kw ``[T, G, WN]`` uint64; a, da ``[T, G]``; dz, dk ``[T, G, N]``;
+    finite ``[G]``."""
+    for g in nb.prange(finite.shape[0]):
+        _channel_backward_unit(kw, a, dz, dk, da, finite, g)
 
 
 @nb.njit(cache=True)
-def qk_channel_backward_kernel_serial(kw, a, dz, dk, da):
-    for g in range(dz.shape[1]):
-        _channel_backward_unit(kw, a, dz, dk, da, g)
+def qk_channel_backward_kernel_serial(kw, a, dz, dk, da, finite):
+    for g in range(finite.shape[0]):
+        _channel_backward_unit(kw, a, dz, dk, da, finite, g)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,25 +330,28 @@ def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bo
 def qk_token_backward_packed(kw: np.ndarray, a: np.ndarray, dz: np.ndarray, *,
                              parallel: bool | None = None):
     """QKTA backward on packed K ``[T, G, Wd, N]``, a ``[T, G, N]``, dz ``[T, G, d, N]``.
-    Returns (dk ``[T, G, d, N]``, da ``[T, G, N]``)."""
+    Returns (dk ``[T, G, d, N]``, da ``[T, G, N]``, finite): ``finite`` is False when dz holds
+    an inf or NaN (found during the pass, without a separate scan)."""
     T, G, d, N = dz.shape
     dk = np.empty_like(dz)
     da = np.empty((T, G, N), dtype=dz.dtype)
+    finite = np.empty(token_units(G, N), dtype=dz.dtype)
     kernel = qk_token_backward_kernel if use_parallel(dz.size, parallel) else qk_token_backward_kernel_serial
-    kernel(kw, a, dz, dk, da, token_units(G, N))
-    return dk, da
+    kernel(kw, a, dz, dk, da, finite)
+    return dk, da, bool(np.isfinite(finite).all())
 
 
 def qk_channel_backward_packed(kw: np.ndarray, a: np.ndarray, dz: np.ndarray, *,
                                parallel: bool | None = None):
     """QKCA backward on packed K ``[T, G, WN]``, a ``[T, G]``, dz ``[T, G, N]``.
-    Returns (dk ``[T, G, N]``, da ``[T, G]``)."""
+    Returns (dk ``[T, G, N]``, da ``[T, G]``, finite) as ``qk_token_backward_packed``."""
     T, G, N = dz.shape
     dk = np.empty_like(dz)
     da = np.empty((T, G), dtype=dz.dtype)
+    finite = np.empty(G, dtype=dz.dtype)
     kernel = qk_channel_backward_kernel if use_parallel(dz.size, parallel) else qk_channel_backward_kernel_serial
-    kernel(kw, a, dz, dk, da)
-    return dk, da
+    kernel(kw, a, dz, dk, da, finite)
+    return dk, da, bool(np.isfinite(finite).all())
 
 
 def _count_dict(units: np.ndarray) -> dict:
@@ -376,8 +389,9 @@ def channel_mask(a: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 def _lif_numpy(p: np.ndarray, lif: dict):
     T = p.shape[0]
+    # [:2]: spikes and membranes (the twin also returns the final membrane)
     a, h = lif_forward_numpy(p.reshape(T, -1), lif["tau"], lif["v_th"], lif["v_reset"],
-                             lif["hard_reset"], lif["decay_input"], lif["surrogate"], lif["alpha"], 0)
+                             lif["hard_reset"], lif["decay_input"], lif["surrogate"], lif["alpha"], 0)[:2]
     return a.reshape(p.shape), h.reshape(p.shape)
 
 
