@@ -3,3 +3,9 @@
 from .cmqka import CMQKA, MASK_FROM, RESIDUALS, ResidualCrossFusion
 
 __all__ = ["CMQKA", "ResidualCrossFusion", "MASK_FROM", "RESIDUALS"]
+from .concat import ConcatFusion
+from .factorized import FactorizedFusion
+from .mbt import MBTFusion
+from .ssa_cross import SSACrossFusion
+
+__all__ += ["ConcatFusion", "SSACrossFusion", "MBTFusion", "FactorizedFusion"]
