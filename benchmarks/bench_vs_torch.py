@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,13 +33,14 @@ LABEL_SMOOTHING = 0.1
 LR = 1e-3
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(key: str) -> float:
+    """VmHWM (peak) or VmRSS (current) of this process, from /proc/self/status. (getrusage's
+    ru_maxrss survives exec on Linux: a child would report its parent's size at the fork.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def make_batch(cfg, batch: int, seed: int = 0):
@@ -182,10 +182,10 @@ def child_memory(framework: str, name: str, batch: int, threads: int) -> None:
         from examples.torch_port import config as port_config
         cfg = port_config(name)
         runner = TorchRunner(build_port(cfg.to_dict()), make_batch(cfg, batch))
-    base = _current_rss_mib()
+    base = _status_mib("VmRSS")
     for _ in range(2):
         timed_step(runner)
-    print(json.dumps({"peak_mib": _rss_mib(), "before_mib": base}))
+    print(json.dumps({"peak_mib": _status_mib("VmHWM"), "before_mib": base}))
 
 
 def measure_memory(framework, name, batch, threads) -> dict:

@@ -73,7 +73,7 @@ def test_compare_reports_flips_with_distance_to_threshold():
     spec = fmt.output_spec("spikes", margin="margin.s")
     expected = np.array([0.0, 1.0, 1.0, 0.0])
     margin = np.array([-0.3, 0.002, 0.5, -0.0015])
-    rec = compare_tensor("s", spec, expected, np.array([0.0, 0.0, 1.0, 1.0]), "float64", margin)
+    rec = compare_tensor(spec, expected, np.array([0.0, 0.0, 1.0, 1.0]), "float64", margin)
     assert not rec["ok"] and rec["mismatches"] == 2
     assert [f["index"] for f in rec["flips"]] == [[1], [3]]
     assert rec["flips"][0]["h_minus_v_th"] == 0.002
@@ -83,32 +83,32 @@ def test_compare_reports_flips_with_distance_to_threshold():
 def test_compare_value_tolerances_and_nan():
     spec = fmt.output_spec("value")
     e = np.array([1.0, -2.0, 0.0])
-    assert compare_tensor("y", spec, e, e * (1 + 5e-11), "float64")["ok"]
-    assert not compare_tensor("y", spec, e, e * (1 + 5e-10), "float64")["ok"]
-    assert compare_tensor("y", spec, e, e.astype(np.float32) * np.float32(1 + 5e-6), "float32")["ok"]
-    rec = compare_tensor("y", spec, e, np.array([1.0, np.nan, 0.0]), "float64")
+    assert compare_tensor(spec, e, e * (1 + 5e-11), "float64")["ok"]
+    assert not compare_tensor(spec, e, e * (1 + 5e-10), "float64")["ok"]
+    assert compare_tensor(spec, e, e.astype(np.float32) * np.float32(1 + 5e-6), "float32")["ok"]
+    rec = compare_tensor(spec, e, np.array([1.0, np.nan, 0.0]), "float64")
     assert not rec["ok"] and rec["mismatches"] == 1
-    assert not compare_tensor("y", spec, e, e[:2], "float64")["ok"]
+    assert not compare_tensor(spec, e, e[:2], "float64")["ok"]
     # a float32 run must compute in float32
-    rec = compare_tensor("y", spec, e, e, "float32")
+    rec = compare_tensor(spec, e, e, "float32")
     assert not rec["ok"] and "dtype float64" in rec["problem"]
-    assert not compare_tensor("y", spec, e, None, "float64")["ok"]
+    assert not compare_tensor(spec, e, None, "float64")["ok"]
 
 
 def test_compare_atol_only_ignores_relative_error():
     spec = fmt.output_spec("gradient", atol_only=True)
     e = np.array([1e-17, -3e-16])
-    assert compare_tensor("db", spec, e, np.array([4e-13, 2e-14]), "float64")["ok"]
-    assert not compare_tensor("db", spec, e, np.array([2e-12, 0.0]), "float64")["ok"]
+    assert compare_tensor(spec, e, np.array([4e-13, 2e-14]), "float64")["ok"]
+    assert not compare_tensor(spec, e, np.array([2e-12, 0.0]), "float64")["ok"]
 
 
 def test_compare_uint64_words_exactly_even_as_int64_patterns():
     spec = fmt.output_spec("integer")
     words = np.array([2**63 + 1, 3, 2**64 - 1], dtype=np.uint64)
-    assert compare_tensor("w", spec, words, words.view(np.int64), "float64")["ok"]
+    assert compare_tensor(spec, words, words.view(np.int64), "float64")["ok"]
     off = words.copy()
     off[0] ^= np.uint64(1)     # differs only in bit 0 of a number float64 cannot hold exactly
-    rec = compare_tensor("w", spec, words, off, "float64")
+    rec = compare_tensor(spec, words, off, "float64")
     assert not rec["ok"] and rec["mismatches"] == 1
 
 

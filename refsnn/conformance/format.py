@@ -13,7 +13,6 @@ fixed zip timestamp (``np.savez`` stamps the current time), JSON with sorted key
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -172,7 +171,3 @@ def check_integrity(root: str, manifest: dict, selected: list[tuple[str, str]]) 
                     problems.append((rel, "unlisted file in a case folder"))
     if problems:
         raise IntegrityError(problems)
-
-
-def deep_copy_case(case: dict) -> dict:
-    return copy.deepcopy(case)

@@ -12,6 +12,7 @@ refused or the command line was wrong.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib
 import json
@@ -22,8 +23,7 @@ import traceback
 
 import numpy as np
 
-from .format import (IntegrityError, MANIFEST_NAME, check_integrity, deep_copy_case, load_manifest,
-                     read_npz, tolerance_for)
+from .format import IntegrityError, MANIFEST_NAME, check_integrity, load_manifest, read_npz, tolerance_for
 
 __all__ = ["verify", "compare_tensor", "load_adapter", "select_cases", "VerifyResult"]
 
@@ -65,9 +65,10 @@ def select_cases(manifest: dict, suites=None, pattern=None) -> list[tuple[str, s
     return out
 
 
-def compare_tensor(name: str, spec: dict, expected: np.ndarray, got, dtype: str,
+def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
                    margin: np.ndarray | None = None) -> dict:
-    """Compare one output; returns a JSON-able record with ``ok``."""
+    """Compare one output (``spec`` its case.json entry) in a run of ``dtype``; returns a
+    JSON-able record with ``ok``, the errors, the mismatches and the flipped spikes."""
     tol = tolerance_for(spec, dtype)
     rec: dict = {"kind": spec["kind"], "compare": spec["compare"], "size": int(expected.size),
                  "rtol": tol["rtol"], "atol": tol["atol"]}
@@ -156,8 +157,8 @@ def _tensor_line(name: str, rec: dict) -> str:
     line = (f"{head} max_abs {_fmt(rec['max_abs'])}  max_rel {_fmt(rec['max_rel'])}  "
             f"mismatches {rec['mismatches']}/{rec['size']}  ({tol})")
     for f in rec.get("flips", []):
-        where = f" |H - v_th| = {abs(f['h_minus_v_th']):.3g}" if "h_minus_v_th" in f else ""
-        line += f"\n        flipped spike at {tuple(f['index'])}: expected {f['expected']:g}, got {f['got']:g};{where}"
+        where = f"; |H - v_th| = {abs(f['h_minus_v_th']):.3g}" if "h_minus_v_th" in f else ""
+        line += f"\n        flipped spike at {tuple(f['index'])}: expected {f['expected']:g}, got {f['got']:g}{where}"
     return line
 
 
@@ -178,7 +179,7 @@ def run_case(adapter, root: str, suite: str, name: str, dtype: str) -> dict:
         return record
     inputs = _cast_inputs(read_npz(os.path.join(folder, "inputs.npz")), dtype)
     expected = read_npz(os.path.join(folder, "expected.npz"))
-    case_arg = deep_copy_case(case)
+    case_arg = copy.deepcopy(case)
     case_arg["dtype"] = dtype
     t0 = time.perf_counter()
     try:
@@ -195,8 +196,7 @@ def run_case(adapter, root: str, suite: str, name: str, dtype: str) -> dict:
     tensors = {}
     for out_name, spec in case["outputs"].items():
         margin = expected.get(spec["margin"]) if "margin" in spec else None
-        tensors[out_name] = compare_tensor(out_name, spec, expected[out_name], outputs.get(out_name),
-                                           dtype, margin)
+        tensors[out_name] = compare_tensor(spec, expected[out_name], outputs.get(out_name), dtype, margin)
     record["tensors"] = tensors
     record["status"] = "passed" if all(t["ok"] for t in tensors.values()) else "failed"
     return record
