@@ -23,8 +23,9 @@ attention LIF of section 4 (v_th 0.5) sits before the projection, as in SSA, so 
 those on the learnable tokens reads spikes. The fusion tokens are queries only (the read uses
 the fuse output Fz, not F0 + Fz), and no token is carried from one stage to the next.
 
-The learnable tokens are analog inputs: their projections count multiply-accumulates (SPEC
-section 7); in eval mode they do not depend on the input at all.
+The learnable tokens are analog inputs: their query projections count multiply-accumulates
+(SPEC section 7), once per batch (``TokenQueryAttention``); in eval mode they do not depend on
+the input at all.
 """
 from __future__ import annotations
 
@@ -36,13 +37,56 @@ from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Parameter
 from .cmqka import ResidualCrossFusion
 
-__all__ = ["FactorizedFusion", "pair_tokens", "pair_tokens_backward", "TOKEN_INIT_STD"]
+__all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward",
+           "TOKEN_INIT_STD"]
 
 # Learnable tokens ~ N(0, 1) [choice]: they enter convs and BatchNorm next to (mbt) or in
 # place of (factorized) stage outputs of order 1 (sums of spike maps). ViT-style models use
 # N(0, 0.02²) behind a LayerNorm; here BN's eps would swamp such a variance and the bottleneck
 # queries would never fire.
 TOKEN_INIT_STD = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Attention with learnable-token queries
+# --------------------------------------------------------------------------------------------
+
+class TokenQueryAttention(SSACrossAttention):
+    """SSA block whose queries come from learnable tokens ``[dim, n]``, shared by every time
+    step and sample: ``forward(tokens [dim, n], x_kv [T, B, dim, Nk]) -> y [T, B, dim, n]``,
+    ``backward(dy) -> (dtokens [dim, n], dx_kv)``.
+
+    ``q_conv`` and ``q_bn`` run once per forward on ``[1, 1, dim, n]`` (BatchNorm's statistics
+    are those of the T·B identical copies, its running variance counts them all); ``q_lif``
+    runs over the broadcast ``[T, B, dim, n]``. The result equals the block applied to the
+    broadcast tokens, and the query projection costs n·dim² MACs per batch instead of per time
+    step and sample (in eval mode it does not depend on the input at all). Children and names
+    as ``SSACrossAttention``.
+    """
+
+    def forward(self, tokens, x_kv):
+        self._check_input(x_kv, "x_kv")
+        if not isinstance(tokens, np.ndarray) or tokens.ndim != 2 or tokens.shape[0] != self.dim \
+                or tokens.dtype != self.dtype:
+            raise ValueError(f"tokens: expected a [{self.dim}, n] array of dtype {self.dtype}, got "
+                             f"{getattr(tokens, 'shape', type(tokens).__name__)}")
+        T, B = x_kv.shape[:2]
+        x = np.array(tokens[None, None])
+        counter = getattr(self, "counter", None)
+        if counter is not None:
+            counter.mark_analog(x)          # learnable values: MACs, whatever they look like
+        h = self.q_bn.forward(self.q_conv.forward(x), repeats=T * B)
+        q = self.q_lif.forward(np.ascontiguousarray(np.broadcast_to(h, (T, B) + h.shape[2:])))
+        k = self._project("k", x_kv)
+        v = self._project("v", x_kv)
+        return self._project("proj", self.ssa.forward(q, k, v))
+
+    def backward(self, dy):
+        dq, dk, dv = self.ssa.backward(self._project_backward("proj", dy))
+        # every copy of the shared projection receives its gradient: their sum
+        dh = self.q_lif.backward(dq).sum(axis=(0, 1), keepdims=True)
+        dtokens = self.q_conv.backward(self.q_bn.backward(dh))[0, 0]
+        return dtokens, self._project_backward("k", dk) + self._project_backward("v", dv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,10 +114,6 @@ def pair_tokens_backward(dp: np.ndarray, n_a: int, n_v: int) -> tuple[np.ndarray
 # The fusion module
 # --------------------------------------------------------------------------------------------
 
-def _broadcast_tokens(p: Parameter, T: int, B: int) -> np.ndarray:
-    return np.ascontiguousarray(np.broadcast_to(p.value[None, None], (T, B) + p.value.shape))
-
-
 class FactorizedFusion(ResidualCrossFusion):
     """``FactorizedFusion(dim, heads, *, fusion_tokens=16, agg_tokens=8, residual="scalar",
     neuron=None, attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng,
@@ -84,7 +124,8 @@ class FactorizedFusion(ResidualCrossFusion):
     Parameters (docs/fusion.md): ``alpha``, ``beta``, ``audio_agg_tokens [dim, n]``,
     ``visual_agg_tokens [dim, n]``, ``fusion_tokens [dim, F]``, ``audio_aggregate.*``,
     ``visual_aggregate.*``, ``pair_conv.weight [dim, 2 dim]``, ``pair_bn.*``, ``fuse.*``,
-    ``audio_read.*``, ``visual_read.*`` (each ``*`` an ``SSACrossAttention``).
+    ``audio_read.*``, ``visual_read.*`` (each ``*`` an SSA block: ``TokenQueryAttention`` for
+    the aggregations and ``fuse``, ``SSACrossAttention`` for the reads).
     """
 
     def __init__(self, dim, heads, *, fusion_tokens=16, agg_tokens=8, residual="scalar",
@@ -94,6 +135,11 @@ class FactorizedFusion(ResidualCrossFusion):
         self.heads = check_positive_int(heads, "heads")
         self.n_fusion = check_positive_int(fusion_tokens, "fusion_tokens")
         self.n_agg = check_positive_int(agg_tokens, "agg_tokens")
+        for name, n in (("fusion_tokens", self.n_fusion), ("agg_tokens", self.n_agg)):
+            if n < 2:
+                # BatchNorm over the copies of one token normalises it away (to BN's bias)
+                raise ValueError(f"{name}: expected at least 2 learnable tokens (BatchNorm of their "
+                                 f"query projection needs two distinct values), got {n}")
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
         D = self.dim
@@ -102,21 +148,14 @@ class FactorizedFusion(ResidualCrossFusion):
             setattr(self, name, Parameter(rng.normal(0.0, TOKEN_INIT_STD, (D, n)).astype(self.dtype)))
         block = dict(neuron=neuron, attention_neuron=attention_neuron, bn_momentum=bn_momentum,
                      bn_eps=bn_eps, rng=rng, dtype=dtype)
-        self.audio_aggregate = SSACrossAttention(D, heads, **block)
-        self.visual_aggregate = SSACrossAttention(D, heads, **block)
+        self.audio_aggregate = TokenQueryAttention(D, heads, **block)
+        self.visual_aggregate = TokenQueryAttention(D, heads, **block)
         self.pair_conv = Conv1x1(2 * D, D, bias=False, rng=rng, dtype=dtype)
         self.pair_bn = BatchNorm(D, momentum=bn_momentum, eps=bn_eps, dtype=dtype)
         self.pair_lif = LIF(**attention_neurons(neuron, attention_neuron)[0])
-        self.fuse = SSACrossAttention(D, heads, **block)
+        self.fuse = TokenQueryAttention(D, heads, **block)
         self.audio_read = SSACrossAttention(D, heads, **block)
         self.visual_read = SSACrossAttention(D, heads, **block)
-
-    def _tokens(self, name: str, T: int, B: int) -> np.ndarray:
-        x = _broadcast_tokens(getattr(self, name), T, B)
-        counter = getattr(self, "counter", None)
-        if counter is not None:
-            counter.mark_analog(x)          # learnable values: MACs, whatever they look like
-        return x
 
     def forward(self, x_audio, x_visual):
         """x_audio ``[T, B, D, N_a]``, x_visual ``[T, B, D, N_v]`` -> (y_audio, y_visual)."""
@@ -125,11 +164,10 @@ class FactorizedFusion(ResidualCrossFusion):
         if x_visual.shape[:2] != x_audio.shape[:2]:
             raise ValueError(f"x_visual: expected [T, B] = {x_audio.shape[:2]} (those of x_audio), "
                              f"got shape {x_visual.shape}")
-        T, B = x_audio.shape[:2]
-        g_a = self.audio_aggregate.forward(self._tokens("audio_agg_tokens", T, B), x_audio)
-        g_v = self.visual_aggregate.forward(self._tokens("visual_agg_tokens", T, B), x_visual)
+        g_a = self.audio_aggregate.forward(self.audio_agg_tokens.value, x_audio)
+        g_v = self.visual_aggregate.forward(self.visual_agg_tokens.value, x_visual)
         p = self.pair_lif.forward(self.pair_bn.forward(self.pair_conv.forward(pair_tokens(g_a, g_v))))
-        f = self.fuse.forward(self._tokens("fusion_tokens", T, B), p)
+        f = self.fuse.forward(self.fusion_tokens.value, p)
         y_a = self.audio_read.forward(x_audio, f)
         y_v = self.visual_read.forward(x_visual, f)
         self._cache = (y_a, y_v, (x_audio.shape, x_visual.shape))
@@ -149,14 +187,14 @@ class FactorizedFusion(ResidualCrossFusion):
         self._accumulate_weight_grad("beta", dy_visual, y_v)
         dx_a, df_a = self.audio_read.backward(self._weight("alpha") * dy_audio)
         dx_v, df_v = self.visual_read.backward(self._weight("beta") * dy_visual)
-        dq_f, dp = self.fuse.backward(df_a + df_v)
-        self.fusion_tokens.grad += dq_f.sum(axis=(0, 1))
+        dtok_f, dp = self.fuse.backward(df_a + df_v)
+        self.fusion_tokens.grad += dtok_f
         dpairs = self.pair_conv.backward(self.pair_bn.backward(self.pair_lif.backward(dp)))
         dg_a, dg_v = pair_tokens_backward(dpairs, self.n_agg, self.n_agg)
-        dq_a, dkv_a = self.audio_aggregate.backward(dg_a)
-        dq_v, dkv_v = self.visual_aggregate.backward(dg_v)
-        self.audio_agg_tokens.grad += dq_a.sum(axis=(0, 1))
-        self.visual_agg_tokens.grad += dq_v.sum(axis=(0, 1))
+        dtok_a, dkv_a = self.audio_aggregate.backward(dg_a)
+        dtok_v, dkv_v = self.visual_aggregate.backward(dg_v)
+        self.audio_agg_tokens.grad += dtok_a
+        self.visual_agg_tokens.grad += dtok_v
         dx_a += dkv_a
         dx_a += dy_audio
         dx_v += dkv_v
