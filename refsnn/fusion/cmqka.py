@@ -76,8 +76,11 @@ class ResidualCrossFusion(Module):
     def _accumulate_weight_grad(self, which: str, dy: np.ndarray, y: np.ndarray) -> None:
         if self.residual == "fixed":
             return
-        prod = dy * y
-        grad = prod.sum(axis=(0, 1, 3)) if self.residual == "channel" else prod.sum().reshape(1)
+        # contractions without a [T, B, D, N] temporary
+        if self.residual == "channel":
+            grad = np.einsum("tbdn,tbdn->d", dy, y)
+        else:
+            grad = np.vdot(dy, y).reshape(1)
         getattr(self, which).grad += grad
 
     # -- wiring -----------------------------------------------------------------------------
@@ -95,7 +98,11 @@ class ResidualCrossFusion(Module):
         y_av = self.audio_from_visual.forward(*in_av)
         y_va = self.visual_from_audio.forward(*in_va)
         self._cache = (y_av, y_va, x_audio.shape)
-        return x_audio + self._weight("alpha") * y_av, x_visual + self._weight("beta") * y_va
+        out_a = self._weight("alpha") * y_av
+        out_a += x_audio                    # in place: one new map per output, not two
+        out_v = self._weight("beta") * y_va
+        out_v += x_visual
+        return out_a, out_v
 
     def backward(self, dy_audio, dy_visual):
         """-> (dx_audio, dx_visual); accumulates alpha.grad and beta.grad. Never mutates the
