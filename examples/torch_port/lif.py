@@ -103,6 +103,16 @@ def _charge(x_t, v, h, o: LIFOptions, r: float) -> None:
         h.add_(x_t)
 
 
+def _fire(h, s, o: LIFOptions) -> None:
+    """s <- S(H - v_th), written into ``s``. The Heaviside is a comparison written straight
+    into the float buffer (H >= v_th exactly when H - v_th >= 0: it fires at equality); bool
+    intermediates and ``torch.heaviside`` cost several times more on the CPU."""
+    if o.spike_fn == "heaviside":
+        torch.ge(h, o.v_threshold, out=s)
+    else:
+        s.copy_(spike_function(h - o.v_threshold, o))
+
+
 class _LIFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, o: LIFOptions):
@@ -110,29 +120,21 @@ class _LIFFunction(torch.autograd.Function):
         hard = o.v_reset is not None
         r = o.v_reset if hard else 0.0
         h_all = torch.empty_like(x)
+        s_all = torch.empty_like(x)
         v = torch.full_like(x[0], r)
-        if o.spike_fn == "heaviside":
-            # the spike as a bool mask; the reset as a select, which gives exactly SPEC's values:
-            # H (1 - S) + v_reset S is v_reset where S = 1 and H where S = 0, H - v_th S is
-            # H - v_th or H
-            fired = torch.empty(x.shape, dtype=torch.bool)
-            for t in range(T):
-                h = h_all[t]
-                _charge(x[t], v, h, o, r)
-                torch.ge(h, o.v_threshold, out=fired[t])
-                v = h.masked_fill(fired[t], o.v_reset) if hard else torch.where(fired[t], h - o.v_threshold, h)
-            s_all = fired.to(x.dtype)
-        else:
-            s_all = torch.empty_like(x)
-            for t in range(T):
-                h = h_all[t]
-                _charge(x[t], v, h, o, r)
-                s = spike_function(h - o.v_threshold, o)
-                s_all[t] = s
-                v = h * (1.0 - s) + o.v_reset * s if hard else h - o.v_threshold * s
+        for t in range(T):
+            h, s = h_all[t], s_all[t]
+            _charge(x[t], v, h, o, r)
+            _fire(h, s, o)
+            if hard:                        # V = H (1 - S) + v_reset S
+                v = h * (1.0 - s)
+                if o.v_reset != 0.0:
+                    v.add_(s, alpha=o.v_reset)
+            else:                           # V = H - v_th S
+                v = torch.sub(h, s, alpha=o.v_threshold)
         ctx.options = o
-        # S is recomputed from H in the backward, so only H is kept
-        ctx.save_for_backward(h_all)
+        # the spikes are this op's output, which the next layer keeps anyway
+        ctx.save_for_backward(h_all, s_all)
         return s_all
 
     @staticmethod
@@ -140,26 +142,34 @@ class _LIFFunction(torch.autograd.Function):
         """SPEC section 2: dH[t] = dS[t] g[t] + dV[t] dV/dH[t]; dV[t-1] = dH[t] (1 - 1/tau);
         dX[t] = dH[t] / tau (decay_input) or dH[t]. One time step at a time, so a step's
         arrays stay in cache."""
-        (h_all,) = ctx.saved_tensors
+        h_all, s_all = ctx.saved_tensors
         o: LIFOptions = ctx.options
         hard = o.v_reset is not None
         leak = 1.0 - 1.0 / o.tau
+        a = o.resolved_alpha
         dx = torch.empty_like(h_all)
         dv = None
         for t in range(h_all.shape[0] - 1, -1, -1):
-            x = h_all[t] - o.v_threshold
-            g = surrogate_grad(x, o)
-            dh = ds[t] * g
+            u = h_all[t] - o.v_threshold
+            if o.surrogate == "sigmoid" and (o.detach_reset or not hard):
+                # dS * alpha s(alpha u) (1 - s(alpha u)) in one kernel
+                dh = torch.ops.aten.sigmoid_backward(ds[t] * a, torch.sigmoid(u * a))
+                g = None
+            else:
+                g = surrogate_grad(u, o)
+                dh = ds[t] * g
             if dv is not None:
-                if not hard and o.detach_reset:          # dV/dH = 1
-                    dh += dv
-                elif hard and o.detach_reset and o.spike_fn == "heaviside":
-                    dh += dv.masked_fill_(x >= 0, 0.0)   # dV/dH = 1 - S: zero where it fired
-                elif hard:
-                    s = spike_function(x, o)
-                    dvdh = (1.0 - s) if o.detach_reset else (1.0 - s) + (o.v_reset - h_all[t]) * g
-                    dh.addcmul_(dv, dvdh)
-                else:
+                if hard:
+                    s = s_all[t]
+                    if o.detach_reset:                      # dV/dH = 1 - S
+                        dh.add_(dv).addcmul_(dv, s, value=-1.0)
+                    else:                                   # (1 - S) + (v_reset - H) g
+                        g = surrogate_grad(u, o) if g is None else g
+                        dh.addcmul_(dv, (1.0 - s) + (o.v_reset - h_all[t]) * g)
+                elif o.detach_reset:                        # dV/dH = 1
+                    dh.add_(dv)
+                else:                                       # 1 - v_th g
+                    g = surrogate_grad(u, o) if g is None else g
                     dh.addcmul_(dv, 1.0 - o.v_threshold * g)
             dv = dh * leak
             if o.decay_input:
