@@ -2,8 +2,6 @@
 differences (SPEC section 12) of every mode in float64, oracles of the wiring, mbt's
 information flow through the bottlenecks only, the growth of the counted operations with N,
 float32 and float64, the build factory and argument checks."""
-import tracemalloc
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -15,6 +13,7 @@ from refsnn.fusion.mbt import BottleneckConv1x1
 from refsnn.models import config
 from refsnn.nn.attention import SSACrossAttention
 from refsnn.testing import gradient_error, numerical_gradient
+from test_cmqka import _peak_bytes
 
 # the NumPy LIF: these arrays are tiny and the parallel kernel's thread launches dominate
 SMOOTH = dict(spike_fn="smooth", detach_reset=False, backend="numpy")
@@ -405,16 +404,6 @@ def test_cmqka_cost_is_linear_in_tokens(heads, d, T, N, seed):
         assert c4[name] == 4 * c1[name], name
 
 
-def _peak_bytes(fn):
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_factorized_allocates_no_n_by_n_array():
     T, B, D, N = 1, 1, 4, 4096
     rng = rng_of(34)
@@ -433,17 +422,21 @@ def test_factorized_allocates_no_n_by_n_array():
 
 # ------------------------------------------------------------------ energy bookkeeping
 
-def test_mbt_projections_report_analog_bottleneck_macs():
+def _forward_counted(m, x_a, x_v):
+    """One forward with an EventCounter attached (as refsnn.energy does)."""
     counting = pytest.importorskip("refsnn.nn.counting")
-    m = make("mbt", dim=4, seed=37, bottlenecks=3, dtype=np.float32)
-    rng = rng_of(38)
-    x_a, x_v = stream(rng, (2, 3, 4, 5), np.float32), stream(rng, (2, 3, 4, 5), np.float32)
-    counter = counting.EventCounter()
-    counting.attach(m, counter)
+    counting.attach(m, counting.EventCounter())
     try:
         m.forward(x_a, x_v)
     finally:
         counting.detach(m)
+
+
+def test_mbt_projections_report_analog_bottleneck_macs():
+    m = make("mbt", dim=4, seed=37, bottlenecks=3, dtype=np.float32)
+    rng = rng_of(38)
+    x_a, x_v = stream(rng, (2, 3, 4, 5), np.float32), stream(rng, (2, 3, 4, 5), np.float32)
+    _forward_counted(m, x_a, x_v)
     convs = {n: mod for n, mod in m.named_modules() if isinstance(mod, BottleneckConv1x1)}
     assert sorted(convs) == sorted(f"{s}_attn.{p}_conv" for s in ("audio", "visual") for p in "qkv")
     for name, conv in convs.items():
@@ -458,16 +451,10 @@ def test_mbt_projections_report_analog_bottleneck_macs():
 
 
 def test_factorized_token_projections_count_once_per_batch_as_macs():
-    counting = pytest.importorskip("refsnn.nn.counting")
     m = make("factorized", dim=4, seed=39, dtype=np.float32, fusion_tokens=5, agg_tokens=3)
     rng = rng_of(40)
     x_a, x_v = stream(rng, (2, 3, 4, 6), np.float32), stream(rng, (2, 3, 4, 6), np.float32)
-    counter = counting.EventCounter()
-    counting.attach(m, counter)
-    try:
-        m.forward(x_a, x_v)
-    finally:
-        counting.detach(m)
+    _forward_counted(m, x_a, x_v)
     for name, n in (("audio_aggregate", 3), ("visual_aggregate", 3), ("fuse", 5)):
         c = getattr(m, name).q_conv.op_counts
         assert c["input_events"] is None and c["macs"] == n * 4 * 4, name     # once, analog

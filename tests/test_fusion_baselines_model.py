@@ -10,17 +10,10 @@ from refsnn.models import config
 from refsnn.models.snnergy import SNNergy
 from refsnn.testing import gradient_error, numerical_gradient
 from test_fusion_baselines import fd
+from test_model import inputs
 
 MODES = {"cmqka": CMQKA, "concat": ConcatFusion, "ssa-cross": SSACrossFusion, "mbt": MBTFusion,
          "factorized": FactorizedFusion}
-
-
-def inputs(c, B=2, F=None, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    S = c.image_size
-    audio = rng.normal(0.0, 1.0, size=(B, 1, S, S)).astype(dtype)
-    visual = rng.random((B, F or c.T, 3, S, S)).astype(dtype)
-    return audio, visual
 
 
 @pytest.mark.parametrize("mode", list(MODES))

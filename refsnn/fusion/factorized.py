@@ -38,7 +38,7 @@ from ..nn.module import Parameter
 from .cmqka import ResidualCrossFusion
 
 __all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward",
-           "TOKEN_INIT_STD"]
+           "check_upstream", "TOKEN_INIT_STD"]
 
 # Learnable tokens ~ N(0, 1) [choice]: they enter convs and BatchNorm next to (mbt) or in
 # place of (factorized) stage outputs of order 1 (sums of spike maps). ViT-style models use
@@ -114,6 +114,14 @@ def pair_tokens_backward(dp: np.ndarray, n_a: int, n_v: int) -> tuple[np.ndarray
 # The fusion module
 # --------------------------------------------------------------------------------------------
 
+def check_upstream(dy_audio, dy_visual, shape_audio: tuple, shape_visual: tuple) -> None:
+    """A fusion backward's upstream gradients: float ``[T, B, D, N]`` of the forward's shapes."""
+    for name, g, shape in (("dy_audio", dy_audio, shape_audio), ("dy_visual", dy_visual, shape_visual)):
+        check_float_array(g, name, ndim=4)
+        if g.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape} (the forward's), got {g.shape}")
+
+
 class FactorizedFusion(ResidualCrossFusion):
     """``FactorizedFusion(dim, heads, *, fusion_tokens=16, agg_tokens=8, residual="scalar",
     neuron=None, attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng,
@@ -179,10 +187,7 @@ class FactorizedFusion(ResidualCrossFusion):
         if self._cache is None:
             raise ValueError("backward: no forward cache (call forward first)")
         y_a, y_v, shapes = self._cache
-        for name, g, shape in (("dy_audio", dy_audio, shapes[0]), ("dy_visual", dy_visual, shapes[1])):
-            check_float_array(g, name, ndim=4)
-            if g.shape != shape:
-                raise ValueError(f"{name}: expected shape {shape} (the forward's), got {g.shape}")
+        check_upstream(dy_audio, dy_visual, *shapes)
         self._accumulate_weight_grad("alpha", dy_audio, y_a)
         self._accumulate_weight_grad("beta", dy_visual, y_v)
         dx_a, df_a = self.audio_read.backward(self._weight("alpha") * dy_audio)

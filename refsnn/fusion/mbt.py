@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.checks import check_float_array, check_positive_int
+from ..functional.checks import check_positive_int
 from ..nn.attention import SSAttention, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Module, Parameter
-from .factorized import TOKEN_INIT_STD
+from .factorized import TOKEN_INIT_STD, check_upstream
 
 __all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1"]
 
@@ -191,10 +191,7 @@ class MBTFusion(Module):
             raise ValueError("backward: the next stage's MBTFusion read this stage's bottlenecks "
                              "and has not run its backward yet; run backward in reverse stage order")
         N, shape = self._cache
-        for name, g in (("dy_audio", dy_audio), ("dy_visual", dy_visual)):
-            check_float_array(g, name, ndim=4)
-            if g.shape != shape:
-                raise ValueError(f"{name}: expected shape {shape} (the forward's), got {g.shape}")
+        check_upstream(dy_audio, dy_visual, shape, shape)
         T, B, D, _ = shape
         dz_out = self._pending
         self._pending = None
