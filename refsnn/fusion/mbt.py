@@ -149,7 +149,7 @@ class MBTFusion(Module):
         z = self._previous._out
         expected = (T, B, self._previous.dim, self.bottlenecks)
         if z is None or z.shape != expected:
-            raise ValueError(f"x_audio: the previous stage's bottlenecks are "
+            raise ValueError(f"previous: the previous stage's bottlenecks are "
                              f"{None if z is None else z.shape}, expected {expected}: run the "
                              f"previous stage's forward on the same batch first")
         object.__setattr__(self._previous, "_awaiting", True)
@@ -201,7 +201,8 @@ class MBTFusion(Module):
         dx = {}
         half = self.dtype.type(0.5) * dz_out
         for name, g, attn in (("audio", dy_audio, self.audio_attn), ("visual", dy_visual, self.visual_attn)):
-            du = attn.backward(np.concatenate([g.astype(self.dtype, copy=False), half], axis=3))
+            g = g.astype(self.dtype, copy=False)
+            du = attn.backward(np.concatenate([g, half], axis=3))
             dx[name] = du[..., :N] + g
             dz += du[..., N:]
         if self.bottlenecks:
