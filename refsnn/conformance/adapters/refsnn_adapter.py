@@ -16,13 +16,9 @@ from ...fusion import CMQKA
 from ...kernels import bitpack
 from ...models import Config
 from ...models.snnergy import SNNergy
+from ..case import lif_kwargs as _lif_kwargs
 
 __all__ = ["run", "OPS"]
-
-
-def _lif_kwargs(p):
-    return {k: p[k] for k in ("tau", "v_threshold", "v_reset", "decay_input", "detach_reset",
-                              "surrogate", "alpha", "spike_fn")}
 
 
 def _lif(case, x):
