@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .format import FORMAT, output_spec
 
-__all__ = ["Case", "case_seed", "rng_for", "FORMULAS", "neuron_params"]
+__all__ = ["Case", "case_seed", "rng_for", "FORMULAS", "neuron_params", "lif_kwargs", "spikes_out",
+           "value_out", "grad_out", "int_out"]
 
 # SPEC section 2: every artefact records the surrogate's formula, not just its name
 FORMULAS = {
@@ -68,7 +69,6 @@ class Case:
     seed: int | None = None
     spike_margin: dict | None = None
     float32: bool = True            # part of the float32 run (per-op suites)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         missing = sorted(set(self.outputs) - set(self.expected))
@@ -99,7 +99,6 @@ class Case:
             "outputs": outputs, "reference": {k: describe(self.expected[k]) for k in references},
             "spike_margin": self.spike_margin,
         }
-        doc.update(self.extra)
         return doc
 
 
