@@ -167,7 +167,10 @@ def bench_scaling(cm_Ns, ssa_Ns, repeat):
         line = ", ".join(f"N={N}: {t * 1e3:.0f} / {m * 1e3:.0f} ms" for N, (t, m) in zip(Ns, times))
         ratios = ", ".join(f"t({2 * a})/t({a}) = {tb[0] / ta[0]:.2f}"
                            for a, ta, tb in zip(Ns, times, times[1:]))
-        print(f"{label:14} {line}\n{'':14} {ratios}")
+        # one noisy step can hide the trend: the growth per doubling over the whole range
+        per_doubling = (times[-1][0] / times[0][0]) ** (1 / (len(Ns) - 1))
+        print(f"{label:14} {line}\n{'':14} {ratios}\n{'':14} over N={Ns[0]}..{Ns[-1]}: "
+              f"x{per_doubling:.2f} per doubling")
     return results
 
 
