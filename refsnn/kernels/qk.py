@@ -45,8 +45,8 @@ __all__ = ["qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backw
            "qk_channel_backward_kernel_serial", "qk_token_packed", "qk_channel_packed",
            "qk_token_backward_packed", "qk_channel_backward_packed", "token_units",
            "qk_token_dense", "qk_channel_dense", "qk_token_backward_dense",
-           "qk_channel_backward_dense", "dense_counts", "token_sums", "channel_sums", "token_mask", "channel_mask",
-           "TOKEN_BLOCK"]
+           "qk_channel_backward_dense", "dense_counts", "token_sums", "channel_sums",
+           "token_mask", "channel_mask", "TOKEN_BLOCK"]
 
 TOKEN_BLOCK = 1024      # tokens per QKTA work unit: the unit's membranes and masks stay in L1
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
