@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from .checkpoint import config_differences, load_checkpoint, parse_overrides, save_checkpoint, versions
-from .functional.checks import NonFiniteError
+from .checks import NonFiniteError
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
 from .models.configs import FUSION_MODES, PRESETS, Config, config
 from .models.snnergy import SNNergy

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..kernels import qk as _k
 from ..kernels.bitpack import num_words, pack_bits, unpack_bits
-from .checks import check_array, check_binary, check_finite, check_float_array, check_positive_int
+from ..checks import check_array, check_binary, check_finite, check_float_array, check_positive_int
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
 from .lif import lif_backward, lif_forward
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import im2col as _k
-from .checks import check_float_array
+from ..checks import check_float_array
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
            "linear_forward", "linear_backward"]

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from ..kernels import lif as _k
-from .checks import NonFiniteError, check_finite, check_float_array
+from ..checks import NonFiniteError, check_finite, check_float_array
 
 __all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache"]
 

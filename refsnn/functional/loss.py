@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_array, check_float_array
+from ..checks import check_array, check_float_array
 
 __all__ = ["cross_entropy_forward", "cross_entropy_backward", "softmax"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import norm as _k
-from .checks import check_float_array
+from ..checks import check_float_array
 
 __all__ = ["batchnorm_forward", "batchnorm_backward"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import pool as _k
-from .checks import check_float_array
+from ..checks import check_float_array
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean_pool_backward"]
 

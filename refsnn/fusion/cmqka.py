@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.checks import check_float_array, check_positive_int
+from ..checks import check_float_array, check_positive_int
 from ..nn.attention import QK_MODES, QKCrossAttention, check_token_map, sum_counts
 from ..nn.module import Module, Parameter
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.checks import check_positive_int
+from ..checks import check_positive_int
 from ..nn.attention import SSAttention, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Module, Parameter

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.checks import check_positive_int
+from ..checks import check_positive_int
 from ..nn.attention import SSACrossAttention
 from .cmqka import ResidualCrossFusion
 

@@ -17,7 +17,7 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-from ..functional.checks import check_array, check_binary
+from ..checks import check_array, check_binary
 
 __all__ = ["pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel",
            "pack_kernel_serial", "pack_last_kernel", "pack_last_kernel_serial", "unpack_kernel",

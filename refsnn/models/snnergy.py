@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.checks import check_float_array
+from ..checks import check_float_array
 from ..functional.pool import mean_pool_backward, mean_pool_forward
 from ..nn.attention import QKAttention, SSAttention
 from ..nn.blocks import SMLP, Block, PatchEmbedInit, PatchEmbedStage, Stage

@@ -29,7 +29,7 @@ import numpy as np
 from ..functional.attention import (ATTENTION_BACKENDS, attention_options, qk_channel_backward,
                                     qk_channel_forward, qk_token_backward, qk_token_forward,
                                     ssa_backward, ssa_forward)
-from ..functional.checks import check_float_array, check_positive_int
+from ..checks import check_float_array, check_positive_int
 from .layers import LIF, BatchNorm, Conv1x1
 from .module import Module
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..functional import conv as F
-from ..functional.checks import check_float_array
+from ..checks import check_float_array
 from ..functional.lif import lif_backward, lif_forward
 from ..functional.norm import batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
