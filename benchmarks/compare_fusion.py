@@ -87,12 +87,12 @@ def train_one(mode: str, seed: int, out: str, options: dict, data_options: dict,
 
 
 def energy_correction(run: str, rep: dict, options: dict, data_options: dict) -> float:
-    """mJ per test sample that ``refsnn.energy.report`` misses (+) or over-counts (-) in the
-    fusion layers whose counts it does not read (docs/fusion.md, Operation counters): the
+    """mJ per test sample by which ``refsnn.energy.report`` differs from the layer-by-layer
+    recount of the fusion layers with mixed inputs (docs/fusion.md, Operation counters): the
     ``analog_macs`` of mbt's ``BottleneckConv1x1``, and the V spikes of SSA cores whose queries
     and keys are token sets of different sizes (factorized), each of which feeds Nq queries,
-    not Nk. Exact minus reported, layer by layer and batch by batch on the test batches ``fit``
-    measured: 0 once the walker reads these counts."""
+    not Nk. Exact minus reported on the test batches ``fit`` measured; the walker reads both
+    counts, so this is a cross-check that prints 0 (runs made before it did show the gap)."""
     from refsnn.checkpoint import load_checkpoint
     from refsnn.data import BatchIterator
     from refsnn.energy import E_AC_PJ, E_MAC_PJ

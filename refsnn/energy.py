@@ -12,7 +12,10 @@ Counts come from what the layers executed on real batches, not from formulas:
   residual sum of spike maps the events of every constituent map count, see
   ``refsnn.nn.counting``).
 * The Q-K attention core counts one AC per Q spike summed and one per K spike kept. The SSA
-  core (explicit N x N map, evaluated as (Q Kᵀ) V) counts N ACs per Q spike and N per V spike.
+  core (explicit map, evaluated as (Q Kᵀ) V) counts N_k ACs per Q spike and N_q per V spike
+  (N_q = N_k unless the queries are another token set, as in the factorized baseline); a
+  convolution whose input mixes spike and analog token columns (mbt's bottlenecks) counts
+  ACs for the events and MACs for the analog columns.
   Popcount and AND words of the packed kernels are reported beside the energy, not in it.
 * BatchNorm folds into the preceding convolution (0 energy); LIF updates are not counted.
 * The ANN reference is the same network with ReLU for LIF at T = 1: every layer once per
@@ -111,7 +114,10 @@ def _collect(modules, layers, rates, machine, batch):
                 _add(layers, name, "mac", macs=macs, ann_macs=ann)
             else:
                 fanout = macs / counts["input_elements"]
+                # a conv whose input mixes spike columns with analog ones (mbt's bottlenecks)
+                # reports the analog columns' MACs beside its events
                 _add(layers, name, "ac", acs=events * fanout, ann_macs=ann,
+                     macs=float(counts.get("analog_macs", 0)),
                      input_events=events, input_elements=counts["input_elements"])
         elif isinstance(m, LIF) and "spikes" in counts:
             r = rates.setdefault(name, [0, 0])
@@ -130,11 +136,13 @@ def _collect(modules, layers, rates, machine, batch):
                 machine[key] += counts.get(key, 0)
         elif isinstance(m, SSACore) and counts:
             parent = _parent(modules, name)
-            tokens = counts["macs"] / (2 * counts["comparisons"])
-            q_spikes = parent.q_lif.op_counts["spikes"]
-            v_spikes = parent.v_lif.op_counts["spikes"]
-            steps = parent.q_lif.op_counts["steps"]
-            _add(layers, name, "ac", acs=float(tokens * (q_spikes + v_spikes)),
+            q, v = parent.q_lif.op_counts, parent.v_lif.op_counts
+            # (Q Kᵀ) V: each Q spike meets every key (N_k of them) and each V spike feeds every
+            # query (N_q); the two differ when queries are another token set (factorized)
+            n_k = counts["macs"] / (2 * counts["comparisons"])
+            n_q = n_k * q["neurons"] / v["neurons"]
+            q_spikes, v_spikes, steps = q["spikes"], v["spikes"], q["steps"]
+            _add(layers, name, "ac", acs=float(n_k * q_spikes + n_q * v_spikes),
                  ann_macs=counts["macs"] / steps, input_events=q_spikes + v_spikes,
                  input_elements=int(2 * counts["comparisons"]))
 

@@ -89,3 +89,37 @@ def test_model_report_stems_and_totals():
 def test_report_needs_a_batch():
     with pytest.raises(ValueError, match="no batch"):
         report(SNNergy(config("tiny")), [])
+
+
+@pytest.mark.parametrize("fusion", ["mbt", "factorized"])
+def test_report_reads_mixed_inputs_and_unequal_token_sets(fusion):
+    """mbt's projections read spike columns and analog bottleneck columns (ACs + MACs); the
+    factorized SSA cores have fewer queries than keys, so a V spike feeds N_q queries."""
+    from refsnn.fusion.mbt import BottleneckConv1x1
+    from refsnn.nn.attention import SSACore
+    model = SNNergy(config("tiny", T=2, fusion=fusion))
+    for name, m in model.named_modules():          # make the fusion's Q and V neurons fire
+        if name.startswith("fusion") and name.endswith(("q_bn", "v_bn")):
+            m.bias.value[...] = 3.0
+    rng = np.random.default_rng(1)
+    audio = rng.normal(size=(2, 1, 32, 32)).astype(np.float32)
+    frames = rng.random((2, 2, 3, 32, 32)).astype(np.float32)
+    rep = report(model, [(audio, frames)])
+    modules = dict(model.named_modules())
+    checked = {"mixed": 0, "ssa": 0, "unequal": 0}
+    for name, layer in rep["layers"].items():
+        m = modules[name]
+        if isinstance(m, BottleneckConv1x1) and m.analog_tokens:
+            c = m.op_counts
+            assert layer["acs"] == pytest.approx(c["input_events"] * m.out_channels / 2)
+            assert layer["macs"] == pytest.approx(c["analog_macs"] / 2) and c["analog_macs"] > 0
+            checked["mixed"] += 1
+        elif isinstance(m, SSACore):
+            parent = modules[name.rsplit(".", 1)[0]]
+            q, v = parent.q_lif.op_counts, parent.v_lif.op_counts
+            n_q, n_k = m._cache["q"].shape[-1], m._cache["k"].shape[-1]
+            assert layer["acs"] == pytest.approx((n_k * q["spikes"] + n_q * v["spikes"]) / 2)
+            checked["ssa"] += 1
+            checked["unequal"] += n_q != n_k and v["spikes"] > 0
+    assert checked["ssa"] > 0
+    assert checked["mixed" if fusion == "mbt" else "unequal"] > 0
