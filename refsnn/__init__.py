@@ -4,4 +4,5 @@ from . import runtime as _runtime
 
 __version__ = "0.1.0"
 
+_runtime.passive_thread_wait()
 _runtime.keep_freed_memory()

@@ -8,14 +8,21 @@ heap for reuse. The resident size stays at the peak of a step instead of falling
 
 ``keep_freed_memory()`` is called once when refsnn is imported; it does nothing on a C library
 other than glibc.
+
+``passive_thread_wait()`` sets ``OMP_WAIT_POLICY=passive`` unless the user set it: Numba's
+OpenMP workers otherwise spin for a while after each parallel region. On a machine with as many
+busy processes as cores (2 here) the spinning threads take turns from the ones doing the work;
+a test run under load took several times longer. It must run before Numba starts its thread
+pool, so refsnn's ``__init__`` calls it first.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "passive_thread_wait"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -38,3 +45,8 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and ok
     _done = ok
     return ok
+
+
+def passive_thread_wait() -> str:
+    """Set ``OMP_WAIT_POLICY=passive`` unless already set; returns the policy in effect."""
+    return os.environ.setdefault("OMP_WAIT_POLICY", "passive")
