@@ -140,6 +140,7 @@ def test_non_finite_values_stop_and_keep_the_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(v).all() for v in ck.model_state.values())
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # the divergence itself
 def test_divergence_stops_with_the_step_and_last_finite_loss(tmp_path):
     # an absurd learning rate sends the weights to ~1e37 after one step: the next forward
     # overflows, a LIF neuron sees inf or NaN, and training stops
