@@ -4,8 +4,10 @@ recipe), then per mode
 
 * test accuracy, mean and spread (sample standard deviation) over the seeds;
 * parameters; MACs, ACs and energy per test sample (``refsnn.energy.report``, SPEC section 7,
-  on the best checkpoint, as ``refsnn.train.fit`` reports them), averaged over the seeds, and
-  the energy corrected for the fusion counts that walker does not read (``energy_correction``);
+  on the best checkpoint and the test batches ``refsnn.train.fit`` measures, computed again
+  here so that ``--reuse`` applies the current accounting), averaged over the seeds, with a
+  layer-by-layer recount of the fusion layers with mixed inputs as a cross-check
+  (``measure_energy``);
 * training step time (forward, loss, backward, AdamW on a batch of 16), measured after the
   training runs, round-robin over the modes so that all see the same machine load;
 * the measured growth of one fusion module's cost from N to 4N tokens (the ``cpu`` preset's
@@ -80,19 +82,19 @@ def train_one(mode: str, seed: int, out: str, options: dict, data_options: dict,
         for line in f:
             m = json.loads(line)
             step_times.append(options["batch_size"] / m["samples_per_s"])
-    t = rep["energy"]["totals"]
-    return {"seed": seed, "accuracy": rep["test"]["accuracy"], "macs": t["macs"], "acs": t["acs"],
-            "energy_mJ": t["snn_mJ"], "energy_correction_mJ": energy_correction(run, rep, options, data_options),
+    energy = measure_energy(run, rep, options, data_options)
+    return {"seed": seed, "accuracy": rep["test"]["accuracy"], **energy,
             "step_times_s": step_times, "wall_time_s": rep["wall_time_s"], "config": rep["config"]}
 
 
-def energy_correction(run: str, rep: dict, options: dict, data_options: dict) -> float:
-    """mJ per test sample by which ``refsnn.energy.report`` differs from the layer-by-layer
-    recount of the fusion layers with mixed inputs (docs/fusion.md, Operation counters): the
-    ``analog_macs`` of mbt's ``BottleneckConv1x1``, and the V spikes of SSA cores whose queries
-    and keys are token sets of different sizes (factorized), each of which feeds Nq queries,
-    not Nk. Exact minus reported on the test batches ``fit`` measured; the walker reads both
-    counts, so this is a cross-check that prints 0 (runs made before it did show the gap)."""
+def measure_energy(run: str, rep: dict, options: dict, data_options: dict) -> dict:
+    """MACs, ACs and mJ per test sample from ``refsnn.energy.report`` on the best checkpoint and
+    the test batches ``fit`` measured, and ``recount_gap_mJ``: a layer-by-layer recount of the
+    fusion layers with mixed inputs (docs/fusion.md, Operation counters: the ``analog_macs`` of
+    mbt's ``BottleneckConv1x1``; SSA cores whose queries and keys are token sets of different
+    sizes, where each V spike feeds Nq queries) minus what the walker gave them. 0 when the
+    walker reads those counts (it does since they were added; runs before it missed 0.0024 mJ
+    for mbt)."""
     from refsnn.checkpoint import load_checkpoint
     from refsnn.data import BatchIterator
     from refsnn.energy import E_AC_PJ, E_MAC_PJ
@@ -109,6 +111,7 @@ def energy_correction(run: str, rep: dict, options: dict, data_options: dict) ->
     it = BatchIterator(test, min(options["batch_size"], len(test)), shuffle=False)
     modules = dict(model.named_modules())
     diff_pj, samples = 0.0, 0
+    totals = {"macs": 0.0, "acs": 0.0, "energy_mJ": 0.0}
     try:
         for k, batch in enumerate(it):
             if k >= options["energy_batches"]:
@@ -117,6 +120,8 @@ def energy_correction(run: str, rep: dict, options: dict, data_options: dict) ->
             measured = energy_report(model, [inputs])
             n = measured["samples"]
             samples += n
+            for key, src in (("macs", "macs"), ("acs", "acs"), ("energy_mJ", "snn_mJ")):
+                totals[key] += measured["totals"][src] * n
             for name, layer in measured["layers"].items():
                 m, reported = modules[name], layer["energy_mJ"] * n * 1e9
                 if isinstance(m, BottleneckConv1x1) and layer["input_firing_rate"] is not None:
@@ -133,7 +138,9 @@ def energy_correction(run: str, rep: dict, options: dict, data_options: dict) ->
                 diff_pj += exact - reported
     finally:
         it.close()
-    return diff_pj * 1e-9 / samples
+    out = {k: v / samples for k, v in totals.items()}
+    out["recount_gap_mJ"] = diff_pj * 1e-9 / samples
+    return out
 
 
 # ------------------------------------------------------------------------------ growth
@@ -245,7 +252,7 @@ def summarise(mode: str, runs: list, growth: dict, step_time: float) -> dict:
             "parameters": int(params), "macs": float(np.mean([r["macs"] for r in runs])),
             "acs": float(np.mean([r["acs"] for r in runs])),
             "energy_mJ": float(np.mean([r["energy_mJ"] for r in runs])),
-            "energy_corrected_mJ": float(np.mean([r["energy_mJ"] + r["energy_correction_mJ"] for r in runs])),
+            "recount_gap_mJ": float(np.max(np.abs([r["recount_gap_mJ"] for r in runs]))),
             "step_time_s": step_time, "epoch_step_time_s": float(np.median(steps)), "growth": growth,
             "wall_time_s": float(sum(r["wall_time_s"] for r in runs))}
 
@@ -253,14 +260,14 @@ def summarise(mode: str, runs: list, growth: dict, step_time: float) -> dict:
 def table(rows: list) -> str:
     g = GROWTH_GEOMETRY
     head = ("| mode | test accuracy (mean ± sd) | parameters | MACs / sample | ACs / sample | "
-            f"energy / sample (mJ) | corrected (mJ) | train step (s) | fusion ops "
+            f"energy / sample (mJ) | train step (s) | fusion ops "
             f"{g['tokens']}→{g['factor'] * g['tokens']} tokens | fusion energy | fusion time |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         gr = r["growth"]
         lines.append(f"| `{r['mode']}` | {r['accuracy_mean']:.3f} ± {r['accuracy_sd']:.3f} | "
                      f"{r['parameters']:,} | {r['macs'] / 1e6:.1f} M | {r['acs'] / 1e6:.1f} M | "
-                     f"{r['energy_mJ']:.4f} | {r['energy_corrected_mJ']:.4f} | {r['step_time_s']:.2f} | "
+                     f"{r['energy_mJ']:.4f} | {r['step_time_s']:.2f} | "
                      f"{_fmt_ratio(gr['ops_ratio'])} | "
                      f"{_fmt_ratio(gr['energy_ratio'])} | {_fmt_ratio(gr['time_ratio'])} |")
     return "\n".join(lines)
@@ -272,11 +279,11 @@ def plot(rows: list, path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     # labels alternately above and below, in order of energy, so neighbours do not overlap
-    for i, r in enumerate(sorted(rows, key=lambda r: r["energy_corrected_mJ"])):
-        ax.errorbar(r["energy_corrected_mJ"], r["accuracy_mean"], yerr=r["accuracy_sd"], fmt="o", capsize=3)
-        ax.annotate(r["mode"], (r["energy_corrected_mJ"], r["accuracy_mean"]), textcoords="offset points",
+    for i, r in enumerate(sorted(rows, key=lambda r: r["energy_mJ"])):
+        ax.errorbar(r["energy_mJ"], r["accuracy_mean"], yerr=r["accuracy_sd"], fmt="o", capsize=3)
+        ax.annotate(r["mode"], (r["energy_mJ"], r["accuracy_mean"]), textcoords="offset points",
                     xytext=(6, 5 if i % 2 == 0 else -13))
-    ax.set_xlabel("energy per test sample (mJ, SPEC section 7, corrected)")
+    ax.set_xlabel("energy per test sample (mJ, SPEC section 7)")
     ax.set_ylabel("test accuracy (mean ± sd over seeds)")
     ax.set_title("Fusion modes on synthetic, cpu preset")
     ax.grid(alpha=0.3)
@@ -331,9 +338,9 @@ def main(argv=None) -> int:
         table(rows),
         "",
         f"Energy: SPEC section 7 (E_MAC 4.6 pJ, E_AC 0.9 pJ) on the test batches of the best "
-        f"checkpoint, mean over seeds, as `refsnn.energy.report` gives it; corrected: plus what "
-        f"it does not read in the fusion layers (mbt's analog bottleneck MACs, factorized's "
-        f"cross-token SSA cores; docs/fusion.md). Train step: forward, loss, backward and AdamW on a batch of "
+        f"checkpoint, mean over seeds, from `refsnn.energy.report` (a layer-by-layer recount of the "
+        f"fusion layers with mixed inputs, docs/fusion.md, differs from it by at most "
+        f"{max(r['recount_gap_mJ'] for r in rows):.1e} mJ). Train step: forward, loss, backward and AdamW on a batch of "
         f"{options['batch_size']}, median of 3 rounds over all modes in turn. Fusion growth: one "
         f"module at the cpu preset's stage-{g['stage']} width, T = {g['T']}, batch {g['batch']}, "
         f"{g['tokens']} -> {g['factor'] * g['tokens']} tokens: attention-core operations (SSA macs, "

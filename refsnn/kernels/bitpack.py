@@ -52,9 +52,10 @@ _WBLOCK = 64    # words per work unit when packing the last axis
 PARALLEL_MIN_WORK = 1 << 16
 
 
-def use_parallel(work: int, parallel: bool | None) -> bool:
-    """``parallel=None`` decides by size; True / False force the variant (tests use both)."""
-    return work >= PARALLEL_MIN_WORK if parallel is None else bool(parallel)
+def use_parallel(work: int, parallel: bool | None, min_work: int = PARALLEL_MIN_WORK) -> bool:
+    """``parallel=None`` decides by size (``work >= min_work``); True / False force the
+    variant (tests use both)."""
+    return work >= min_work if parallel is None else bool(parallel)
 
 
 @nb.njit(cache=True, inline="always")

@@ -39,7 +39,13 @@ import numpy as np
 from .bitpack import popcount64, use_parallel
 from .lif import lif_forward_numpy
 
-__all__ = ["qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backward_kernel",
+# The packed cores touch each word once (~1 ns per word here); waking the second worker thread
+# (OMP_WAIT_POLICY=passive, see refsnn.runtime) costs 50-70 us on an idle machine, so the
+# parallel variant pays off from about 2^18 words (measured: QKTA at 131,072 words 0.115 ms
+# serial vs 0.108 ms parallel, at 524,288 words 0.419 vs 0.236 ms).
+PACKED_PARALLEL_MIN_WORDS = 1 << 18
+
+__all__ = ["PACKED_PARALLEL_MIN_WORDS", "qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backward_kernel",
            "qk_channel_backward_kernel", "qk_token_packed_kernel_serial",
            "qk_channel_packed_kernel_serial", "qk_token_backward_kernel_serial",
            "qk_channel_backward_kernel_serial", "qk_token_packed", "qk_channel_packed",
@@ -371,7 +377,8 @@ def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bool
     a = np.empty((T, G, N), dtype=dtype)
     h = np.empty((T, G, N), dtype=dtype)
     units = np.zeros((token_units(G, N), 3), dtype=np.int64)
-    kernel = qk_token_packed_kernel if use_parallel(64 * qw.size, parallel) else qk_token_packed_kernel_serial
+    kernel = qk_token_packed_kernel if use_parallel(qw.size, parallel, PACKED_PARALLEL_MIN_WORDS) \
+        else qk_token_packed_kernel_serial
     kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
     return zw, a, h, _count_dict(units)
 
@@ -384,7 +391,8 @@ def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bo
     a = np.empty((T, G), dtype=dtype)
     h = np.empty((T, G), dtype=dtype)
     units = np.zeros((G, 3), dtype=np.int64)
-    kernel = qk_channel_packed_kernel if use_parallel(64 * qw.size, parallel) else qk_channel_packed_kernel_serial
+    kernel = qk_channel_packed_kernel if use_parallel(qw.size, parallel, PACKED_PARALLEL_MIN_WORDS) \
+        else qk_channel_packed_kernel_serial
     kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
     return zw, a, h, _count_dict(units)
 
