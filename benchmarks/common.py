@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+import refsnn  # noqa: F401  (first: sets OMP_WAIT_POLICY before Numba starts its threads)
+
 
 def blas_report() -> str:
     """Which BLAS library and kernel (``architecture``) run numpy's matmul, and its threads."""

@@ -1,0 +1,39 @@
+"""Process settings of refsnn.runtime, each checked in a fresh interpreter."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(code, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "REFSNN_KEEP_FREED_MEMORY")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
+                          env=full, timeout=120)
+
+
+def test_import_sets_a_passive_wait_policy_without_warning():
+    r = run("import os, refsnn, numba; numba.set_num_threads(1); print(os.environ['OMP_WAIT_POLICY'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "passive" and "RuntimeWarning" not in r.stderr
+
+
+def test_a_user_policy_is_kept():
+    r = run("import os, refsnn; print(os.environ['OMP_WAIT_POLICY'])", OMP_WAIT_POLICY="active")
+    assert r.stdout.strip() == "active"
+
+
+def test_warns_when_numba_threads_started_first():
+    r = run("import numba; numba.set_num_threads(1)\nimport numba.np.ufunc.parallel as p\n"
+            "assert p._threading_layer == 'omp'\nimport refsnn")
+    if "AssertionError" in r.stderr:
+        pytest.skip("Numba's OpenMP threading layer is not the one in use here")
+    assert "OMP_WAIT_POLICY" in r.stderr and "RuntimeWarning" in r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_keep_freed_memory_applies_and_can_be_switched_off():
+    code = "import refsnn.runtime as r; print(r.keep_freed_memory())"
+    assert run(code).stdout.strip() == "True"
+    assert run(code, REFSNN_KEEP_FREED_MEMORY="0").stdout.strip() == "False"
