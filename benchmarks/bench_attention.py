@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import tracemalloc
 
 import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import blas_report, machine, set_threads  # noqa: E402
+from benchmarks.common import blas_report, machine, set_threads, timed  # noqa: E402
 from refsnn.functional.attention import (attention_options, qk_channel_forward,  # noqa: E402
                                          qk_token_forward)
 from refsnn.functional.lif import _typed_args  # noqa: E402
@@ -49,21 +48,8 @@ def rng_of(seed):
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def timed(fn, repeat, warmup=1):
-    """(fastest, median) of ``repeat`` runs of ``fn()``, in seconds. The machine is shared:
-    other processes only ever add time, so the fastest run estimates the code's cost; ratios
-    use it, the median is printed beside it."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(min(times)), float(np.median(times))
-
-
 def timeit(fn, repeat):
+    """Fastest of ``repeat`` runs: the ratios here use the code's cost, not the load's."""
     return timed(fn, repeat)[0]
 
 

@@ -38,7 +38,7 @@ def write_ave_like(root: str, clips: int, seconds: float) -> None:
     rows = [f"{cats[i % 3]}&clip{i:03d}&good&0&10" for i in range(clips)]
     for i in range(clips):
         subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-                        "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25",
+                        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
                         "-f", "lavfi", "-i", f"sine=frequency={300 + 150 * i}:sample_rate=44100",
                         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
                         "-c:a", "aac", "-ac", "2", os.path.join(root, "AVE", f"clip{i:03d}.mp4")], check=True)

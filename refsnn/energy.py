@@ -30,8 +30,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable
 
-import numpy as np
-
 from .nn.attention import QKCore, SSACore
 from .nn.counting import EventCounter, attach, detach
 from .nn.layers import LIF, Conv1x1, Conv2d, Linear

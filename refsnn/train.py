@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .checkpoint import config_differences, load_checkpoint, parse_overrides, save_checkpoint, versions
 from .checks import NonFiniteError
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
@@ -204,11 +205,7 @@ def _json_default(o):
 
 
 def _write_json_atomic(path, obj):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 
 def _default_out(data, c: Config, seed) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from refsnn.conformance import format as fmt
 from refsnn.conformance.adapters import refsnn_adapter
-from refsnn.conformance.generate import SUITES, build_suite, generate
+from refsnn.conformance.generate import SUITES, generate
 from refsnn.conformance.verify import compare_tensor, select_cases, verify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

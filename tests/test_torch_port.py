@@ -520,8 +520,8 @@ def test_refsnn_checkpoints_load_into_the_port_and_back(tmp_path, overrides):
     model.save(plain)
     refsnn_save(training, model, meta={"epoch": 1})
     port_cfg = PortConfig.from_dict(cfg.to_dict())
-    for path, given in ((plain, port_cfg), (training, None)):
-        port = model_from_checkpoint(path, cfg=given, dtype=F64).eval()
+    for path, port_given in ((plain, port_cfg), (training, None)):
+        port = model_from_checkpoint(path, cfg=port_given, dtype=F64).eval()
         with torch.no_grad():
             got = port(torch.from_numpy(audio), torch.from_numpy(visual)).numpy()
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text, temporary_name
 from . import audio as _audio
 from . import ave, cremad, urbansound8k_av
 from .base import Dataset, check_split, validation_split
@@ -81,33 +82,6 @@ def cache_dir(cache_root: str | os.PathLike | None, name: str, params: dict) -> 
     key = f"s{params['image_size']}-f{params['num_frames']}-{hashlib.sha256(blob).hexdigest()[:12]}"
     return os.path.join(os.fspath(cache_root or default_cache_root()), name, key)
 
-
-def temporary_name(path: str) -> str:
-    """``<folder>/.<name>.<pid>.tmp``: prepare deletes these when their process is gone."""
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-
-
-def atomic_write(path: str, write) -> None:
-    """``write(binary file)`` into a temporary file beside ``path``, then rename it over ``path``.
-
-    An interrupt leaves the old file or the new one, never half a file.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_save_npz(path: str, arrays: dict) -> None:

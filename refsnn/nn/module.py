@@ -13,6 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..atomic import atomic_write
+
 __all__ = ["Parameter", "Module", "ModuleList", "save_npz_atomic", "load_npz"]
 
 
@@ -220,18 +222,7 @@ def save_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"path: expected a file name ending in .npz, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def load_npz(path: str | os.PathLike) -> "OrderedDict[str, np.ndarray]":
