@@ -114,16 +114,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from .checkpoint import load_model, parse_overrides
     try:
+        overrides = parse_overrides(args.set)
+        c = load_model(args.checkpoint).config if args.checkpoint else config(args.config, **overrides)
+        ds = None
+        if args.data:
+            from .data import BatchIterator, load_dataset
+            ds = load_dataset(args.data, args.split, root=args.root, cache=args.cache,
+                              image_size=c.image_size)
         if args.checkpoint:
             model = load_model(args.checkpoint)
         else:
             from .models.snnergy import SNNergy
-            model = SNNergy(config(args.config, **parse_overrides(args.set)))
+            if ds is not None and "classes" not in overrides:
+                # the head as the data set needs it, as refsnn.train builds it
+                c = c.replace(classes=len(ds.class_names))
+            model = SNNergy(c)
         batches = None
-        if args.data:
-            from .data import BatchIterator, load_dataset
-            ds = load_dataset(args.data, args.split, root=args.root, cache=args.cache,
-                              image_size=model.config.image_size)
+        if ds is not None:
             it = BatchIterator(ds, min(args.batch_size, len(ds)), shuffle=False, drop_last=False)
             batches = []
             for i, b in enumerate(it):
