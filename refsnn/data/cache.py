@@ -83,7 +83,6 @@ def cache_dir(cache_root: str | os.PathLike | None, name: str, params: dict) -> 
     return os.path.join(os.fspath(cache_root or default_cache_root()), name, key)
 
 
-
 def atomic_save_npz(path: str, arrays: dict) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
