@@ -4,7 +4,7 @@
     python benchmarks/bench_attention.py --quick         # smaller N lists, fewer repeats
     python benchmarks/bench_attention.py --threads 1 --parts 14   # one thread; parts 1 and 4
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_attention.py
-    OMP_WAIT_POLICY=active python benchmarks/bench_attention.py    # see README.md, Threads
+    OMP_WAIT_POLICY=active python benchmarks/bench_attention.py    # spinning workers, for comparison (README.md, Threads)
 
 (1) The attention core (sums, attention LIF, mask) on pre-packed uint64 spikes against the
     dense float32 NumPy twin of the same core (refsnn.kernels.qk.qk_*_dense without the

@@ -8,7 +8,7 @@ Prints, measured in one run:
 2. synthetic generation time of the default splits (1600/200/400 clips) at ``--image-size``;
 3. BatchIterator throughput at batch 8 (samples/s, ms per batch) from the prepared cache and from
    the synthetic set, without and with the training augmentations (crop, flip, SpecAugment, mixup);
-4. when ``refsnn.models.SNNergy`` is importable, a ``cpu``-config forward+backward at batch 8 and
+4. a ``cpu``-config forward+backward at batch 8 and
    the ratio step time / batch time (how many batches the loader makes per training step).
 """
 from __future__ import annotations
@@ -109,17 +109,7 @@ def main() -> None:
                       f"({1000 * per_batch:.2f} ms per batch)")
 
     print("4. against a cpu-config training step (forward + backward, batch 8)")
-    from refsnn.models import config
-    try:
-        from refsnn.models import SNNergy
-    except ImportError:
-        try:                                # the class exists before the package exports it
-            from refsnn.models.snnergy import SNNergy
-        except ImportError:
-            SNNergy = None
-    if SNNergy is None:
-        print("   refsnn.models.SNNergy is not available yet: no step time to compare with")
-        return
+    from refsnn.models import SNNergy, config
     model = SNNergy(config("cpu", classes=8))
     batch = next(iter(BatchIterator(splits["train"], BATCH, prefetch=0)))
     dlogits = np.full((BATCH, 8), 1.0 / BATCH, dtype=np.float32)

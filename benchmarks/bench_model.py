@@ -25,29 +25,13 @@ def measure(preset: str, image_size: int | None, batch: int, steps: int, threads
 
     import numpy as np
 
-    from benchmarks.common import set_threads
-    from refsnn.functional import cross_entropy_backward, cross_entropy_forward
-    from refsnn.models import SNNergy, config
-    from refsnn.optim import AdamW
+    from benchmarks.common import set_threads, training_step
+    from refsnn.models import config
     from refsnn.profiling import OpProfiler
 
     set_threads(threads)
     overrides = {} if image_size is None else {"image_size": image_size}
-    c = config(preset, **overrides)
-    model = SNNergy(c)
-    opt = AdamW(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
-    S = c.image_size
-    audio = rng.normal(size=(batch, 1, S, S)).astype(np.float32)
-    visual = rng.random((batch, c.T, 3, S, S)).astype(np.float32)
-    labels = np.arange(batch) % c.classes
-
-    def step():
-        model.zero_grad()
-        logits = model.forward(audio, visual)
-        _, cache = cross_entropy_forward(logits, labels)
-        model.backward(cross_entropy_backward(cache))
-        opt.step()
+    model, step = training_step(config(preset, **overrides), batch)
 
     for _ in range(2):
         step()
@@ -60,7 +44,7 @@ def measure(preset: str, image_size: int | None, batch: int, steps: int, threads
         t0 = time.perf_counter()
         step()
         total = time.perf_counter() - t0
-    return {"preset": preset, "image_size": S, "batch": batch, "params": model.num_parameters(),
+    return {"preset": preset, "image_size": model.config.image_size, "batch": batch, "params": model.num_parameters(),
             "step_s": float(np.median(times)), "step_min_s": float(np.min(times)),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "shares": prof.shares(total)}

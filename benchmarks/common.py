@@ -54,6 +54,29 @@ def timeit(fn, repeat: int = 7, warmup: int = 1) -> float:
     return timed(fn, repeat, warmup)[1]
 
 
+def training_step(c, batch: int, seed: int = 0):
+    """``(model, step)``: an SNNergy of config ``c``, AdamW, and one random batch of ``batch``
+    clips; ``step()`` runs forward, cross-entropy, backward and AdamW on it."""
+    from refsnn.functional import cross_entropy_backward, cross_entropy_forward
+    from refsnn.models import SNNergy
+    from refsnn.optim import AdamW
+    model = SNNergy(c)
+    opt = AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    S = c.image_size
+    audio = rng.normal(size=(batch, 1, S, S)).astype(np.float32)
+    visual = rng.random((batch, c.T, 3, S, S)).astype(np.float32)
+    labels = np.arange(batch) % c.classes
+
+    def step():
+        model.zero_grad()
+        _, cache = cross_entropy_forward(model.forward(audio, visual), labels)
+        model.backward(cross_entropy_backward(cache))
+        opt.step()
+
+    return model, step
+
+
 def set_threads(n: int | None) -> None:
     """Limit numba and BLAS threads (torch's too, when imported by the caller)."""
     if not n:

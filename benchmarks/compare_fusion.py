@@ -5,9 +5,7 @@ recipe), then per mode
 * test accuracy, mean and spread (sample standard deviation) over the seeds;
 * parameters; MACs, ACs and energy per test sample (``refsnn.energy.report``, SPEC section 7,
   on the best checkpoint and the test batches ``refsnn.train.fit`` measures, computed again
-  here so that ``--reuse`` applies the current accounting), averaged over the seeds, with a
-  layer-by-layer recount of the fusion layers with mixed inputs as a cross-check
-  (``measure_energy``);
+  here so that ``--reuse`` applies the current accounting), averaged over the seeds;
 * training step time (forward, loss, backward, AdamW on a batch of 16), measured after the
   training runs, round-robin over the modes so that all see the same machine load;
 * the measured growth of one fusion module's cost from N to 4N tokens (the ``cpu`` preset's
@@ -41,7 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import blas_report, machine, set_threads, timeit  # noqa: E402
+from benchmarks.common import blas_report, machine, set_threads, timeit, training_step  # noqa: E402
 
 MODES = ("cmqka", "concat", "ssa-cross", "mbt", "factorized")
 GROWTH_GEOMETRY = dict(stage=2, T=4, batch=16, tokens=64, factor=4)
@@ -89,58 +87,19 @@ def train_one(mode: str, seed: int, out: str, options: dict, data_options: dict,
 
 def measure_energy(run: str, rep: dict, options: dict, data_options: dict) -> dict:
     """MACs, ACs and mJ per test sample from ``refsnn.energy.report`` on the best checkpoint and
-    the test batches ``fit`` measured, and ``recount_gap_mJ``: a layer-by-layer recount of the
-    fusion layers with mixed inputs (docs/fusion.md, Operation counters: the ``analog_macs`` of
-    mbt's ``BottleneckConv1x1``; SSA cores whose queries and keys are token sets of different
-    sizes, where each V spike feeds Nq queries) minus what the walker gave them. 0 when the
-    walker reads those counts (it does since they were added; runs before it missed 0.0024 mJ
-    for mbt)."""
-    from refsnn.checkpoint import load_checkpoint
+    the test batches ``fit`` measured, computed now so that ``--reuse`` applies the current
+    accounting to runs trained before it changed."""
+    from refsnn.checkpoint import load_model
     from refsnn.data import BatchIterator
-    from refsnn.energy import E_AC_PJ, E_MAC_PJ
     from refsnn.energy import report as energy_report
-    from refsnn.fusion.mbt import BottleneckConv1x1
-    from refsnn.models.snnergy import SNNergy
-    from refsnn.nn.attention import SSACore
     from refsnn.train import _as_model_inputs, load_splits
-    ck = load_checkpoint(os.path.join(run, rep["checkpoint"]))
-    model = SNNergy(ck.config)
-    model.load_state_dict(ck.model_state)
-    test = load_splits("synthetic", image_size=ck.config.image_size, seed=rep["options"]["seed"],
+    model = load_model(os.path.join(run, rep["checkpoint"]))
+    test = load_splits("synthetic", image_size=model.config.image_size, seed=rep["options"]["seed"],
                        progress=False, **data_options)["test"]
-    it = BatchIterator(test, min(options["batch_size"], len(test)), shuffle=False)
-    modules = dict(model.named_modules())
-    diff_pj, samples = 0.0, 0
-    totals = {"macs": 0.0, "acs": 0.0, "energy_mJ": 0.0}
-    try:
-        for k, batch in enumerate(it):
-            if k >= options["energy_batches"]:
-                break
-            inputs = _as_model_inputs(batch, model.dtype)
-            measured = energy_report(model, [inputs])
-            n = measured["samples"]
-            samples += n
-            for key, src in (("macs", "macs"), ("acs", "acs"), ("energy_mJ", "snn_mJ")):
-                totals[key] += measured["totals"][src] * n
-            for name, layer in measured["layers"].items():
-                m, reported = modules[name], layer["energy_mJ"] * n * 1e9
-                if isinstance(m, BottleneckConv1x1) and layer["input_firing_rate"] is not None:
-                    c = m.op_counts
-                    exact = E_AC_PJ * c["input_events"] * m.out_channels + E_MAC_PJ * c.get("analog_macs", 0)
-                elif isinstance(m, SSACore):
-                    parent = modules[name.rsplit(".", 1)[0]]
-                    q, v = parent.q_lif.op_counts, parent.v_lif.op_counts
-                    n_k = m.op_counts["macs"] / (2 * m.op_counts["comparisons"])
-                    n_q = n_k * q["neurons"] / v["neurons"]
-                    exact = E_AC_PJ * (n_k * q["spikes"] + n_q * v["spikes"])
-                else:
-                    continue
-                diff_pj += exact - reported
-    finally:
-        it.close()
-    out = {k: v / samples for k, v in totals.items()}
-    out["recount_gap_mJ"] = diff_pj * 1e-9 / samples
-    return out
+    with BatchIterator(test, min(options["batch_size"], len(test)), shuffle=False) as it:
+        batches = [_as_model_inputs(b, model.dtype) for _, b in zip(range(options["energy_batches"]), it)]
+    t = energy_report(model, batches)["totals"]
+    return {"macs": t["macs"], "acs": t["acs"], "energy_mJ": t["snn_mJ"]}
 
 
 # ------------------------------------------------------------------------------ growth
@@ -205,29 +164,11 @@ def step_times(modes, repeat: int, rounds: int = 3) -> dict:
     batch 16 of random inputs), measured round-robin over the modes so that every mode sees
     the same machine load (the epochs' own timings do not: runs hours apart on a shared
     machine)."""
-    from refsnn.functional import cross_entropy_backward, cross_entropy_forward
     from refsnn.models import config
-    from refsnn.models.snnergy import SNNergy
-    from refsnn.optim import AdamW
-    rng = np.random.Generator(np.random.PCG64(2))
     steps = {}
     for mode in modes:
-        c = config("cpu", fusion=mode, classes=8)
-        model = SNNergy(c)
-        opt = AdamW(model.parameters(), lr=1e-3)
-        S = c.image_size
-        audio = rng.normal(size=(16, 1, S, S)).astype(np.float32)
-        visual = rng.random((16, c.T, 3, S, S)).astype(np.float32)
-        labels = np.arange(16) % c.classes
-
-        def step(model=model, opt=opt, audio=audio, visual=visual, labels=labels):
-            model.zero_grad()
-            _, cache = cross_entropy_forward(model.forward(audio, visual), labels)
-            model.backward(cross_entropy_backward(cache))
-            opt.step()
-
-        step()                                   # compile and allocate outside the timing
-        steps[mode] = step
+        _, steps[mode] = training_step(config("cpu", fusion=mode, classes=8), 16, seed=2)
+        steps[mode]()                            # compile and allocate outside the timing
     times = {mode: [] for mode in modes}
     for _ in range(rounds):
         for mode in modes:
@@ -252,7 +193,6 @@ def summarise(mode: str, runs: list, growth: dict, step_time: float) -> dict:
             "parameters": int(params), "macs": float(np.mean([r["macs"] for r in runs])),
             "acs": float(np.mean([r["acs"] for r in runs])),
             "energy_mJ": float(np.mean([r["energy_mJ"] for r in runs])),
-            "recount_gap_mJ": float(np.max(np.abs([r["recount_gap_mJ"] for r in runs]))),
             "step_time_s": step_time, "epoch_step_time_s": float(np.median(steps)), "growth": growth,
             "wall_time_s": float(sum(r["wall_time_s"] for r in runs))}
 
@@ -338,9 +278,8 @@ def main(argv=None) -> int:
         table(rows),
         "",
         f"Energy: SPEC section 7 (E_MAC 4.6 pJ, E_AC 0.9 pJ) on the test batches of the best "
-        f"checkpoint, mean over seeds, from `refsnn.energy.report` (a layer-by-layer recount of the "
-        f"fusion layers with mixed inputs, docs/fusion.md, differs from it by at most "
-        f"{max(r['recount_gap_mJ'] for r in rows):.1e} mJ). Train step: forward, loss, backward and AdamW on a batch of "
+        f"checkpoint, mean over seeds, from `refsnn.energy.report` with the current accounting "
+        f"(mbt's analog bottleneck MACs included). Train step: forward, loss, backward and AdamW on a batch of "
         f"{options['batch_size']}, median of 3 rounds over all modes in turn. Fusion growth: one "
         f"module at the cpu preset's stage-{g['stage']} width, T = {g['T']}, batch {g['batch']}, "
         f"{g['tokens']} -> {g['factor'] * g['tokens']} tokens: attention-core operations (SSA macs, "

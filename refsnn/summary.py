@@ -115,15 +115,14 @@ def main(argv=None) -> int:
     from .checkpoint import load_model, parse_overrides
     try:
         overrides = parse_overrides(args.set)
-        c = load_model(args.checkpoint).config if args.checkpoint else config(args.config, **overrides)
+        model = load_model(args.checkpoint) if args.checkpoint else None
+        c = model.config if model is not None else config(args.config, **overrides)
         ds = None
         if args.data:
             from .data import BatchIterator, load_dataset
             ds = load_dataset(args.data, args.split, root=args.root, cache=args.cache,
                               image_size=c.image_size)
-        if args.checkpoint:
-            model = load_model(args.checkpoint)
-        else:
+        if model is None:
             from .models.snnergy import SNNergy
             if ds is not None and "classes" not in overrides:
                 # the head as the data set needs it, as refsnn.train builds it

@@ -504,3 +504,8 @@ def test_manifest_records_versions_and_every_file():
     on_disk = {os.path.relpath(os.path.join(d, f), COMMITTED).replace(os.sep, "/")
                for d, _, fs in os.walk(VECTORS) for f in fs}
     assert on_disk == set(manifest["files"])
+
+
+def test_refsnn_adapter_names_an_unknown_op():
+    with pytest.raises(ValueError, match="'conv3d'"):
+        refsnn_adapter.run({"op": "conv3d"}, {})

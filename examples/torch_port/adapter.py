@@ -103,7 +103,8 @@ def _batchnorm(case, x):
 def _maxpool2d(case, x):
     p = case["params"]
     if (p["kernel_size"], p["stride"], p["padding"]) != (3, 2, 1):
-        raise NotImplementedError("the port's max pool is MaxPool2d(3, 2, 1)")
+        raise ValueError("case params: the port's max pool is MaxPool2d(3, 2, 1), got kernel_size, "
+                         f"stride, padding = {(p['kernel_size'], p['stride'], p['padding'])}")
     xt = _t(x["x"], True)
     T, B = xt.shape[:2]
     y = max_pool(xt.reshape(T * B, *xt.shape[2:]).contiguous(memory_format=torch.channels_last))
@@ -234,5 +235,5 @@ OPS = {
 def run(case: dict, inputs: dict) -> dict:
     op = case["op"]
     if op not in OPS:
-        raise NotImplementedError(f"torch port adapter: no op {op!r}")
+        raise ValueError(f"case op: the torch port adapter knows {sorted(OPS)}, got {op!r}")
     return OPS[op](case, inputs)

@@ -45,7 +45,8 @@ from .lif import lif_forward_numpy
 # serial vs 0.108 ms parallel, at 524,288 words 0.419 vs 0.236 ms).
 PACKED_PARALLEL_MIN_WORDS = 1 << 18
 
-__all__ = ["PACKED_PARALLEL_MIN_WORDS", "qk_token_packed_kernel", "qk_channel_packed_kernel", "qk_token_backward_kernel",
+__all__ = ["PACKED_PARALLEL_MIN_WORDS", "qk_token_packed_kernel", "qk_channel_packed_kernel",
+           "qk_token_backward_kernel",
            "qk_channel_backward_kernel", "qk_token_packed_kernel_serial",
            "qk_channel_packed_kernel_serial", "qk_token_backward_kernel_serial",
            "qk_channel_backward_kernel_serial", "qk_token_packed", "qk_channel_packed",
