@@ -41,7 +41,6 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import blas_report, machine, set_threads, timeit, training_step  # noqa: E402
 
-MODES = ("cmqka", "concat", "ssa-cross", "mbt", "factorized")
 GROWTH_GEOMETRY = dict(stage=2, T=4, batch=16, tokens=64, factor=4)
 BN_WARMUP = 30      # train-mode forwards before the energy walk (BN momentum 0.1: 96% settled)
 
@@ -106,7 +105,7 @@ def measure_energy(run: str, rep: dict, options: dict, data_options: dict) -> di
 
 def _fusion_module(mode: str, rng):
     from refsnn.models import config
-    from refsnn.models.snnergy import build_fusion
+    from refsnn.fusion import build_fusion
     c = config("cpu", fusion=mode)
     s = GROWTH_GEOMETRY["stage"]
     return build_fusion(c, s, c.stage_dims[s - 1], c.heads[s - 1], rng=rng, dtype=np.float32)
@@ -233,9 +232,10 @@ def plot(rows: list, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    from refsnn.fusion import fusion_modes
     from refsnn.recipes import recipe
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(fusion_modes()), choices=fusion_modes())
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, help="default: the synthetic recipe's")
     ap.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = [
     "NonFiniteError", "check_array", "check_float_array", "check_shape", "check_finite", "check_binary",
-    "check_same_shape", "check_positive_int", "FLOAT_DTYPES",
+    "check_same_shape", "check_positive_int", "check_choice", "FLOAT_DTYPES",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -79,3 +79,20 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
+
+
+def check_choice(name: str, value, choices):
+    """Require ``value`` to be one of ``choices`` (the option list its owner defines); return it.
+
+    The one "expected one of" error of refsnn: it names the argument, lists the choices in
+    their order and shows what arrived. ``True`` is not the choice ``1`` (nor the reverse), and
+    a value that cannot be compared to a choice (an array) is refused.
+    """
+    try:
+        known = any(isinstance(value, bool) == isinstance(c, bool) and bool(value == c)
+                    for c in choices)
+    except (TypeError, ValueError):
+        known = False
+    if not known:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value

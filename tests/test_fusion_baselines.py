@@ -1,13 +1,15 @@
 """Baseline fusion modes (SPEC section 8): ssa-cross, mbt, factorized. Smooth-mode finite
 differences (SPEC section 12) of every mode in float64, oracles of the wiring, mbt's
 information flow through the bottlenecks only, the growth of the counted operations with N,
-float32 and float64, the build factory and argument checks."""
+float32 and float64, the registry's builders and argument checks."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from refsnn.fusion import CMQKA, ConcatFusion, FactorizedFusion, MBTFusion, SSACrossFusion
-from refsnn.fusion.baselines import build
+from refsnn.fusion import build_fusion as build, fusion_modes, register_fusion, unregister_fusion
 from refsnn.fusion.factorized import TokenQueryAttention, pair_tokens, pair_tokens_backward
 from refsnn.fusion.mbt import BottleneckConv1x1
 from refsnn.models import config
@@ -503,10 +505,33 @@ def test_build_factory():
                       SSACrossFusion)
     assert isinstance(build(config("tiny", fusion="concat"), 1, 8, 1, rng=rng, dtype=np.float32),
                       ConcatFusion)
-    with pytest.raises(ValueError, match="c.fusion"):
-        build(config("tiny"), 1, 8, 1, rng=rng, dtype=np.float32)
-    with pytest.raises(ValueError, match="stage"):
+    assert isinstance(build(config("tiny"), 1, 8, 1, rng=rng, dtype=np.float32), CMQKA)
+    with pytest.raises(ValueError, match=r"c.fusion: expected one of \['cmqka', 'concat', 'ssa-cross', "
+                                         r"'mbt', 'factorized'\], got 'late'"):
+        build(SimpleNamespace(fusion="late"), 1, 8, 1, rng=rng, dtype=np.float32)
+    with pytest.raises(ValueError, match="stage: expected one of"):
         build(config("tiny", fusion="mbt"), 4, 8, 1, rng=rng, dtype=np.float32)
+    with pytest.raises(TypeError):
+        ConcatFusion(8, 1)              # no width, no option: arguments are refused, not dropped
+
+
+def test_registry_rules():
+    assert fusion_modes()[:5] == ("cmqka", "concat", "ssa-cross", "mbt", "factorized")
+    with pytest.raises(ValueError, match="fusion mode 'mbt' is already registered"):
+        register_fusion("mbt", lambda *a, **k: ConcatFusion())
+    with pytest.raises(ValueError, match="build: expected a callable"):
+        register_fusion("broken", "not a function")
+    with pytest.raises(ValueError, match="name: expected a non-empty"):
+        register_fusion(" spaced", lambda *a, **k: ConcatFusion())
+    with pytest.raises(ValueError, match="name: expected one of"):
+        unregister_fusion("never-registered")
+    register_fusion("returns-none", lambda *a, **k: None)
+    try:
+        with pytest.raises(ValueError, match="'returns-none': its builder returned a NoneType"):
+            build(SimpleNamespace(fusion="returns-none"), 1, 8, 1, rng=rng_of(0), dtype=np.float32)
+    finally:
+        unregister_fusion("returns-none")
+    assert "returns-none" not in fusion_modes()
 
 
 def test_argument_checks():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ..nn.module import Module
 
-__all__ = ["ConcatFusion"]
+__all__ = ["ConcatFusion", "build"]
 
 
 class ConcatFusion(Module):
-    """Identity with the fusion interface ``forward(x_audio, x_visual) -> (y_audio, y_visual)``."""
+    """Identity with the fusion interface ``forward(x_audio, x_visual) -> (y_audio, y_visual)``.
+    Takes no argument: it has no width, no parameter and no option."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self):
         super().__init__()
         self.op_counts = {}
 
@@ -19,3 +20,9 @@ class ConcatFusion(Module):
 
     def backward(self, dy_audio, dy_visual):
         return dy_audio, dy_visual
+
+
+def build(c, stage, dim, heads, *, rng, dtype, previous=None) -> ConcatFusion:
+    """The ``concat`` mode (also ``mbt``'s stages before ``mbt_from_stage``): draws nothing from
+    ``rng``."""
+    return ConcatFusion()

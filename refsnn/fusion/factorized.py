@@ -29,22 +29,17 @@ the input at all.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ..checks import check_float_array, check_positive_int
+from ..checks import check_positive_int
 from ..nn.attention import SSACrossAttention, attention_neurons, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Parameter
-from .cmqka import ResidualCrossFusion
+from .base import TOKEN_INIT_STD, ResidualCrossFusion, check_upstream, common_options
 
-__all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward",
-           "check_upstream", "TOKEN_INIT_STD"]
-
-# Learnable tokens ~ N(0, 1) [choice]: they enter convs and BatchNorm next to (mbt) or in
-# place of (factorized) stage outputs of order 1 (sums of spike maps). ViT-style models use
-# N(0, 0.02²) behind a LayerNorm; here BN's eps would swamp such a variance and the bottleneck
-# queries would never fire.
-TOKEN_INIT_STD = 1.0
+__all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward", "build"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,12 +109,10 @@ def pair_tokens_backward(dp: np.ndarray, n_a: int, n_v: int) -> tuple[np.ndarray
 # The fusion module
 # --------------------------------------------------------------------------------------------
 
-def check_upstream(dy_audio, dy_visual, shape_audio: tuple, shape_visual: tuple) -> None:
-    """A fusion backward's upstream gradients: float ``[T, B, D, N]`` of the forward's shapes."""
-    for name, g, shape in (("dy_audio", dy_audio, shape_audio), ("dy_visual", dy_visual, shape_visual)):
-        check_float_array(g, name, ndim=4)
-        if g.shape != shape:
-            raise ValueError(f"{name}: expected shape {shape} (the forward's), got {g.shape}")
+class FactorizedCache(NamedTuple):
+    y_a: np.ndarray         # audio read-out [T, B, D, N_a]
+    y_v: np.ndarray         # visual read-out [T, B, D, N_v]
+    shapes: tuple           # (x_audio.shape, x_visual.shape)
 
 
 class FactorizedFusion(ResidualCrossFusion):
@@ -178,7 +171,7 @@ class FactorizedFusion(ResidualCrossFusion):
         f = self.fuse.forward(self.fusion_tokens.value, p)
         y_a = self.audio_read.forward(x_audio, f)
         y_v = self.visual_read.forward(x_visual, f)
-        self._cache = (y_a, y_v, (x_audio.shape, x_visual.shape))
+        self._cache = FactorizedCache(y_a, y_v, (x_audio.shape, x_visual.shape))
         return x_audio + self._weight("alpha") * y_a, x_visual + self._weight("beta") * y_v
 
     def backward(self, dy_audio, dy_visual):
@@ -212,3 +205,11 @@ class FactorizedFusion(ResidualCrossFusion):
         return sum_counts(*(m.attention_counts for m in (
             self.audio_aggregate, self.visual_aggregate, self.fuse, self.audio_read,
             self.visual_read)))
+
+
+def build(c, stage, dim, heads, *, rng, dtype, previous=None) -> FactorizedFusion:
+    """The ``factorized`` mode after every stage, options ``factorized_fusion_tokens``,
+    ``factorized_agg_tokens`` and CMQKA's ``cmqka_residual``."""
+    return FactorizedFusion(dim, heads, fusion_tokens=c.factorized_fusion_tokens,
+                            agg_tokens=c.factorized_agg_tokens, residual=c.cmqka_residual,
+                            **common_options(c, rng=rng, dtype=dtype))

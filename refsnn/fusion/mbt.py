@@ -29,15 +29,18 @@ events of X_m. The carry conv reads analog values (MACs).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..checks import check_positive_int
 from ..nn.attention import SSAttention, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Module, Parameter
-from .factorized import TOKEN_INIT_STD, check_upstream
+from . import concat
+from .base import TOKEN_INIT_STD, check_upstream, common_options
 
-__all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1"]
+__all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1", "build"]
 
 
 class BottleneckConv1x1(Conv1x1):
@@ -70,6 +73,11 @@ class BottleneckSSA(SSAttention):
         setattr(self, f"{name}_conv", conv(self.dim, self.dim, bias=bias, rng=rng, dtype=self.dtype))
         setattr(self, f"{name}_bn", BatchNorm(self.dim, **self._bn))
         setattr(self, f"{name}_lif", LIF(**self.neuron))
+
+
+class MBTCache(NamedTuple):
+    tokens: int             # N, the token columns before the bottlenecks
+    shape: tuple            # the inputs' shape [T, B, D, N]
 
 
 class MBTFusion(Module):
@@ -178,7 +186,7 @@ class MBTFusion(Module):
                 counter.register(u, counter.events(x))
             y[name] = attn.forward(u)
         self._out = z + 0.5 * (y["audio"][..., N:] + y["visual"][..., N:])
-        self._cache = (N, x_audio.shape)
+        self._cache = MBTCache(N, x_audio.shape)
         return x_audio + y["audio"][..., :N], x_visual + y["visual"][..., :N]
 
     def backward(self, dy_audio, dy_visual):
@@ -224,3 +232,13 @@ class MBTFusion(Module):
     def attention_counts(self) -> dict:
         """The last forward's counts of both SSA cores, summed."""
         return sum_counts(self.audio_attn.attention_counts, self.visual_attn.attention_counts)
+
+
+def build(c, stage, dim, heads, *, rng, dtype, previous=None):
+    """The ``mbt`` mode: ``concat`` before stage ``mbt_from_stage``, then an ``MBTFusion`` with
+    ``mbt_bottlenecks`` tokens linked to the ``MBTFusion`` of the stage before (if any)."""
+    if stage < c.mbt_from_stage:
+        return concat.build(c, stage, dim, heads, rng=rng, dtype=dtype, previous=previous)
+    return MBTFusion(dim, heads, bottlenecks=c.mbt_bottlenecks,
+                     previous=previous if isinstance(previous, MBTFusion) else None,
+                     **common_options(c, rng=rng, dtype=dtype))

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..checks import check_positive_int
 from ..nn.attention import SSACrossAttention
-from .cmqka import ResidualCrossFusion
+from .base import ResidualCrossFusion, common_options
 
-__all__ = ["SSACrossFusion"]
+__all__ = ["SSACrossFusion", "build"]
 
 
 class SSACrossFusion(ResidualCrossFusion):
@@ -43,3 +43,8 @@ class SSACrossFusion(ResidualCrossFusion):
                          bn_momentum=bn_momentum, bn_eps=bn_eps, rng=rng, dtype=dtype)
         self.audio_from_visual = SSACrossAttention(dim, heads, **direction)
         self.visual_from_audio = SSACrossAttention(dim, heads, **direction)
+
+
+def build(c, stage, dim, heads, *, rng, dtype, previous=None) -> SSACrossFusion:
+    """The ``ssa-cross`` mode after every stage, with CMQKA's ``cmqka_residual``."""
+    return SSACrossFusion(dim, heads, residual=c.cmqka_residual, **common_options(c, rng=rng, dtype=dtype))

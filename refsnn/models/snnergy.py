@@ -4,7 +4,7 @@ stage, and a linear head on the pooled features.
     stage s = 1..3, per modality m:
       X_m = SPEDS_s(X_m)                    patch embedding (H/4 at s=1, then H/2)
       X_m = Block_m^{s,j}(X_m)              x = x + QKAttn(x); x = x + SMLP(x)
-      (X_a, X_v) = Fusion_s(X_a, X_v)       CMQKA by default
+      (X_a, X_v) = Fusion_s(X_a, X_v)       CMQKA by default (refsnn.fusion.build_fusion)
     head: mean over tokens and time per modality -> [visual ; audio] -> Linear(2C, classes)
 
 Inputs: ``audio [B, 1, H, W]`` (a log spectrogram, repeated over the T steps) and ``visual
@@ -18,13 +18,14 @@ import numpy as np
 
 from ..checks import check_float_array
 from ..functional.pool import mean_pool_backward, mean_pool_forward
+from ..fusion import build_fusion
 from ..nn.attention import QKAttention, SSAttention
 from ..nn.blocks import SMLP, Block, PatchEmbedInit, PatchEmbedStage, Stage
 from ..nn.layers import Linear
 from ..nn.module import Module
 from .configs import Config
 
-__all__ = ["SNNergy", "Stream", "frame_indices", "build_fusion"]
+__all__ = ["SNNergy", "Stream", "frame_indices"]
 
 
 def frame_indices(frames: int, steps: int) -> np.ndarray:
@@ -66,22 +67,6 @@ class Stream(Module):
     @property
     def stages(self) -> tuple[Stage, Stage, Stage]:
         return (self.stage1, self.stage2, self.stage3)
-
-
-def build_fusion(c: Config, stage: int, dim: int, heads: int, *, rng, dtype, previous=None) -> Module:
-    """The fusion module placed after ``stage`` (config field ``fusion``)."""
-    if c.fusion == "concat":
-        from ..fusion.concat import ConcatFusion
-        return ConcatFusion()
-    if c.fusion == "cmqka":
-        from ..fusion.cmqka import CMQKA
-        return CMQKA(dim, heads, mask=c.cmqka_mask, mask_from=c.cmqka_mask_from,
-                     residual=c.cmqka_residual, neuron=c.neuron_kwargs(),
-                     attention_neuron=c.attention_neuron_kwargs(),
-                     attention_backend=c.attention_backend, bn_momentum=c.bn_momentum,
-                     bn_eps=c.bn_eps, rng=rng, dtype=dtype)
-    from ..fusion import baselines
-    return baselines.build(c, stage, dim, heads, rng=rng, dtype=dtype, previous=previous)
 
 
 class SNNergy(Module):
