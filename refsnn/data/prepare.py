@@ -12,6 +12,12 @@
   malformed row, an unknown class, an empty split) are always errors.
 - ``--cache`` defaults to ``~/.cache/refsnn``; the cache of one parameter set lives in its own
   folder (``refsnn.data.cache``), so other parameters never reuse it.
+- ``mpiexec -n K python -m refsnn.data.prepare ...`` decodes on K ranks (``refsnn.distributed``):
+  rank 0 lists the clips still to decode, rank r decodes every K-th of them from position r
+  (disjoint shares, so no two ranks write one file), and rank 0 alone writes ``params.json``,
+  the stacked arrays, ``index.json`` and ``report.json``, after every rank has finished: the
+  cache is the one a single process makes. Under ``--strict`` a rank that meets a bad clip tells
+  the others at once; every rank stops after its clip in progress with that rank's message.
 """
 from __future__ import annotations
 
@@ -131,8 +137,9 @@ def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
     atomic_save_npz(path, {"audio": audio, "frames": frames})
 
 
-def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name):
-    """Decode ``todo`` clips; returns ``[(clip_id, reason)]`` of the ones skipped."""
+def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name, stop=lambda: False):
+    """Decode ``todo`` clips; returns ``[(clip_id, reason)]`` of the ones skipped. ``stop()``
+    true (another rank failed) submits no further clip."""
     from tqdm import tqdm
     skipped = []
     bar = tqdm(total=len(todo), desc=f"prepare {name}", unit="clip", disable=not progress, file=sys.stderr)
@@ -143,7 +150,7 @@ def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name):
 
         def submit_next():
             src = next(queue, None)
-            if src is not None:
+            if src is not None and not stop():
                 pending[pool.submit(_decode_and_store, src, params, _clip_path(clips_dir, src.clip_id))] = src
 
         for _ in range(2 * workers):
@@ -208,12 +215,16 @@ def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
 
 
 def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool = False,
-            progress: bool = True, workers: int = 1, **options) -> PrepareReport:
+            progress: bool = True, workers: int = 1, comm=None, **options) -> PrepareReport:
     """Decode data set ``name`` from ``root`` into its cache under ``cache`` (default ``~/.cache/refsnn``).
 
     ``options``: ``num_frames``, ``fps`` (video data sets), ``min_seconds``, ``silence_threshold``.
-    Returns the report (also printed by the command line and saved as ``report.json``).
+    ``comm``: a ``refsnn.distributed`` communicator to share the decoding among its ranks (the
+    command line passes ``world()``; default: this process alone). Every rank returns the report
+    (also printed by the command line and saved as ``report.json``).
     """
+    from ..distributed import SingleProcess
+    comm = comm or SingleProcess()
     if name == "synthetic":
         raise ValueError("name: 'synthetic' is generated in memory from a seed; there is nothing to prepare")
     if name not in REAL_DATASETS:
@@ -230,31 +241,53 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     clips_dir = os.path.join(directory, "clips")
     os.makedirs(clips_dir, exist_ok=True)
     params_path = os.path.join(directory, "params.json")
-    if os.path.isfile(params_path):
-        check_params_file(directory, params)
-    else:
-        atomic_write_text(params_path, json.dumps(params, sort_keys=True, indent=1))
-    _remove_stale_temporaries(directory)
-
-    done = {c.clip_id for c in manifest.clips if os.path.isfile(_clip_path(clips_dir, c.clip_id))}
+    error, done = None, None
+    if comm.is_root:          # one writer; other nodes' temporaries look stale by pid, so one cleaner
+        try:
+            if os.path.isfile(params_path):
+                check_params_file(directory, params)
+            else:
+                atomic_write_text(params_path, json.dumps(params, sort_keys=True, indent=1))
+            _remove_stale_temporaries(directory)
+            done = {c.clip_id for c in manifest.clips if os.path.isfile(_clip_path(clips_dir, c.clip_id))}
+        except ValueError as exc:
+            error = exc
+    comm.agree(error)
+    done = comm.bcast(done)                               # one list, so the shares are disjoint
     todo = [c for c in manifest.clips if c.clip_id not in done]
-    with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
-        skipped = _run_decoding(todo, params, clips_dir, strict=strict, progress=progress,
-                                workers=workers, name=name)
+    share = todo[comm.rank::comm.size]
+    error, skipped = None, []
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
+            skipped = _run_decoding(share, params, clips_dir, strict=strict, progress=progress and comm.is_root,
+                                    workers=workers, name=name, stop=comm.peer_failed)
+    except PrepareError as exc:
+        error = exc
+        comm.announce_failure()
+    comm.agree(error)
+    order = {c.clip_id: i for i, c in enumerate(manifest.clips)}
+    skipped = sorted((s for part in comm.allgather(skipped) for s in part), key=lambda s: order[s[0]])
     skipped_ids = {c for c, _ in skipped}
     ready = [c for c in manifest.clips if c.clip_id not in skipped_ids]
     if not ready:
         raise ValueError(f"{name}: no clip of {root} could be decoded ({len(skipped)} skipped); "
                          f"first reasons: {skipped[:3]}")
     split_of = {c.clip_id: c.split for c in manifest.clips}
-    _consolidate(directory, manifest, ready, params,
-                 [(c, split_of[c], r) for c, r in skipped], manifest.notes)
     counts = {}
     for c in ready:
         counts[c.split] = counts.get(c.split, 0) + 1
     report = PrepareReport(name, directory, len(manifest.clips), len(todo) - len(skipped), len(done),
                            skipped, list(manifest.notes), counts, time.perf_counter() - start)
-    atomic_write_text(os.path.join(directory, "report.json"), json.dumps(report.to_dict(), indent=1))
+    error = None
+    if comm.is_root:
+        try:
+            _consolidate(directory, manifest, ready, params,
+                         [(c, split_of[c], r) for c, r in skipped], manifest.notes)
+            report.seconds = time.perf_counter() - start
+            atomic_write_text(os.path.join(directory, "report.json"), json.dumps(report.to_dict(), indent=1))
+        except ValueError as exc:
+            error = exc
+    comm.agree(error)                                     # no rank returns before the cache is complete
     return report
 
 
@@ -278,21 +311,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..distributed import RankFailure, world
     args = _parser().parse_args(argv)
     options = {"min_seconds": args.min_seconds, "silence_threshold": args.silence_threshold}
     if args.num_frames is not None:
         options["num_frames"] = args.num_frames
     if args.fps is not None:
         options["fps"] = args.fps
+    comm = world()
     try:
         report = prepare(args.data, args.root, args.cache, image_size=args.image_size, strict=args.strict,
-                         progress=not args.no_progress, workers=args.workers, **options)
-    except ValueError as exc:                     # layout, row, option and --strict errors
-        print(f"error: {exc}", file=sys.stderr)
+                         progress=not args.no_progress, workers=args.workers, comm=comm, **options)
+    except (ValueError, RankFailure) as exc:      # layout, row, option and --strict errors
+        if comm.is_root:
+            print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report)
+    if comm.is_root:
+        print(report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..distributed import run_main
+    sys.exit(run_main(main))
