@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     from refsnn.models import SNNergy, config
     from refsnn.optim import AdamW, CosineSchedule, default_decay_filter, grad_norm
     from refsnn.recipes import DEFAULTS
-    from refsnn.train import _as_model_inputs, _options, _transform, fit, load_splits
+    from refsnn.evaluation import load_splits, model_inputs
+    from refsnn.training import build_transform, check_options, fit
 
     set_threads(args.threads)
     print(f"machine: {machine()}")
@@ -55,9 +56,9 @@ def main(argv=None) -> int:
     t_load = time.perf_counter() - t0
     train = splits["train"]
     c = c.replace(classes=len(train.class_names))
-    opts = _options(dict(batch_size=args.batch_size, crop=args.augment, flip=args.augment,
+    opts = check_options(dict(batch_size=args.batch_size, crop=args.augment, flip=args.augment,
                          specaugment=args.augment))
-    transform = _transform(opts)
+    transform = build_transform(opts)
     print(f"data: synthetic train {len(train)} clips (generated in {t_load:.1f} s), batch {args.batch_size}, "
           f"augmentation {'crop+flip+SpecAugment' if args.augment else 'none'}")
 
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     # compile every kernel outside the measured epoch (fit pays this once per process too)
     with BatchIterator(train, args.batch_size, shuffle=False, drop_last=True) as it:
         warm = next(iter(it))
-    logits = model.forward(*_as_model_inputs(warm, model.dtype))
+    logits = model.forward(*model_inputs(warm, model.dtype))
     loss, cache = cross_entropy_forward(logits, warm.targets(c.classes, 0.1))
     model.backward(cross_entropy_backward(cache))
     model.zero_grad()
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
                 break
             t1 = time.perf_counter()
             model.zero_grad()
-            logits = model.forward(*_as_model_inputs(batch, model.dtype))
+            logits = model.forward(*model_inputs(batch, model.dtype))
             loss, cache = cross_entropy_forward(logits, batch.targets(c.classes, 0.1))
             t2 = time.perf_counter()
             model.backward(cross_entropy_backward(cache))

@@ -91,12 +91,12 @@ def measure_energy(run: str, rep: dict, options: dict, data_options: dict) -> di
     from refsnn.checkpoint import load_model
     from refsnn.data import BatchIterator
     from refsnn.energy import report as energy_report
-    from refsnn.train import _as_model_inputs, load_splits
+    from refsnn.evaluation import load_splits, model_inputs
     model = load_model(os.path.join(run, rep["checkpoint"]))
     test = load_splits("synthetic", image_size=model.config.image_size, seed=rep["options"]["seed"],
                        progress=False, **data_options)["test"]
     with BatchIterator(test, min(options["batch_size"], len(test)), shuffle=False) as it:
-        batches = [_as_model_inputs(b, model.dtype) for _, b in zip(range(options["energy_batches"]), it)]
+        batches = [model_inputs(b, model.dtype) for _, b in zip(range(options["energy_batches"]), it)]
     t = energy_report(model, batches)["totals"]
     return {"macs": t["macs"], "acs": t["acs"], "energy_mJ": t["snn_mJ"]}
 

@@ -31,10 +31,12 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "parse_overrides"
 
 class Checkpoint:
     """What ``load_checkpoint`` returns: ``config``, ``meta``, ``model_state``, ``optim_state``,
-    ``sched_state`` (the last three dicts of arrays)."""
+    ``sched_state`` (the last three dicts of arrays); ``stat``: (mtime in ns, size) of the file
+    read."""
 
-    def __init__(self, path, config, meta, model_state, optim_state, sched_state):
+    def __init__(self, path, config, meta, model_state, optim_state, sched_state, stat=None):
         self.path = path
+        self.stat = stat
         self.config = config
         self.meta = meta
         self.model_state = model_state
@@ -68,6 +70,7 @@ def save_checkpoint(path, model, *, optimizer=None, schedule=None, meta: dict | 
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint; a missing, corrupt or foreign file is a ValueError naming it."""
     path = os.fspath(path)
+    st = os.stat(path) if os.path.isfile(path) else None
     arrays = load_npz(path)
     if "config" not in arrays:
         raise ValueError(f"{path}: not a refsnn checkpoint (no 'config' entry; keys start with "
@@ -81,7 +84,8 @@ def load_checkpoint(path) -> Checkpoint:
     def part(prefix):
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-    return Checkpoint(path, config, meta, part("model."), part("optim."), part("sched."))
+    return Checkpoint(path, config, meta, part("model."), part("optim."), part("sched."),
+                      stat=None if st is None else (st.st_mtime_ns, st.st_size))
 
 
 def load_model(path, *, dtype=np.float32):

@@ -13,6 +13,8 @@ import numpy as np
 
 from .checkpoint import load_model
 from .energy import format_report, report
+from .evaluation import energy_batches as first_batches
+from .evaluation import evaluate, load_splits, parse_data_options
 
 __all__ = ["main", "run"]
 
@@ -21,8 +23,6 @@ def run(checkpoint, data=None, *, split="test", root=None, cache=None, batch_siz
         seed=None, data_options=None, progress=True) -> dict:
     """Evaluate ``checkpoint`` on a split. The data set, its options and the seed default to
     those the checkpoint was trained with."""
-    from .data import BatchIterator
-    from .train import evaluate, load_splits
     model = load_model(checkpoint)
     meta = model.checkpoint_meta
     trained = meta.get("options", {})
@@ -38,14 +38,8 @@ def run(checkpoint, data=None, *, split="test", root=None, cache=None, batch_siz
                          f"{dataset.num_classes}")
     result = evaluate(model, dataset, batch_size=batch_size, progress=progress, desc=split)
     result["class_names"] = [str(n) for n in dataset.class_names]
-    it = BatchIterator(dataset, min(batch_size, len(dataset)), shuffle=False)
-    batches = []
-    for b in it:
-        batches.append((b.audio.astype(model.dtype, copy=False), b.frames.astype(model.dtype, copy=False)))
-        if len(batches) >= energy_batches:
-            break
-    it.close()
-    result["energy"] = report(model, batches)
+    result["energy"] = report(model, first_batches(dataset, model.dtype, batch_size=batch_size,
+                                                    count=energy_batches))
     result.update(checkpoint=str(checkpoint), split=split, data=data)
     return result
 
@@ -83,10 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        from .train import _data_options
         r = run(args.checkpoint, args.data, split=args.split, root=args.root, cache=args.cache,
                 batch_size=args.batch_size, energy_batches=args.energy_batches, seed=args.seed,
-                data_options=_data_options(args.data_option), progress=not args.no_progress)
+                data_options=parse_data_options(args.data_option), progress=not args.no_progress)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ import numpy as np
 
 from .nn.module import Parameter
 
-__all__ = ["SGD", "AdamW", "CosineSchedule", "clip_grad_norm", "grad_norm", "default_decay_filter"]
+__all__ = ["SGD", "AdamW", "CosineSchedule", "clip_grad_norm", "grad_norm", "default_decay_filter",
+           "OPTIMIZERS", "build_optimizer"]
 
 
 def default_decay_filter(name: str, p: Parameter) -> bool:
@@ -155,6 +156,21 @@ class AdamW(_Optimizer):
             p.value -= dt(self.lr / bias1) * (m / denom)
 
 
+# the optimizers a run can name (``--optimizer``)
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def build_optimizer(parameters: dict, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9):
+    """The optimizer ``name`` (one of OPTIMIZERS) over ``parameters``, weight decay on the
+    weight matrices and kernels only (``default_decay_filter``)."""
+    if name == "adamw":
+        return AdamW(parameters, lr=lr, weight_decay=weight_decay, decay_filter=default_decay_filter)
+    if name == "sgd":
+        return SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                   decay_filter=default_decay_filter)
+    raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {name!r}")
+
+
 class CosineSchedule:
     """Linear warm-up from ``warmup_start`` x lr over ``warmup_steps``, then cosine decay to
     ``min_lr`` at ``total_steps``. ``step()`` advances and sets the optimizer's lr."""
@@ -179,6 +195,18 @@ class CosineSchedule:
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def retarget(self, total_steps: int, warmup_steps: int) -> float:
+        """Stretch (or shorten) the schedule to a new total from the current step: the cosine
+        of the new total continues from ``step_count`` (a finished run extended for more
+        epochs). Returns the learning rate now set."""
+        if not self.step_count <= total_steps:
+            raise ValueError(f"total_steps: {total_steps} is before the current step {self.step_count}")
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"warmup_steps: expected 0..total_steps ({total_steps}), got {warmup_steps}")
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.optimizer.lr = self.lr_at(self.step_count)
+        return self.optimizer.lr
 
     def step(self) -> float:
         self.step_count += 1

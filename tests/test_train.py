@@ -47,7 +47,7 @@ def test_fit_writes_the_run_directory(tmp_path):
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert [x["epoch"] for x in lines] == [1, 2]
     for line in lines:
-        assert set(line) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+        assert set(line) == {"epoch", "epochs", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                              "epoch_time_s", "samples_per_s"}
     saved = json.load(open(tmp_path / "report.json"))
     assert set(saved["test"]) >= {"accuracy", "per_class_accuracy", "confusion"}
@@ -93,14 +93,14 @@ def test_resume_mid_epoch_with_augmentation_is_bit_identical(tmp_path):
 
 def test_bad_training_input(tmp_path):
     data = splits()
-    with pytest.raises(ValueError, match="batch_size: 64 is larger than the training set"):
+    with pytest.raises(ValueError, match="--batch-size: 64 is larger than the training set"):
         fit(TINY, data, out=tmp_path / "a", **dict(OPTS, batch_size=64), progress=False)
     with pytest.raises(ValueError, match="nothing to resume"):
         fit(TINY, data, out=tmp_path / "b", resume=True, progress=False, **OPTS)
     fit(TINY, data, out=tmp_path / "c", epochs=1, progress=False, **OPTS)
     with pytest.raises(ValueError, match="already holds a run"):
         fit(TINY, data, out=tmp_path / "c", epochs=1, progress=False, **OPTS)
-    with pytest.raises(ValueError, match="made by another run: fusion: 'cmqka' != 'concat'"):
+    with pytest.raises(ValueError, match=r"made by another run: --fusion \(fusion: 'cmqka' != 'concat'\)"):
         fit(TINY.replace(fusion="concat"), data, out=tmp_path / "c", epochs=2, resume=True, progress=False, **OPTS)
     with pytest.raises(ValueError, match="made by another run: .*lr"):
         fit(TINY, data, out=tmp_path / "c", epochs=1, resume=True, progress=False, **dict(OPTS, lr=1e-2))
@@ -219,3 +219,28 @@ def test_cli_evaluate_bad_checkpoint(tmp_path):
     np.savez(tmp_path / "plain.npz", a=np.zeros(2))
     r = run_cli("refsnn.evaluate", str(tmp_path / "plain.npz"))
     assert r.returncode == 2 and "not a refsnn checkpoint" in r.stderr
+
+
+# ------------------------------------------------------------------------ the loop's structure (issue 12)
+
+def test_on_epoch_end_hook_sees_every_epoch(tmp_path):
+    seen = []
+    fit(TINY, splits(), out=tmp_path, epochs=2, progress=False, verbose=False,
+        on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics["epochs"], metrics["val_accuracy"])), **OPTS)
+    assert [e for e, _, _ in seen] == [1, 2] and all(n == 2 for _, n, _ in seen)
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [v for _, _, v in seen] == [x["val_accuracy"] for x in lines]
+
+
+def test_training_functions_are_short():
+    import ast
+    import inspect
+
+    import refsnn.evaluation
+    import refsnn.train
+    import refsnn.training
+    for module in (refsnn.training, refsnn.train, refsnn.evaluation):
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 50, (module.__name__, node.name)

@@ -1,0 +1,129 @@
+"""Evaluation and data splits, shared by ``refsnn.train``, ``refsnn.evaluate`` and
+``refsnn.summary``: load a data set's three splits (preparing a real data set's cache on first
+use), measure a model on one split, and parse the ``--data-option KEY=VALUE`` items.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from .functional.loss import cross_entropy_forward
+
+__all__ = ["Interrupted", "load_splits", "check_data_options", "evaluate", "parse_data_options", "model_inputs", "energy_batches", "progress_bar"]
+
+
+class Interrupted(Exception):
+    """An evaluation stopped by its ``stop`` callable (Ctrl-C during the final test)."""
+
+
+def parse_data_options(items) -> dict:
+    """``--data-option KEY=VALUE`` items -> dict with numbers parsed (``n_train=400`` -> 400)."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--data-option: expected KEY=VALUE, got {item!r}")
+        key, value = (s.strip() for s in item.split("=", 1))
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
+def check_data_options(name: str, image_size: int, options: dict) -> None:
+    """A ValueError naming ``--data-option`` when data set ``name`` does not take ``options``."""
+    try:
+        if name == "synthetic":
+            from .data.synthetic import _check_options
+            _check_options(options)
+        else:
+            from .data.cache import cache_params
+            cache_params(name, image_size, **options)
+    except ValueError as exc:
+        raise ValueError(f"--data-option: {exc}") from None
+
+
+def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=None,
+                prepare_if_missing: bool = True, progress: bool = True, **options) -> dict:
+    """``{"train": Dataset, "val": ..., "test": ...}`` of data set ``name``. For a real data set
+    whose cache is missing and a ``root`` given, runs ``refsnn.data.prepare`` first (with its
+    progress bar). ``options`` are the data set's (``--data-option``)."""
+    from .data import DATASETS, load_dataset
+    if name not in DATASETS:
+        raise ValueError(f"--data: unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    check_data_options(name, image_size, options)
+    if name != "synthetic" and root is not None and prepare_if_missing:
+        try:
+            load_dataset(name, "train", root=root, cache=cache, image_size=image_size, seed=seed, **options)
+        except ValueError as exc:
+            if not os.path.isdir(os.fspath(root)):
+                raise ValueError(f"--root {root}: no such folder") from None
+            if "prepare" not in str(exc):
+                raise
+            from .data.prepare import prepare
+            print(f"no prepared cache for {name} at this image size; preparing it from {root}", file=sys.stderr)
+            rep = prepare(name, root, cache, image_size=image_size, progress=progress, **options)
+            print(rep.summary() if hasattr(rep, "summary") else rep, file=sys.stderr)
+    return {split: load_dataset(name, split, root=root, cache=cache, image_size=image_size, seed=seed,
+                                **options) for split in ("train", "val", "test")}
+
+
+def model_inputs(batch, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's (audio ``[B, 1, H, W]``, frames ``[B, F, 3, H, W]``) in the model's dtype."""
+    return batch.audio.astype(dtype, copy=False), batch.frames.astype(dtype, copy=False)
+
+
+def progress_bar(iterable, enabled: bool, **kwargs):
+    """``iterable`` wrapped in a tqdm bar when ``enabled``."""
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def evaluate(model, dataset, *, batch_size: int = 32, progress: bool = False, desc: str = "eval",
+             stop=None) -> dict:
+    """Loss (no smoothing), accuracy, per-class accuracy and confusion matrix (rows: true
+    class, columns: predicted) of ``model`` in eval mode on ``dataset``. ``stop()``, checked
+    before every batch, ends it early with ``Interrupted`` when it returns true."""
+    from .data import BatchIterator
+    K = model.config.classes
+    was_training = model.training
+    model.eval()
+    confusion = np.zeros((K, K), dtype=np.int64)
+    loss_sum, n = 0.0, 0
+    it = BatchIterator(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
+    try:
+        for batch in progress_bar(it, progress, desc=desc, total=len(it)):
+            if stop is not None and stop():
+                raise Interrupted(f"{desc} stopped after {n} of {len(dataset)} clips")
+            logits = model.forward(*model_inputs(batch, model.dtype))
+            loss, _ = cross_entropy_forward(logits, batch.labels)
+            loss_sum += loss * len(batch)
+            n += len(batch)
+            np.add.at(confusion, (batch.labels, logits.argmax(axis=1)), 1)
+    finally:
+        it.close()
+        model.clear_cache()
+        model.train(was_training)
+    per_class = [float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None for k in range(K)]
+    return {"loss": loss_sum / n, "accuracy": float(np.trace(confusion) / n),
+            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "samples": n}
+
+
+def energy_batches(dataset, dtype, *, batch_size: int, count: int) -> list:
+    """The first ``count`` batches of ``dataset`` in order, as model inputs: what the energy
+    report (SPEC section 7) is measured on."""
+    from .data import BatchIterator
+    batches = []
+    with BatchIterator(dataset, min(batch_size, len(dataset)), shuffle=False) as it:
+        for b in it:
+            if len(batches) >= count:
+                break
+            batches.append(model_inputs(b, dtype))
+    return batches
