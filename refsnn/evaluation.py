@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from .checks import check_choice
 from .functional.loss import cross_entropy_forward
 
 __all__ = ["Interrupted", "load_splits", "check_data_options", "evaluate", "parse_data_options", "model_inputs", "energy_batches", "progress_bar"]
@@ -54,8 +55,7 @@ def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=N
     whose cache is missing and a ``root`` given, runs ``refsnn.data.prepare`` first (with its
     progress bar). ``options`` are the data set's (``--data-option``)."""
     from .data import DATASETS, load_dataset
-    if name not in DATASETS:
-        raise ValueError(f"--data: unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    check_choice("--data", name, DATASETS)
     check_data_options(name, image_size, options)
     if name != "synthetic" and root is not None and prepare_if_missing:
         try:

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from .checks import check_choice
 from .nn.module import Parameter
 
 __all__ = ["SGD", "AdamW", "CosineSchedule", "clip_grad_norm", "grad_norm", "default_decay_filter",
@@ -163,12 +164,10 @@ OPTIMIZERS = ("adamw", "sgd")
 def build_optimizer(parameters: dict, name: str, *, lr: float, weight_decay: float, momentum: float = 0.9):
     """The optimizer ``name`` (one of OPTIMIZERS) over ``parameters``, weight decay on the
     weight matrices and kernels only (``default_decay_filter``)."""
+    check_choice("optimizer", name, OPTIMIZERS)
     if name == "adamw":
         return AdamW(parameters, lr=lr, weight_decay=weight_decay, decay_filter=default_decay_filter)
-    if name == "sgd":
-        return SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                   decay_filter=default_decay_filter)
-    raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {name!r}")
+    return SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, decay_filter=default_decay_filter)
 
 
 class CosineSchedule:

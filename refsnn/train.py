@@ -30,7 +30,9 @@ import sys
 from .checkpoint import load_checkpoint, parse_overrides
 from .data import DATASETS
 from .evaluation import evaluate, load_splits, parse_data_options
-from .models.configs import CHOICES, FUSION_MODES, PRESETS, config
+from .checks import check_choice
+from .fusion.registry import fusion_modes
+from .models.configs import CHOICES, PRESETS, config
 from .optim import OPTIMIZERS
 from .recipes import DEFAULTS, RECIPES, recipe
 from .rundir import RunDir
@@ -59,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", choices=sorted(PRESETS), help=f"model preset (default {DEFAULTS['config']})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config field, e.g. --set cmqka_mask=channel (repeatable)")
-    ap.add_argument("--fusion", help=f"fusion mode: {', '.join(FUSION_MODES)}")
+    ap.add_argument("--fusion", help=f"fusion mode: {', '.join(fusion_modes())}")
     ap.add_argument("--modality", choices=CHOICES["modality"])
     ap.add_argument("--epochs", type=int, help="epochs in all; with --resume, more than the run had extends it")
     ap.add_argument("--batch-size", type=int)
@@ -114,9 +116,7 @@ def _train(args) -> tuple[dict, str]:
     opts = {**(recipe(args.recipe) if args.recipe else ({} if args.resume else DEFAULTS)), **given}
     overrides = parse_overrides(args.set)
     if args.fusion is not None:
-        if args.fusion not in FUSION_MODES:
-            raise ValueError(f"--fusion: unknown fusion mode {args.fusion!r}; available: {', '.join(FUSION_MODES)}")
-        overrides["fusion"] = args.fusion
+        overrides["fusion"] = check_choice("--fusion", args.fusion, fusion_modes())
     if args.modality is not None:
         overrides["modality"] = args.modality
     data, preset = opts.pop("data", None), opts.pop("config", None)

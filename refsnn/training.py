@@ -31,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, config_differences, load_checkpoint, save_checkpoint, versions
-from .checks import NonFiniteError
+from .checks import NonFiniteError, check_choice
 from .evaluation import Interrupted, energy_batches, evaluate, load_splits, model_inputs, progress_bar
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
 from .models.configs import Config
@@ -88,8 +88,7 @@ def check_options(options: dict) -> dict:
         raise ValueError(f"--seed: expected an integer >= 0, got {opts['seed']!r}")
     if opts["threads"] is not None and not (_is_int(opts["threads"]) and opts["threads"] >= 1):
         raise ValueError(f"--threads: expected a positive integer, got {opts['threads']!r}")
-    if opts["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {opts['optimizer']!r}")
+    check_choice("--optimizer", opts["optimizer"], OPTIMIZERS)
     for key in ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup"):
         if not (_is_number(opts[key]) and opts[key] >= 0):
             raise ValueError(f"{option_flag(key)}: expected a finite number >= 0, got {opts[key]!r}")

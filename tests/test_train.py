@@ -198,8 +198,8 @@ def test_cli_sigint_saves_and_exits_zero(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "imagenet"], "unknown data set 'imagenet'; available: synthetic, ave, cremad, urbansound8k-av"),
-    (["--fusion", "late"], "unknown fusion mode 'late'; available: cmqka, concat, ssa-cross, mbt, factorized"),
+    (["--data", "imagenet"], "--data: expected one of ['synthetic', 'ave', 'cremad', 'urbansound8k-av'], got 'imagenet'"),
+    (["--fusion", "late"], "--fusion: expected one of ['cmqka', 'concat', 'ssa-cross', 'mbt', 'factorized'], got 'late'"),
     (["--set", "T=0"], "'T' must be a positive integer"),
     (["--data", "ave", "--root", "/nonexistent/AVE"], "/nonexistent/AVE"),
     (["--data", "ave", "--cache", "/nonexistent/cache"], "prepare"),
