@@ -461,7 +461,7 @@ def test_factorized_token_projections_count_once_per_batch_as_macs():
         c = getattr(m, name).q_conv.op_counts
         assert c["input_events"] is None and c["macs"] == n * 4 * 4, name     # once, analog
         assert getattr(m, name).k_conv.op_counts["input_events"] is not None, name
-    assert m.pair_conv.op_counts["input_events"] == int(m.pair_conv._cache[0]["x"].sum())
+    assert m.pair_conv.op_counts["input_events"] == int(m.pair_conv._cache.x.sum())
 
 
 # ------------------------------------------------------------------ dtypes, factory, checks

@@ -3,11 +3,14 @@
 ``conv2d``   x ``[N, C, H, W]`` (the caller merges T and B), weight OIHW, optional bias.
 ``conv1x1``  a 1x1 convolution over tokens: x ``[M, C, N]`` (M = T*B), weight ``[O, C]``.
 ``linear``   x ``[B, I]``, weight ``[O, I]``.
-Each cache carries ``counts`` (what the op executed) for energy accounting. Shapes and dtypes
+Each cache (a NamedTuple ``<Op>Cache``) carries ``macs``, the multiply-accumulates the op
+executed, for energy accounting. Shapes and dtypes
 are always checked; ``check=False`` skips the scans for NaN and inf (the modules use it on
 activations inside a network, where the LIF neurons and the loss catch non-finite values).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,7 +18,7 @@ from ..kernels import im2col as _k
 from ..checks import check_float_array
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
-           "linear_forward", "linear_backward"]
+           "linear_forward", "linear_backward", "Conv2dCache", "Conv1x1Cache", "LinearCache"]
 
 
 def _check_weight(weight, name, ndim, in_channels, x_dtype, finite=True):
@@ -37,6 +40,15 @@ def _check_bias(bias, out_channels, x_dtype, finite=True):
         raise ValueError(f"bias: expected dtype {x_dtype} (x's), got {bias.dtype}")
 
 
+class Conv2dCache(NamedTuple):
+    x: np.ndarray               # [N, C, H, W] (im2col is recomputed in backward, not kept)
+    weight: np.ndarray          # [O, C, KH, KW]
+    has_bias: bool
+    stride: int
+    padding: int
+    macs: int                   # multiply-accumulates executed
+
+
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     """y ``[N, O, Ho, Wo]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, KH, KW]``) + bias."""
     check_float_array(x, "x", ndim=4, finite=check)
@@ -52,33 +64,38 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     cols = _k.im2col(x, KH, KW, stride, padding)
     y2 = weight.reshape(O, -1) @ cols
     y = _k.cm_to_nchw(y2, N, bias).reshape(N, O, Ho, Wo)
-    cache = dict(x=x, weight=weight, has_bias=bias is not None, stride=stride, padding=padding,
-                 counts=dict(macs=int(O * cols.shape[0] * cols.shape[1])))
-    return y, cache
+    return y, Conv2dCache(x, weight, bias is not None, stride, padding,
+                          int(O * cols.shape[0] * cols.shape[1]))
 
 
 def conv2d_backward(dy, cache, *, need_dx=True, check=True):
     """Returns ``(dx, dweight, dbias)``; dbias is None without a bias, dx is None with
     ``need_dx=False`` (the first layer of a network, whose input is data)."""
-    x, weight = cache["x"], cache["weight"]
+    x, weight, has_bias, stride, padding, _ = cache
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     check_float_array(dy, "dy", ndim=4, finite=check)
-    Ho, Wo = _k.conv_out_size(H, KH, cache["stride"], cache["padding"]), \
-        _k.conv_out_size(W, KW, cache["stride"], cache["padding"])
+    Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     if dy.shape != (N, O, Ho, Wo):
         raise ValueError(f"dy: expected shape {(N, O, Ho, Wo)}, got {dy.shape}")
     dy2 = _k.nchw_to_cm(dy.reshape(N, O, Ho * Wo).astype(x.dtype, copy=False))
     # recomputing cols is cheaper than holding a 9x copy of every input between passes
-    cols = _k.im2col(x, KH, KW, cache["stride"], cache["padding"])
+    cols = _k.im2col(x, KH, KW, stride, padding)
     dweight = (dy2 @ cols.T).reshape(weight.shape)
     del cols
     dx = None
     if need_dx:
         dcols = weight.reshape(O, -1).T @ dy2
-        dx = _k.col2im(dcols, x.shape, KH, KW, cache["stride"], cache["padding"])
-    dbias = dy2.sum(axis=1) if cache["has_bias"] else None
+        dx = _k.col2im(dcols, x.shape, KH, KW, stride, padding)
+    dbias = dy2.sum(axis=1) if has_bias else None
     return dx, dweight, dbias
+
+
+class Conv1x1Cache(NamedTuple):
+    x: np.ndarray               # [M, C, N]
+    weight: np.ndarray          # [O, C]
+    has_bias: bool
+    macs: int
 
 
 def conv1x1_forward(x, weight, bias=None, *, check=True):
@@ -90,14 +107,12 @@ def conv1x1_forward(x, weight, bias=None, *, check=True):
     if bias is not None:
         y += bias[:, None]
     M, C, N = x.shape
-    cache = dict(x=x, weight=weight, has_bias=bias is not None,
-                 counts=dict(macs=int(M * N * C * weight.shape[0])))
-    return y, cache
+    return y, Conv1x1Cache(x, weight, bias is not None, int(M * N * C * weight.shape[0]))
 
 
 def conv1x1_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
-    x, weight = cache["x"], cache["weight"]
+    x, weight, has_bias, _ = cache
     M, C, N = x.shape
     check_float_array(dy, "dy", ndim=3, finite=check)
     if dy.shape != (M, weight.shape[0], N):
@@ -106,8 +121,15 @@ def conv1x1_backward(dy, cache, *, check=True):
     dx = np.matmul(weight.T, dy)
     # per-sample GEMMs then a sum: faster here than transposing to one [O, M*N] GEMM
     dweight = np.matmul(dy, x.transpose(0, 2, 1)).sum(axis=0)
-    dbias = dy.sum(axis=(0, 2)) if cache["has_bias"] else None
+    dbias = dy.sum(axis=(0, 2)) if has_bias else None
     return dx, dweight, dbias
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray               # [B, I]
+    weight: np.ndarray          # [O, I]
+    has_bias: bool
+    macs: int
 
 
 def linear_forward(x, weight, bias=None, *, check=True):
@@ -118,16 +140,14 @@ def linear_forward(x, weight, bias=None, *, check=True):
     y = x @ weight.T
     if bias is not None:
         y += bias
-    cache = dict(x=x, weight=weight, has_bias=bias is not None,
-                 counts=dict(macs=int(x.shape[0] * x.shape[1] * weight.shape[0])))
-    return y, cache
+    return y, LinearCache(x, weight, bias is not None, int(x.shape[0] * x.shape[1] * weight.shape[0]))
 
 
 def linear_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
-    x, weight = cache["x"], cache["weight"]
+    x, weight, has_bias, _ = cache
     check_float_array(dy, "dy", ndim=2, finite=check)
     if dy.shape != (x.shape[0], weight.shape[0]):
         raise ValueError(f"dy: expected shape {(x.shape[0], weight.shape[0])}, got {dy.shape}")
     dy = dy.astype(x.dtype, copy=False)
-    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if cache["has_bias"] else None)
+    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if has_bias else None)

@@ -7,11 +7,13 @@ accepted in place of integer labels.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..checks import check_array, check_float_array
 
-__all__ = ["cross_entropy_forward", "cross_entropy_backward", "softmax"]
+__all__ = ["cross_entropy_forward", "cross_entropy_backward", "softmax", "CrossEntropyCache"]
 
 
 def softmax(logits):
@@ -44,6 +46,11 @@ def _targets(labels, B, K, label_smoothing, dtype):
     return q
 
 
+class CrossEntropyCache(NamedTuple):
+    p: np.ndarray               # [B, K] softmax probabilities
+    q: np.ndarray               # [B, K] targets (smoothed one-hot or soft)
+
+
 def cross_entropy_forward(logits, labels, *, label_smoothing=0.0):
     """logits ``[B, K]``; labels int ``[B]`` or soft ``[B, K]``. Returns ``(loss, cache)``."""
     check_float_array(logits, "logits", ndim=2)
@@ -57,10 +64,10 @@ def cross_entropy_forward(logits, labels, *, label_smoothing=0.0):
     logsumexp = np.log(np.exp(z).sum(axis=1, keepdims=True))
     log_p = z - logsumexp
     loss = float(-(q * log_p).sum() / B)
-    return loss, dict(p=np.exp(log_p), q=q)
+    return loss, CrossEntropyCache(np.exp(log_p), q)
 
 
 def cross_entropy_backward(cache, dloss=1.0):
     """dL/dlogits ``[B, K]`` for an upstream scalar gradient ``dloss``."""
-    p, q = cache["p"], cache["q"]
+    p, q = cache
     return (p - q) * p.dtype.type(dloss / p.shape[0])

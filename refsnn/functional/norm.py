@@ -8,12 +8,23 @@ uses the running statistics. Statistics and gradients accumulate in float64 (Num
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..kernels import norm as _k
 from ..checks import check_float_array
 
-__all__ = ["batchnorm_forward", "batchnorm_backward"]
+__all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache"]
+
+
+class BatchNormCache(NamedTuple):
+    x: np.ndarray               # [M, C, P], contiguous
+    mean: np.ndarray            # [C] float64: the statistics used (batch or running)
+    inv_std: np.ndarray         # [C] float64
+    weight: np.ndarray          # [C]
+    training: bool              # batch statistics (their gradient flows) or running ones
+    backend: str                # "numba" | "numpy"
 
 
 def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=True,
@@ -62,25 +73,22 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
         _k.bn_apply_kernel(x, scale, shift, y)
     else:
         y = _k.bn_apply_numpy(x, scale, shift)
-    cache = dict(x=x, mean=mean, inv_std=inv_std, weight=weight, training=training, backend=backend)
-    return y, cache, new_mean, new_var
+    return y, BatchNormCache(x, mean, inv_std, weight, training, backend), new_mean, new_var
 
 
 def batchnorm_backward(dy, cache, *, check=True):
     """Returns ``(dx, dweight, dbias)``."""
-    x = cache["x"]
+    x, mean, inv_std, weight, training, backend = cache
     check_float_array(dy, "dy", ndim=3, finite=check)
     if dy.shape != x.shape:
         raise ValueError(f"dy: expected shape {x.shape}, got {dy.shape}")
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    weight = cache["weight"]
-    if cache["backend"] == "numba":
+    if backend == "numba":
         C = x.shape[1]
         dx = np.empty_like(x)
         dweight, dbias = np.empty(C), np.empty(C)
-        _k.bn_backward_kernel(dy, x, cache["mean"], cache["inv_std"], weight.astype(np.float64),
-                              cache["training"], dx, dweight, dbias)
+        _k.bn_backward_kernel(dy, x, mean, inv_std, weight.astype(np.float64), training, dx,
+                              dweight, dbias)
     else:
-        dx, dweight, dbias = _k.bn_backward_numpy(dy, x, cache["mean"], cache["inv_std"], weight,
-                                                  cache["training"])
+        dx, dweight, dbias = _k.bn_backward_numpy(dy, x, mean, inv_std, weight, training)
     return dx, dweight.astype(weight.dtype), dbias.astype(weight.dtype)

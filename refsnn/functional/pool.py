@@ -6,12 +6,21 @@
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..kernels import pool as _k
 from ..checks import check_float_array
 
-__all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean_pool_backward"]
+__all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean_pool_backward",
+           "MaxPool2dCache", "MeanPoolCache"]
+
+
+class MaxPool2dCache(NamedTuple):
+    argmax: np.ndarray          # [N*C, Ho, Wo] int64: flat index of each window's maximum
+    x_shape: tuple              # (N, C, H, W)
+    backend: str                # "numba" | "numpy"
 
 
 def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba", check=True):
@@ -33,18 +42,16 @@ def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba",
         y, argmax = _k.maxpool_forward_numpy(x3, kernel_size, stride, padding)
     else:
         raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
-    cache = dict(argmax=argmax, x_shape=x.shape, backend=backend)
-    return y.reshape(N, C, Ho, Wo), cache
+    return y.reshape(N, C, Ho, Wo), MaxPool2dCache(argmax, x.shape, backend)
 
 
 def maxpool2d_backward(dy, cache, *, check=True):
-    N, C, H, W = cache["x_shape"]
-    argmax = cache["argmax"]
+    argmax, (N, C, H, W), backend = cache
     check_float_array(dy, "dy", ndim=4, finite=check)
     if dy.shape != (N, C) + argmax.shape[1:]:
         raise ValueError(f"dy: expected shape {(N, C) + argmax.shape[1:]}, got {dy.shape}")
     dy3 = np.ascontiguousarray(dy).reshape(argmax.shape)
-    if cache["backend"] == "numba":
+    if backend == "numba":
         dx = np.zeros((N * C, H, W), dtype=dy.dtype)
         _k.maxpool_backward_kernel(dy3, argmax, H, W, dx)
     else:
@@ -52,16 +59,20 @@ def maxpool2d_backward(dy, cache, *, check=True):
     return dx.reshape(N, C, H, W)
 
 
+class MeanPoolCache(NamedTuple):
+    shape: tuple                # (T, B, C, N) of the input
+
+
 def mean_pool_forward(x, *, check=True):
     """``[T, B, C, N]`` -> ``[B, C]``: the mean over time steps and tokens."""
     if check:
         check_float_array(x, "x", ndim=4)
     T, B, C, N = x.shape
-    return x.mean(axis=(0, 3)), dict(shape=x.shape)
+    return x.mean(axis=(0, 3)), MeanPoolCache(x.shape)
 
 
 def mean_pool_backward(dy, cache):
-    T, B, C, N = cache["shape"]
+    (T, B, C, N), = cache
     check_float_array(dy, "dy", ndim=2)
     if dy.shape != (B, C):
         raise ValueError(f"dy: expected shape {(B, C)}, got {dy.shape}")

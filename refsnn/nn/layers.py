@@ -1,7 +1,9 @@
 """Layer modules: thin classes over the functional pairs, holding parameters and one cache.
 
 Layouts are time-major (SPEC section 1): feature maps ``[T, B, C, H, W]``, token maps
-``[T, B, C, N]``; T and B are merged before convolutions and BatchNorm. Initialisation follows
+``[T, B, C, N]``. Convolutions, BatchNorm and pooling treat time steps as more samples: they
+derive from ``TimeFolded``, which folds ``[T, B, ...]`` into ``[T*B, ...]`` around the
+functional op in one place. Initialisation follows
 PyTorch's defaults: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming-uniform with
 a = sqrt(5)), BatchNorm weight 1 and bias 0.
 
@@ -17,6 +19,7 @@ steps in the input) and ``batch``, from which energy accounting derives accumula
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,7 +30,8 @@ from ..functional.norm import batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from .module import Module, Parameter
 
-__all__ = ["Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d", "uniform_init"]
+__all__ = ["TimeFolded", "Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d",
+           "uniform_init"]
 
 
 def uniform_init(rng: np.random.Generator, shape, fan_in: int, dtype) -> np.ndarray:
@@ -55,8 +59,58 @@ def _input_counts(module, x: np.ndarray, counts: dict, steps: int, batch: int, o
                 steps=int(steps), batch=int(batch), output_shape=tuple(int(d) for d in out_shape))
 
 
-class Conv2d(Module):
-    """2-D convolution on ``[T, B, C, H, W]`` (T and B merged); weight OIHW."""
+class TimeFolded(Module):
+    """A layer that treats time steps as more samples: ``forward`` takes ``[T, B, ...]``,
+    runs ``forward_folded`` on ``[T*B, ...]`` (the functional op's layout) and restores
+    ``[T, B, ...]``; ``backward`` does the same around ``backward_folded``. The folds are
+    free reshapes of contiguous arrays. Keyword options pass through (``repeats`` of
+    BatchNorm, ``need_dx`` of Conv2d; ``backward_folded`` may return None for no dx).
+
+    Subclasses set ``input_ndim`` (rank of ``[T, B, ...]``; None: at least 3) and, when the
+    channel axis is checked, ``in_channels``; ``last_steps`` is ``(T, B)`` of the last forward.
+    """
+
+    input_ndim: int | None = None
+    in_channels: int | None = None
+
+    def forward(self, x, **options):
+        if self.input_ndim is None:
+            check_float_array(x, "x", min_ndim=3, finite=False)
+        else:
+            check_float_array(x, "x", ndim=self.input_ndim, finite=False)
+        if self.in_channels is not None:
+            _check_channels(x, self.in_channels)
+        T, B = x.shape[:2]
+        y = self.forward_folded(x.reshape((T * B,) + x.shape[2:]), **options)
+        self.last_steps = TimeBatch(T, B)
+        y = y.reshape((T, B) + y.shape[1:])
+        self._after_forward(x, y)
+        return y
+
+    def backward(self, dy, **options):
+        T, B = self.last_steps
+        dx = self.backward_folded(dy.reshape((T * B,) + dy.shape[2:]), **options)
+        return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
+
+    def forward_folded(self, x, **options):
+        raise NotImplementedError
+
+    def backward_folded(self, dy, **options):
+        raise NotImplementedError
+
+    def _after_forward(self, x, y) -> None:
+        """Hook with the unfolded input and output (energy counting)."""
+
+
+class TimeBatch(NamedTuple):
+    T: int
+    B: int
+
+
+class Conv2d(TimeFolded):
+    """2-D convolution on ``[T, B, C, H, W]`` (T and B folded); weight OIHW."""
+
+    input_ndim = 5
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
                  *, rng, dtype=np.float32):
@@ -71,31 +125,27 @@ class Conv2d(Module):
         self._cache = None
         self.op_counts = {}
 
-    def forward(self, x):
-        check_float_array(x, "x", ndim=5, finite=False)
-        _check_channels(x, self.in_channels)
-        T, B = x.shape[:2]
-        y, cache = F.conv2d_forward(x.reshape((T * B,) + x.shape[2:]), self.weight.value,
-                                    None if self.bias is None else self.bias.value,
-                                    stride=self.stride, padding=self.padding, check=False)
-        self._cache = (cache, (T, B))
-        y = y.reshape((T, B) + y.shape[1:])
-        self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
+    def forward_folded(self, x):
+        y, self._cache = F.conv2d_forward(x, self.weight.value,
+                                          None if self.bias is None else self.bias.value,
+                                          stride=self.stride, padding=self.padding, check=False)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward_folded(self, dy, need_dx=True):
         """Returns dx (None with ``need_dx=False``: skips the input-gradient GEMM)."""
-        cache, (T, B) = self._cache
-        dx, dw, db = F.conv2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, need_dx=need_dx,
-                                       check=False)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
+        dx, dw, db = F.conv2d_backward(dy, self._cache, need_dx=need_dx, check=False)
+        _accumulate(self, dw, db)
+        return dx
+
+    def _after_forward(self, x, y):
+        T, B = self.last_steps
+        self.op_counts = _input_counts(self, x, dict(macs=self._cache.macs), T, B, y.shape)
 
 
-class Conv1x1(Module):
-    """1x1 convolution over tokens ``[T, B, C, N]``; weight ``[out, in]``."""
+class Conv1x1(TimeFolded):
+    """1x1 convolution over tokens ``[T, B, C, N]`` (T and B folded); weight ``[out, in]``."""
+
+    input_ndim = 4
 
     def __init__(self, in_channels, out_channels, bias=True, *, rng, dtype=np.float32):
         super().__init__()
@@ -106,24 +156,25 @@ class Conv1x1(Module):
         self._cache = None
         self.op_counts = {}
 
-    def forward(self, x):
-        check_float_array(x, "x", ndim=4, finite=False)
-        _check_channels(x, self.in_channels)
-        T, B, C, N = x.shape
-        y, cache = F.conv1x1_forward(x.reshape(T * B, C, N), self.weight.value,
-                                     None if self.bias is None else self.bias.value, check=False)
-        self._cache = (cache, (T, B))
-        y = y.reshape(T, B, self.out_channels, N)
-        self.op_counts = _input_counts(self, x, cache["counts"], T, B, y.shape)
+    def forward_folded(self, x):
+        y, self._cache = F.conv1x1_forward(x, self.weight.value,
+                                           None if self.bias is None else self.bias.value, check=False)
         return y
 
-    def backward(self, dy):
-        cache, (T, B) = self._cache
-        dx, dw, db = F.conv1x1_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, check=False)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        return dx.reshape((T, B) + dx.shape[1:])
+    def backward_folded(self, dy):
+        dx, dw, db = F.conv1x1_backward(dy, self._cache, check=False)
+        _accumulate(self, dw, db)
+        return dx
+
+    def _after_forward(self, x, y):
+        T, B = self.last_steps
+        self.op_counts = _input_counts(self, x, dict(macs=self._cache.macs), T, B, y.shape)
+
+
+def _accumulate(layer, dweight, dbias) -> None:
+    layer.weight.grad += dweight
+    if layer.bias is not None:
+        layer.bias.grad += dbias
 
 
 class Linear(Module):
@@ -142,23 +193,22 @@ class Linear(Module):
         y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
                                     check=False)
         self._cache = cache
-        self.op_counts = _input_counts(self, x, cache["counts"], 1, x.shape[0], y.shape)
+        self.op_counts = _input_counts(self, x, dict(macs=cache.macs), 1, x.shape[0], y.shape)
         return y
 
     def backward(self, dy):
         dx, dw, db = F.linear_backward(dy, self._cache, check=False)
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
+        _accumulate(self, dw, db)
         return dx
 
 
-class BatchNorm(Module):
-    """BatchNorm over ``[T, B, C, ...]``: per-channel statistics over every other axis."""
+class BatchNorm(TimeFolded):
+    """BatchNorm over ``[T, B, C, ...]``: per-channel statistics over every other axis
+    (T and B folded, the positions flattened)."""
 
     def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
         super().__init__()
-        self.channels = int(channels)
+        self.channels = self.in_channels = int(channels)
         self.momentum, self.eps = float(momentum), float(eps)
         self.weight = Parameter(np.ones(channels, dtype=dtype))
         self.bias = Parameter(np.zeros(channels, dtype=dtype))
@@ -166,31 +216,25 @@ class BatchNorm(Module):
         self.register_buffer("running_var", np.ones(channels, dtype=dtype))
         self._cache = None
 
-    def forward(self, x, repeats: int = 1):
-        """x ``[T, B, C, ...]``; ``repeats`` > 1 when x (with T = 1) stands for an input
+    def forward_folded(self, x, repeats: int = 1):
+        """x ``[T*B, C, ...]``; ``repeats`` > 1 when x (with T = 1) stands for an input
         repeated over that many time steps (see ``batchnorm_forward``)."""
-        check_float_array(x, "x", min_ndim=3, finite=False)
-        if x.shape[2] != self.channels:
-            raise ValueError(f"x: expected {self.channels} channels on axis 2 of [T, B, C, ...], "
-                             f"got shape {x.shape}")
-        T, B, C = x.shape[:3]
-        x3 = x.reshape(T * B, C, -1)
-        y, cache, mean, var = batchnorm_forward(
-            x3, self.weight.value, self.bias.value, self.running_mean, self.running_var,
-            training=self.training, momentum=self.momentum, eps=self.eps, repeats=repeats, check=False)
+        M, C = x.shape[:2]
+        y, self._cache, mean, var = batchnorm_forward(
+            x.reshape(M, C, -1), self.weight.value, self.bias.value, self.running_mean,
+            self.running_var, training=self.training, momentum=self.momentum, eps=self.eps,
+            repeats=repeats, check=False)
         if self.training:
             self.set_buffer("running_mean", mean)
             self.set_buffer("running_var", var)
-        self._cache = (cache, x.shape)
         return y.reshape(x.shape)
 
-    def backward(self, dy):
-        cache, shape = self._cache
-        T, B, C = shape[:3]
-        dx, dw, db = batchnorm_backward(dy.reshape(T * B, C, -1), cache, check=False)
+    def backward_folded(self, dy):
+        M, C = dy.shape[:2]
+        dx, dw, db = batchnorm_backward(dy.reshape(M, C, -1), self._cache, check=False)
         self.weight.grad += dw
         self.bias.grad += db
-        return dx.reshape(shape)
+        return dx.reshape(dy.shape)
 
 
 class LIF(Module):
@@ -221,23 +265,20 @@ class LIF(Module):
         return lif_backward(dspikes, self._cache, check=False)
 
 
-class MaxPool2d(Module):
+class MaxPool2d(TimeFolded):
     """Max pooling on ``[T, B, C, H, W]`` (kernel 3, stride 2, padding 1 by default)."""
+
+    input_ndim = 5
 
     def __init__(self, kernel_size=3, stride=2, padding=1):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self._cache = None
 
-    def forward(self, x):
-        check_float_array(x, "x", ndim=5, finite=False)
-        T, B = x.shape[:2]
-        y, cache = maxpool2d_forward(x.reshape((T * B,) + x.shape[2:]), kernel_size=self.kernel_size,
-                                     stride=self.stride, padding=self.padding, check=False)
-        self._cache = (cache, (T, B))
-        return y.reshape((T, B) + y.shape[1:])
+    def forward_folded(self, x):
+        y, self._cache = maxpool2d_forward(x, kernel_size=self.kernel_size, stride=self.stride,
+                                           padding=self.padding, check=False)
+        return y
 
-    def backward(self, dy):
-        cache, (T, B) = self._cache
-        dx = maxpool2d_backward(dy.reshape((T * B,) + dy.shape[2:]), cache, check=False)
-        return dx.reshape((T, B) + dx.shape[1:])
+    def backward_folded(self, dy):
+        return maxpool2d_backward(dy, self._cache, check=False)
