@@ -72,25 +72,72 @@ def test_conv2d_matches_direct_correlation():
 @settings(deadline=None, max_examples=30)
 @given(N=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(1, 9), W=st.integers(1, 9),
        k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
-def test_im2col_kernels_equal_twins(N, C, H, W, k, stride, pad, dtype, seed):
+       dtype=st.sampled_from([np.float32, np.float64]), chunk=st.tuples(st.integers(0, 2), st.integers(1, 3)),
+       seed=st.integers(0, 2**16))
+def test_im2col_kernels_equal_twins(N, C, H, W, k, stride, pad, dtype, chunk, seed):
+    """The kernels on a chunk of samples n0:n1 (the whole batch included) against the twins
+    on x[n0:n1]; col2im and cm_to_nchw must not touch the other samples."""
     if H + 2 * pad < k or W + 2 * pad < k:
         return
+    n0 = min(chunk[0], N - 1)
+    n1 = min(N, n0 + chunk[1])
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N, C, H, W)).astype(dtype)
-    cols = K.im2col(x, k, k, stride, pad)
-    np.testing.assert_array_equal(cols, K.im2col_numpy(x, k, k, stride, pad))
+    np.testing.assert_array_equal(K.im2col(x, k, k, stride, pad), K.im2col_numpy(x, k, k, stride, pad))
+    cols = K.im2col(x, k, k, stride, pad, n0=n0, n1=n1)
+    np.testing.assert_array_equal(cols, K.im2col_numpy(x[n0:n1], k, k, stride, pad))
     d = rng.normal(size=cols.shape).astype(dtype)
-    a, b = K.col2im(d, x.shape, k, k, stride, pad), K.col2im_numpy(d, x.shape, k, k, stride, pad)
+    out = np.full(x.shape, 7.0, dtype=dtype)
+    K.col2im(d, x.shape, k, k, stride, pad, out=out, n0=n0, n1=n1)
+    a, b = out[n0:n1], K.col2im_numpy(d, x[n0:n1].shape, k, k, stride, pad)
     if k == 1 and stride >= 1 and pad == 0:
         np.testing.assert_array_equal(a, b)
     else:  # both add the same taps; only the summation order may differ
         np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
+    assert np.all(out[:n0] == 7.0) and np.all(out[n1:] == 7.0)
     y2 = rng.normal(size=(3, N * 5)).astype(dtype)
     bias = rng.normal(size=3).astype(dtype)
     np.testing.assert_array_equal(K.cm_to_nchw(y2, N, bias), K.cm_to_nchw_numpy(y2, N, bias))
+    y = np.full((N, 3, 5), 7.0, dtype=dtype)
+    K.cm_to_nchw(y2[:, :(n1 - n0) * 5], N, bias, out=y, n0=n0)
+    np.testing.assert_array_equal(y[n0:n1], K.cm_to_nchw_numpy(y2[:, :(n1 - n0) * 5], n1 - n0, bias))
+    assert np.all(y[:n0] == 7.0) and np.all(y[n1:] == 7.0)
     dy = rng.normal(size=(N, 3, 5)).astype(dtype)
     np.testing.assert_array_equal(K.nchw_to_cm(dy), K.nchw_to_cm_numpy(dy))
+    np.testing.assert_array_equal(K.nchw_to_cm(dy, n0=n0, n1=n1), K.nchw_to_cm_numpy(dy[n0:n1]))
+
+
+@pytest.mark.parametrize("N,H,k,stride,pad", [(9, 4, 3, 1, 1), (5, 32, 3, 1, 1), (6, 9, 3, 2, 1), (3, 5, 1, 1, 0)])
+def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad):
+    """Chunks of one or several samples, one or two BLAS threads (so one or two workers): the
+    same bytes, equal to one GEMM over the whole batch (NumPy twins) to rounding."""
+    from threadpoolctl import threadpool_limits
+    from refsnn.kernels import conv_chunked as CC
+    rng = np.random.default_rng(N)
+    x = rng.normal(size=(N, 3, H, H)).astype(np.float32)
+    w = rng.normal(size=(5, 3, k, k)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    bounds = CC.chunk_bounds(N, K.conv_out_size(H, k, stride, pad) ** 2)
+    assert bounds[0][0] == 0 and bounds[-1][1] == N and all(a[1] == c[0] for a, c in zip(bounds, bounds[1:]))
+    results = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            y = CC.conv2d_chunked_forward(x, w, b, stride, pad)
+            dy = np.cos(y)
+            dx, dw = CC.conv2d_chunked_backward(dy, x, w, stride, pad)
+            _, dw_only = CC.conv2d_chunked_backward(dy, x, w, stride, pad, need_dx=False)
+        np.testing.assert_array_equal(dw_only, dw)
+        results.append((y, dx, dw))
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+    y, dx, dw = results[0]
+    cols = K.im2col_numpy(x, k, k, stride, pad)
+    y2 = w.reshape(5, -1) @ cols
+    np.testing.assert_allclose(y, K.cm_to_nchw_numpy(y2, N, b).reshape(y.shape), rtol=1e-5, atol=1e-5)
+    dy2 = K.nchw_to_cm_numpy(np.cos(y).reshape(N, 5, -1))
+    np.testing.assert_allclose(dw, (dy2 @ cols.T).reshape(w.shape), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, K.col2im_numpy(w.reshape(5, -1).T @ dy2, x.shape, k, k, stride, pad),
+                               rtol=1e-4, atol=1e-4)
 
 
 @settings(**FD)

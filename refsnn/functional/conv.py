@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..kernels import im2col as _k
+from ..kernels.conv_chunked import conv2d_chunked_backward, conv2d_chunked_forward
 from ..checks import check_float_array
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
@@ -61,11 +62,8 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"x: spatial size {H}x{W} is too small for a {KH}x{KW} kernel with padding {padding}")
-    cols = _k.im2col(x, KH, KW, stride, padding)
-    y2 = weight.reshape(O, -1) @ cols
-    y = _k.cm_to_nchw(y2, N, bias).reshape(N, O, Ho, Wo)
-    return y, Conv2dCache(x, weight, bias is not None, stride, padding,
-                          int(O * cols.shape[0] * cols.shape[1]))
+    y = conv2d_chunked_forward(x, weight, bias, stride, padding)
+    return y, Conv2dCache(x, weight, bias is not None, stride, padding, int(O * C * KH * KW * N * Ho * Wo))
 
 
 def conv2d_backward(dy, cache, *, need_dx=True, check=True):
@@ -78,16 +76,9 @@ def conv2d_backward(dy, cache, *, need_dx=True, check=True):
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     if dy.shape != (N, O, Ho, Wo):
         raise ValueError(f"dy: expected shape {(N, O, Ho, Wo)}, got {dy.shape}")
-    dy2 = _k.nchw_to_cm(dy.reshape(N, O, Ho * Wo).astype(x.dtype, copy=False))
-    # recomputing cols is cheaper than holding a 9x copy of every input between passes
-    cols = _k.im2col(x, KH, KW, stride, padding)
-    dweight = (dy2 @ cols.T).reshape(weight.shape)
-    del cols
-    dx = None
-    if need_dx:
-        dcols = weight.reshape(O, -1).T @ dy2
-        dx = _k.col2im(dcols, x.shape, KH, KW, stride, padding)
-    dbias = dy2.sum(axis=1) if has_bias else None
+    dy = dy.astype(x.dtype, copy=False)
+    dx, dweight = conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx)
+    dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
 
 

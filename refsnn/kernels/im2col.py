@@ -1,11 +1,13 @@
-"""im2col / col2im and the transposes around one big GEMM (Numba, with NumPy twins).
+"""im2col / col2im and the transposes around a GEMM, for a chunk of samples (Numba, with
+NumPy twins).
 
-A convolution of ``x [N, C, H, W]`` with ``w [O, C, KH, KW]`` is computed as one GEMM
-``w.reshape(O, C*KH*KW) @ cols`` with ``cols [C*KH*KW, N*Ho*Wo]``: row ``(c, kh, kw)`` holds
-the input plane shifted by the tap, for every sample. One large GEMM runs near the BLAS peak;
-many small per-sample GEMMs do not. The GEMM result ``[O, N*Ho*Wo]`` is transposed back to
-``[N, O, Ho, Wo]`` (with the bias added in the same pass), and the backward transposes the
-upstream gradient the other way.
+A convolution of ``x [N, C, H, W]`` with ``w [O, C, KH, KW]`` over the samples ``n0:n1`` is
+the GEMM ``w.reshape(O, C*KH*KW) @ cols`` with ``cols [C*KH*KW, (n1-n0)*Ho*Wo]``: row
+``(c, kh, kw)`` holds the input plane shifted by the tap, for every sample of the chunk. The
+GEMM result ``[O, (n1-n0)*Ho*Wo]`` is transposed back to ``[N, O, Ho, Wo]`` (with the bias
+added in the same pass; not needed for a one-sample chunk), and the backward transposes the
+upstream gradient the other way. The kernels are serial and release the GIL:
+``refsnn.kernels.conv_chunked`` runs one chunk per thread (see there for why).
 """
 from __future__ import annotations
 
@@ -38,22 +40,25 @@ def _valid_range(pad, k, stride, size, out_size):
 # promote the sum to float64), hence the explicit conversions.
 
 
-@nb.njit(parallel=True, cache=True)
-def _im2col_kernel(x, KH, KW, stride, pad, Ho, Wo, cols):
+@nb.njit(nogil=True, cache=True)
+def _im2col_kernel(x, n0, n1, KH, KW, stride, pad, Ho, Wo, cols):
+    """cols[(c, kh, kw), (n - n0)*P + p] for the samples n0 <= n < n1 (serial, releases the GIL:
+    ``conv_chunked`` runs one chunk of samples per thread)."""
     N, C, H, W = x.shape
     P = Ho * Wo
     xf = x.reshape(N * C * H * W)
     zero = np.zeros(1, dtype=x.dtype)[0]
-    for r in nb.prange(C * KH * KW):
+    ustride = np.uint64(stride)
+    same = stride == 1 and Ho == H and Wo == W
+    for r in range(C * KH * KW):
         c = r // (KH * KW)
         kh = (r // KW) % KH
         kw = r % KW
         h_lo, h_hi = _valid_range(pad, kh, stride, H, Ho)
         w_lo, w_hi = _valid_range(pad, kw, stride, W, Wo)
         out = cols[r]
-        same = stride == 1 and Ho == H and Wo == W
-        for n in range(N):
-            base = np.uint64(n * P)
+        for n in range(n0, n1):
+            base = np.uint64((n - n0) * P)
             if same:
                 # a 'same' stride-1 tap is one shifted copy of the plane: the interior rows in
                 # one contiguous run, then the column that wrapped into the next row zeroed
@@ -83,102 +88,109 @@ def _im2col_kernel(x, KH, KW, stride, pad, Ho, Wo, cols):
                 for wo in range(np.uint64(0), np.uint64(w_lo)):
                     out[d + wo] = zero
                 d1 = d + np.uint64(w_lo)
-                ustride = np.uint64(stride)
                 for i in range(np.uint64(0), np.uint64(w_hi - w_lo)):
                     out[d1 + i] = xf[s0 + i * ustride]
                 for wo in range(np.uint64(w_hi), np.uint64(Wo)):
                     out[d + wo] = zero
 
 
-@nb.njit(parallel=True, cache=True)
-def _col2im_kernel(dcols, KH, KW, stride, pad, Ho, Wo, dx):
-    """dx[n, c] = sum over taps of the matching rows of dcols; dx must be zeroed.
-    Each (n, c) plane is owned by one thread, so the overlapping taps never race."""
+@nb.njit(nogil=True, cache=True)
+def _col2im_kernel(dcols, n0, n1, KH, KW, stride, pad, Ho, Wo, dx):
+    """dx[n] = sum over taps of the matching rows of dcols, for n0 <= n < n1 (overwritten, not
+    accumulated; serial, releases the GIL: each chunk of samples is owned by one thread)."""
     N, C, H, W = dx.shape
     P = Ho * Wo
     dxf = dx.reshape(N * C * H * W)
+    zero = np.zeros(1, dtype=dx.dtype)[0]
     ustride = np.uint64(stride)
-    for nc in nb.prange(N * C):
-        n = nc // C
-        c = nc % C
-        base = n * P
-        for kh in range(KH):
-            h_lo, h_hi = _valid_range(pad, kh, stride, H, Ho)
-            for kw in range(KW):
-                w_lo, w_hi = _valid_range(pad, kw, stride, W, Wo)
-                src = dcols[(c * KH + kh) * KW + kw]
-                count = np.uint64(w_hi - w_lo)
-                for ho in range(h_lo, h_hi):
-                    d0 = np.uint64((nc * H + ho * stride - pad + kh) * W + w_lo * stride + kw - pad)
-                    s0 = np.uint64(base + ho * Wo + w_lo)
-                    for i in range(np.uint64(0), count):
-                        dxf[d0 + i * ustride] += src[s0 + i]
+    for i in range(np.uint64(n0 * C * H * W), np.uint64(n1 * C * H * W)):
+        dxf[i] = zero
+    for n in range(n0, n1):
+        base = (n - n0) * P
+        for c in range(C):
+            nc = n * C + c
+            for kh in range(KH):
+                h_lo, h_hi = _valid_range(pad, kh, stride, H, Ho)
+                for kw in range(KW):
+                    w_lo, w_hi = _valid_range(pad, kw, stride, W, Wo)
+                    src = dcols[(c * KH + kh) * KW + kw]
+                    count = np.uint64(w_hi - w_lo)
+                    for ho in range(h_lo, h_hi):
+                        d0 = np.uint64((nc * H + ho * stride - pad + kh) * W + w_lo * stride + kw - pad)
+                        s0 = np.uint64(base + ho * Wo + w_lo)
+                        for i in range(np.uint64(0), count):
+                            dxf[d0 + i * ustride] += src[s0 + i]
 
 
-@nb.njit(parallel=True, cache=True)
-def _cm_to_nchw_kernel(y2, bias, has_bias, y):
-    """y[n, o, p] = y2[o, n*P + p] (+ bias[o])."""
+@nb.njit(nogil=True, cache=True)
+def _cm_to_nchw_kernel(y2, n0, n1, bias, has_bias, y):
+    """y[n, o, p] = y2[o, (n - n0)*P + p] (+ bias[o]) for n0 <= n < n1."""
     N, O, P = y.shape
-    for no in nb.prange(N * O):
-        n = no // O
-        o = no % O
-        b = bias[o] if has_bias else bias[0] - bias[0]
-        src = y2[o]
-        dst = y[n, o]
-        base = np.uint64(n * P)
-        for p in range(np.uint64(0), np.uint64(P)):
-            dst[p] = src[base + p] + b
+    for n in range(n0, n1):
+        base = np.uint64((n - n0) * P)
+        for o in range(O):
+            b = bias[o] if has_bias else bias[0] - bias[0]
+            src = y2[o]
+            dst = y[n, o]
+            for p in range(np.uint64(0), np.uint64(P)):
+                dst[p] = src[base + p] + b
 
 
-@nb.njit(parallel=True, cache=True)
-def _nchw_to_cm_kernel(dy, dy2):
-    """dy2[o, n*P + p] = dy[n, o, p]."""
+@nb.njit(nogil=True, cache=True)
+def _nchw_to_cm_kernel(dy, n0, n1, dy2):
+    """dy2[o, (n - n0)*P + p] = dy[n, o, p] for n0 <= n < n1."""
     N, O, P = dy.shape
-    for no in nb.prange(N * O):
-        n = no // O
-        o = no % O
-        src = dy[n, o]
-        dst = dy2[o]
-        base = np.uint64(n * P)
-        for p in range(np.uint64(0), np.uint64(P)):
-            dst[base + p] = src[p]
+    for n in range(n0, n1):
+        base = np.uint64((n - n0) * P)
+        for o in range(O):
+            src = dy[n, o]
+            dst = dy2[o]
+            for p in range(np.uint64(0), np.uint64(P)):
+                dst[base + p] = src[p]
 
 
-def im2col(x, KH, KW, stride, pad, out=None):
-    """x ``[N, C, H, W]`` -> cols ``[C*KH*KW, N*Ho*Wo]`` (into ``out`` when given)."""
+def im2col(x, KH, KW, stride, pad, out=None, n0=0, n1=None):
+    """x ``[N, C, H, W]`` -> cols ``[C*KH*KW, (n1-n0)*Ho*Wo]`` of the samples ``n0:n1`` (all by
+    default), into ``out`` when given."""
     N, C, H, W = x.shape
+    n1 = N if n1 is None else n1
     Ho, Wo = conv_out_size(H, KH, stride, pad), conv_out_size(W, KW, stride, pad)
     if out is None:
-        out = np.empty((C * KH * KW, N * Ho * Wo), dtype=x.dtype)
-    _im2col_kernel(np.ascontiguousarray(x), KH, KW, stride, pad, Ho, Wo, out)
+        out = np.empty((C * KH * KW, (n1 - n0) * Ho * Wo), dtype=x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), n0, n1, KH, KW, stride, pad, Ho, Wo, out)
     return out
 
 
-def col2im(dcols, x_shape, KH, KW, stride, pad):
-    """Adjoint of ``im2col``: cols-shaped gradient -> ``[N, C, H, W]``."""
+def col2im(dcols, x_shape, KH, KW, stride, pad, out=None, n0=0, n1=None):
+    """Adjoint of ``im2col``: cols-shaped gradient of the samples ``n0:n1`` -> ``out[n0:n1]``
+    (``out [N, C, H, W]``, allocated when not given; its other samples are not touched)."""
     N, C, H, W = x_shape
+    n1 = N if n1 is None else n1
     Ho, Wo = conv_out_size(H, KH, stride, pad), conv_out_size(W, KW, stride, pad)
-    dx = np.zeros(x_shape, dtype=dcols.dtype)
-    _col2im_kernel(dcols, KH, KW, stride, pad, Ho, Wo, dx)
+    dx = np.empty(x_shape, dtype=dcols.dtype) if out is None else out
+    _col2im_kernel(dcols, n0, n1, KH, KW, stride, pad, Ho, Wo, dx)
     return dx
 
 
-def cm_to_nchw(y2, N, bias=None):
-    """``[O, N*P]`` -> ``[N, O, P]``, adding ``bias [O]`` when given."""
+def cm_to_nchw(y2, N, bias=None, out=None, n0=0):
+    """``[O, n*P]`` -> ``out[n0:n0+n]`` of ``[N, O, P]`` (allocated with n = N when not given),
+    adding ``bias [O]`` when given."""
     O = y2.shape[0]
-    P = y2.shape[1] // N
-    y = np.empty((N, O, P), dtype=y2.dtype)
-    has_bias = bias is not None
-    _cm_to_nchw_kernel(y2, bias if has_bias else np.zeros(1, dtype=y2.dtype), has_bias, y)
-    return y
-
-
-def nchw_to_cm(dy, out=None):
-    """``[N, O, P]`` -> ``[O, N*P]``."""
-    N, O, P = dy.shape
     if out is None:
-        out = np.empty((O, N * P), dtype=dy.dtype)
-    _nchw_to_cm_kernel(np.ascontiguousarray(dy), out)
+        out = np.empty((N, O, y2.shape[1] // N), dtype=y2.dtype)
+    n1 = n0 + y2.shape[1] // out.shape[2]
+    has_bias = bias is not None
+    _cm_to_nchw_kernel(y2, n0, n1, bias if has_bias else np.zeros(1, dtype=y2.dtype), has_bias, out)
+    return out
+
+
+def nchw_to_cm(dy, out=None, n0=0, n1=None):
+    """``[N, O, P]`` -> ``[O, (n1-n0)*P]`` of the samples ``n0:n1``."""
+    N, O, P = dy.shape
+    n1 = N if n1 is None else n1
+    if out is None:
+        out = np.empty((O, (n1 - n0) * P), dtype=dy.dtype)
+    _nchw_to_cm_kernel(np.ascontiguousarray(dy), n0, n1, out)
     return out
 
 

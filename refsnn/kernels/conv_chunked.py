@@ -1,0 +1,142 @@
+"""Convolution as im2col + GEMM over chunks of samples, one chunk per thread.
+
+A convolution of ``x [N, C, H, W]`` with ``w [O, C, KH, KW]`` runs chunk by chunk: the samples
+``n0:n1`` of a chunk are unrolled into ``cols [C*KH*KW, (n1-n0)*P]`` (``P = Ho*Wo``) and
+multiplied by the weight with a single-threaded BLAS call; the chunks are spread over as many
+Python threads as BLAS has threads (the im2col kernels and numpy's GEMM release the GIL).
+
+Why not one big multi-threaded GEMM over all samples (refsnn up to issue 13): on a machine
+shared with other processes, OpenBLAS's threads wait for each other at every block of a GEMM,
+and a descheduled thread stalls the other; chunks handed out one at a time keep both cores busy
+whatever the load (measured here at load ~6: 3-36x slower than torch before, 0.7-2.7x after).
+It also needs no ``[K, N*P]`` matrix for the whole batch (56 MB at the `paper` stage 2), no
+transpose of the output for chunks of one sample (``y[n] = w @ cols`` is already NCHW), and
+the chunk's matrix stays in cache between the im2col and the GEMM.
+
+The chunking depends on the shape only (never on the thread count), and the per-chunk weight
+gradients are summed in chunk order, so results are the same with any number of threads.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import im2col as _k
+
+__all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "chunk_bounds",
+           "CHUNK_MIN_COLUMNS", "MIN_CHUNKS"]
+
+# a chunk holds whole samples and at least this many output positions (GEMM columns), so that
+# one GEMM per chunk runs near the single-thread BLAS peak; measured in bench_engine.py
+CHUNK_MIN_COLUMNS = 512
+# ...but the batch is cut into at least this many chunks when it has the samples, so that two
+# threads (or more) always have work to share
+MIN_CHUNKS = 4
+
+
+def chunk_bounds(N: int, P: int) -> list[tuple[int, int]]:
+    """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions each)."""
+    per_chunk = max(1, min(-(-CHUNK_MIN_COLUMNS // P), -(-N // MIN_CHUNKS)))
+    return [(a, min(N, a + per_chunk)) for a in range(0, N, per_chunk)]
+
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_blas = None
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the loaded BLAS libraries (numpy's first found), cached."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _blas
+
+
+def _run_chunks(count: int, task) -> None:
+    """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has, each thread's
+    BLAS calls single-threaded. With one BLAS thread (or one chunk) everything runs here, BLAS
+    as configured."""
+    global _pool, _pool_size
+    libs = _blas_libraries()
+    before = [lib.num_threads for lib in libs]
+    workers = min(count, before[0] if before else 1)
+    if workers <= 1:
+        for i in range(count):
+            task(i)
+        return
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(workers, thread_name_prefix="refsnn-conv")
+            _pool_size = workers
+        pool = _pool
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        # consumes the results, so an exception in a task is raised here
+        list(pool.map(task, range(count)))
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
+def conv2d_chunked_forward(x, weight, bias, stride, padding):
+    """y ``[N, O, Ho, Wo]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, KH, KW]``) + bias ``[O]``
+    (or None); x and weight of one float dtype, shapes already checked by the caller."""
+    N, C, H, W = x.shape
+    O, _, KH, KW = weight.shape
+    Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
+    P, K = Ho * Wo, C * KH * KW
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(weight).reshape(O, K)
+    y = np.empty((N, O, P), dtype=x.dtype)
+    bounds = chunk_bounds(N, P)
+
+    def task(i):
+        n0, n1 = bounds[i]
+        cols = _k.im2col(x, KH, KW, stride, padding, n0=n0, n1=n1)
+        if n1 - n0 == 1:
+            np.matmul(w2, cols, out=y[n0])
+            if bias is not None:
+                y[n0] += bias[:, None]
+        else:
+            _k.cm_to_nchw(w2 @ cols, N, bias, out=y, n0=n0)
+
+    _run_chunks(len(bounds), task)
+    return y.reshape(N, O, Ho, Wo)
+
+
+def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
+    """``(dx, dweight)`` of ``conv2d_chunked_forward`` for the upstream gradient dy
+    ``[N, O, Ho, Wo]`` (x's dtype); dx is None with ``need_dx=False``."""
+    N, C, H, W = x.shape
+    O, _, KH, KW = weight.shape
+    Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
+    P, K = Ho * Wo, C * KH * KW
+    x = np.ascontiguousarray(x)
+    dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
+    w2t = np.ascontiguousarray(weight.reshape(O, K).T)
+    bounds = chunk_bounds(N, P)
+    dw_parts = np.empty((len(bounds), O, K), dtype=x.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+
+    def task(i):
+        n0, n1 = bounds[i]
+        # recomputing cols is cheaper than holding a KH*KW-times copy of every input between
+        # passes; the chunk's matrix is reused for the input gradient's columns
+        cols = _k.im2col(x, KH, KW, stride, padding, n0=n0, n1=n1)
+        dy_chunk = dy3[n0] if n1 - n0 == 1 else _k.nchw_to_cm(dy3, n0=n0, n1=n1)
+        np.matmul(dy_chunk, cols.T, out=dw_parts[i])
+        if need_dx:
+            np.matmul(w2t, dy_chunk, out=cols)
+            _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
+
+    _run_chunks(len(bounds), task)
+    dweight = np.add.reduce(dw_parts, axis=0)      # in chunk order: the same for any thread count
+    return dx, dweight.reshape(weight.shape)
