@@ -244,3 +244,49 @@ def test_training_functions_are_short():
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 50, (module.__name__, node.name)
+
+
+# ------------------------------------------------------------------------ extending a finished run (issue 15)
+
+def test_resume_with_more_epochs_extends_a_finished_run(tmp_path):
+    data = splits()
+    fit(TINY, data, out=tmp_path, epochs=1, progress=False, verbose=False, **OPTS)
+    ck1 = load_checkpoint(tmp_path / "last.npz")
+    assert int(ck1.sched_state["total_steps"]) == 6
+    rep = fit(TINY, data, out=tmp_path, epochs=3, resume=True, progress=False, verbose=False, **OPTS)
+    assert rep["status"] == "finished"
+    ck = load_checkpoint(tmp_path / "last.npz")
+    assert ck.meta["state"]["epoch"] == 3 and ck.meta["options"]["epochs"] == 3
+    assert int(ck.sched_state["total_steps"]) == 18 and int(ck.sched_state["warmup_steps"]) == 3
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [x["epoch"] for x in lines] == [1, 2, 3] and [x["epochs"] for x in lines] == [1, 3, 3]
+    assert lines[1]["schedule"] == {"extended_at_step": 6, "epochs_before": 1, "epochs": 3, "total_steps": 18,
+                                    "warmup_steps": 3}
+    assert "schedule" not in lines[0] and "schedule" not in lines[2]
+    # the learning rate follows the cosine of the new total from step 6 on
+    from refsnn.optim import AdamW, CosineSchedule
+    from refsnn.nn.module import Parameter
+    sched = CosineSchedule(AdamW({"w": Parameter(np.zeros((2, 2), np.float32))}, lr=OPTS["lr"]), total_steps=18,
+                           warmup_steps=3, min_lr=1e-5)
+    assert lines[1]["lr"] == pytest.approx(sched.lr_at(12)) and lines[2]["lr"] == pytest.approx(sched.lr_at(18))
+    with pytest.raises(ValueError, match=r"--epochs 2: the run in .* is already in epoch 3"):
+        fit(TINY, data, out=tmp_path, epochs=2, resume=True, progress=False, **OPTS)
+
+
+def test_cli_resume_alone_restores_the_options_and_extends(tmp_path):
+    out = tmp_path / "r"
+    common = ["--no-progress", "--out", str(out)]
+    r = run_cli("refsnn.train", "--config", "tiny", "--epochs", "1", "--batch-size", "8", "--lr", "0.003",
+                "--data-option", "n_train=32", "--data-option", "n_val=8", "--data-option", "n_test=8",
+                "--set", "T=3", "--threads", "1", "--energy-batches", "1", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("refsnn.train", "--resume", "--lr", "0.01", "--set", "T=2", *common)     # other options: refused
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--lr (the run has 0.003, given 0.01)" in r.stderr and "--set T (T: 3 != 2)" in r.stderr
+    assert "only --epochs may change" in r.stderr
+    r = run_cli("refsnn.train", "--resume", "--epochs", "2", "--batch-size", "8", *common)  # the README's form
+    assert r.returncode == 0, r.stderr
+    ck = load_checkpoint(out / "last.npz")
+    assert ck.meta["state"]["epoch"] == 2 and ck.config.T == 3
+    assert ck.meta["options"]["lr"] == 0.003 and ck.meta["options"]["data_options"]["n_train"] == 32
+    assert [json.loads(x)["epoch"] for x in open(out / "metrics.jsonl")] == [1, 2]
