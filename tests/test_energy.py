@@ -1,6 +1,10 @@
 """Energy accounting (SPEC section 7) against hand-computed counts."""
+import json
+import os
+
 import numpy as np
 import pytest
+from nn_reference import compact, energy_cases, energy_report
 
 from refsnn.energy import format_report, report
 from refsnn.models import config
@@ -123,3 +127,19 @@ def test_report_reads_mixed_inputs_and_unequal_token_sets(fusion):
             checked["unequal"] += n_q != n_k and v["spikes"] > 0
     assert checked["ssa"] > 0
     assert checked["mixed" if fusion == "mbt" else "unequal"] > 0
+
+
+def _energy_reference() -> dict:
+    with open(os.path.join(os.path.dirname(__file__), "data", "nn_reference.json")) as f:
+        return json.load(f)["energy"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu"])
+def test_reports_unchanged(preset):
+    """Every fusion mode and modality of tiny and cpu reports, layer by layer, the figures of
+    the code before the layers declared their energy (tests/nn_reference.py, exact)."""
+    reference = _energy_reference()
+    for name, overrides in energy_cases(preset):
+        got = json.loads(json.dumps(compact(energy_report(preset, overrides))))
+        assert list(got["layers"]) == list(reference[name]["layers"]), name
+        assert got == reference[name], name

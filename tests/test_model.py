@@ -1,7 +1,11 @@
 """The SNNergy hierarchy (SPEC section 6): whole-model gradients in smooth mode, packed versus
 dense attention, frame mapping, the compute-once stem, learning, and bad input."""
+import json
+import os
+
 import numpy as np
 import pytest
+from nn_reference import state_cases, state_signature
 
 from refsnn.functional import cross_entropy_backward, cross_entropy_forward
 from refsnn.models import config
@@ -170,3 +174,18 @@ def test_cpu_model_memorises_eight_synthetic_samples():
         model.backward(cross_entropy_backward(cache))
         opt.step()
     assert (model.forward(audio, visual).argmax(1) == y).all(), f"not memorised after {step + 1} steps"
+
+
+
+def _reference(part: str) -> dict:
+    with open(os.path.join(os.path.dirname(__file__), "data", "nn_reference.json")) as f:
+        return json.load(f)[part]
+
+
+@pytest.mark.parametrize("name, preset, overrides", list(state_cases()),
+                         ids=[c[0] for c in state_cases()])
+def test_parameter_names_and_init_unchanged(name, preset, overrides):
+    """Parameter and state_dict names, shapes, order and initial values of every preset and
+    fusion mode are those of the code before the Conv-BN-LIF units (tests/nn_reference.py):
+    checkpoints and conformance vectors load unchanged."""
+    assert state_signature(preset, overrides) == _reference("state")[name]

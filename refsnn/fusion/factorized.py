@@ -37,6 +37,7 @@ from ..checks import check_positive_int
 from ..nn.attention import SSACrossAttention, attention_neurons, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Parameter
+from ..nn.unit import ConvBNLIF
 from .base import TOKEN_INIT_STD, ResidualCrossFusion, check_upstream, common_options
 
 __all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward", "build"]
@@ -70,18 +71,14 @@ class TokenQueryAttention(SSACrossAttention):
         counter = getattr(self, "counter", None)
         if counter is not None:
             counter.mark_analog(x)          # learnable values: MACs, whatever they look like
-        h = self.q_bn.forward(self.q_conv.forward(x), repeats=T * B)
-        q = self.q_lif.forward(np.ascontiguousarray(np.broadcast_to(h, (T, B) + h.shape[2:])))
-        k = self._project("k", x_kv)
-        v = self._project("v", x_kv)
-        return self._project("proj", self.ssa.forward(q, k, v))
+        q = self.q.forward(x, repeat_to=(T, B))      # one projection, broadcast to [T, B]
+        return self.proj.forward(self.ssa.forward(q, self.k.forward(x_kv), self.v.forward(x_kv)))
 
     def backward(self, dy):
-        dq, dk, dv = self.ssa.backward(self._project_backward("proj", dy))
-        # every copy of the shared projection receives its gradient: their sum
-        dh = self.q_lif.backward(dq).sum(axis=(0, 1), keepdims=True)
-        dtokens = self.q_conv.backward(self.q_bn.backward(dh))[0, 0]
-        return dtokens, self._project_backward("k", dk) + self._project_backward("v", dv)
+        dq, dk, dv = self.ssa.backward(self.proj.backward(dy))
+        # every copy of the shared projection receives its gradient: the unit sums them
+        dtokens = self.q.backward(dq)[0, 0]
+        return dtokens, self.k.backward(dk) + self.v.backward(dv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,9 +148,9 @@ class FactorizedFusion(ResidualCrossFusion):
                      bn_eps=bn_eps, rng=rng, dtype=dtype)
         self.audio_aggregate = TokenQueryAttention(D, heads, **block)
         self.visual_aggregate = TokenQueryAttention(D, heads, **block)
-        self.pair_conv = Conv1x1(2 * D, D, bias=False, rng=rng, dtype=dtype)
-        self.pair_bn = BatchNorm(D, momentum=bn_momentum, eps=bn_eps, dtype=dtype)
-        self.pair_lif = LIF(**attention_neurons(neuron, attention_neuron)[0])
+        self.pair = ConvBNLIF(self, "pair", Conv1x1(2 * D, D, bias=False, rng=rng, dtype=dtype),
+                              BatchNorm(D, momentum=bn_momentum, eps=bn_eps, dtype=dtype),
+                              LIF(**attention_neurons(neuron, attention_neuron)[0]))
         self.fuse = TokenQueryAttention(D, heads, **block)
         self.audio_read = SSACrossAttention(D, heads, **block)
         self.visual_read = SSACrossAttention(D, heads, **block)
@@ -167,7 +164,7 @@ class FactorizedFusion(ResidualCrossFusion):
                              f"got shape {x_visual.shape}")
         g_a = self.audio_aggregate.forward(self.audio_agg_tokens.value, x_audio)
         g_v = self.visual_aggregate.forward(self.visual_agg_tokens.value, x_visual)
-        p = self.pair_lif.forward(self.pair_bn.forward(self.pair_conv.forward(pair_tokens(g_a, g_v))))
+        p = self.pair.forward(pair_tokens(g_a, g_v))
         f = self.fuse.forward(self.fusion_tokens.value, p)
         y_a = self.audio_read.forward(x_audio, f)
         y_v = self.visual_read.forward(x_visual, f)
@@ -187,7 +184,7 @@ class FactorizedFusion(ResidualCrossFusion):
         dx_v, df_v = self.visual_read.backward(self._weight("beta") * dy_visual)
         dtok_f, dp = self.fuse.backward(df_a + df_v)
         self.fusion_tokens.grad += dtok_f
-        dpairs = self.pair_conv.backward(self.pair_bn.backward(self.pair_lif.backward(dp)))
+        dpairs = self.pair.backward(dp)
         dg_a, dg_v = pair_tokens_backward(dpairs, self.n_agg, self.n_agg)
         dtok_a, dkv_a = self.audio_aggregate.backward(dg_a)
         dtok_v, dkv_v = self.visual_aggregate.backward(dg_v)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..checks import check_positive_int
 from ..nn.attention import SSAttention, check_token_map, sum_counts
-from ..nn.layers import LIF, BatchNorm, Conv1x1
+from ..nn.layers import Conv1x1
 from ..nn.module import Module, Parameter
 from . import concat
 from .base import TOKEN_INIT_STD, check_upstream, common_options
@@ -68,11 +68,7 @@ class BottleneckSSA(SSAttention):
         for name in ("q", "k", "v"):
             getattr(self, f"{name}_conv").analog_tokens = bottlenecks
 
-    def _add_projection(self, name: str, bias: bool, rng) -> None:
-        conv = Conv1x1 if name == "proj" else BottleneckConv1x1
-        setattr(self, f"{name}_conv", conv(self.dim, self.dim, bias=bias, rng=rng, dtype=self.dtype))
-        setattr(self, f"{name}_bn", BatchNorm(self.dim, **self._bn))
-        setattr(self, f"{name}_lif", LIF(**self.neuron))
+    input_conv = BottleneckConv1x1
 
 
 class MBTCache(NamedTuple):

@@ -8,8 +8,10 @@
 
 A block is: projections ``Q = LIF(BN(Conv1x1(x)))`` (no bias; likewise K, and V for SSA), the
 attention core (a child module ``qk`` or ``ssa`` over ``refsnn.functional.attention``), then
-``LIF(BN(Conv1x1 with bias(Z)))``. Children are named as docs/naming.md says:
-``q_conv``, ``q_bn``, ``q_lif``, ``k_conv``, ..., ``proj_conv``, ``proj_bn``, ``proj_lif``.
+``LIF(BN(Conv1x1 with bias(Z)))``. Each projection is a Conv-BN-LIF unit (``self.q``,
+``self.k``, ``self.v``, ``self.proj``; ``refsnn.nn.unit``) whose layers are children named as
+docs/naming.md says: ``q_conv``, ``q_bn``, ``q_lif``, ``k_conv``, ..., ``proj_conv``,
+``proj_bn``, ``proj_lif``.
 
 Options: ``neuron`` (keyword arguments of ``lif_forward`` for the projection neurons,
 ``Config.neuron_kwargs()``), ``attention_neuron`` (the attention LIF; default: ``neuron`` with
@@ -32,6 +34,7 @@ from ..functional.attention import (ATTENTION_BACKENDS, attention_options, qk_ch
 from ..checks import check_float_array, check_positive_int
 from .layers import LIF, BatchNorm, Conv1x1
 from .module import Module
+from .unit import ConvBNLIF
 
 __all__ = ["QKCore", "SSACore", "QKAttention", "QKCrossAttention", "SSAttention",
            "SSACrossAttention", "QK_MODES", "attention_neurons", "sum_counts", "check_token_map"]
@@ -160,20 +163,16 @@ class _ProjectedAttention(Module):
         self._bn = dict(momentum=bn_momentum, eps=bn_eps, dtype=dtype)
         self.dtype = np.dtype(dtype)
 
+    # the conv class of the Q, K (, V) projections (mbt's blocks use one that knows which of
+    # its input columns are analog); the output projection is always a Conv1x1
+    input_conv = Conv1x1
+
     def _add_projection(self, name: str, bias: bool, rng) -> None:
-        setattr(self, f"{name}_conv", Conv1x1(self.dim, self.dim, bias=bias, rng=rng, dtype=self.dtype))
-        setattr(self, f"{name}_bn", BatchNorm(self.dim, **self._bn))
-        setattr(self, f"{name}_lif", LIF(**self.neuron))
-
-    def _project(self, name: str, x: np.ndarray) -> np.ndarray:
-        y = getattr(self, f"{name}_conv").forward(x)
-        y = getattr(self, f"{name}_bn").forward(y)
-        return getattr(self, f"{name}_lif").forward(y)
-
-    def _project_backward(self, name: str, dy: np.ndarray) -> np.ndarray:
-        dy = getattr(self, f"{name}_lif").backward(dy)
-        dy = getattr(self, f"{name}_bn").backward(dy)
-        return getattr(self, f"{name}_conv").backward(dy)
+        """The Conv-BN-LIF unit ``self.<name>`` with layers ``<name>_conv``, ``_bn``, ``_lif``."""
+        conv = (Conv1x1 if name == "proj" else self.input_conv)(self.dim, self.dim, bias=bias, rng=rng,
+                                                                 dtype=self.dtype)
+        setattr(self, name, ConvBNLIF(self, name, conv, BatchNorm(self.dim, **self._bn),
+                                      LIF(**self.neuron)))
 
     def _check_input(self, x, name: str, like: np.ndarray | None = None) -> None:
         check_token_map(x, name, self.dim, self.dtype, like, "the query input")
@@ -197,13 +196,11 @@ class _QKBlock(_ProjectedAttention):
         self.attention_backend = attention_backend
 
     def _forward(self, x_q, x_k):
-        q = self._project("q", x_q)
-        k = self._project("k", x_k)
-        return self._project("proj", self.qk.forward(q, k))
+        return self.proj.forward(self.qk.forward(self.q.forward(x_q), self.k.forward(x_k)))
 
     def _backward(self, dy):
-        dq, dk = self.qk.backward(self._project_backward("proj", dy))
-        return self._project_backward("q", dq), self._project_backward("k", dk)
+        dq, dk = self.qk.backward(self.proj.backward(dy))
+        return self.q.backward(dq), self.k.backward(dk)
 
 
 class QKAttention(_QKBlock):
@@ -244,15 +241,14 @@ class _SSABlock(_ProjectedAttention):
         self._add_projection("proj", True, rng)
 
     def _forward(self, x_q, x_kv):
-        q = self._project("q", x_q)
-        k = self._project("k", x_kv)
-        v = self._project("v", x_kv)
-        return self._project("proj", self.ssa.forward(q, k, v))
+        q = self.q.forward(x_q)
+        k = self.k.forward(x_kv)
+        v = self.v.forward(x_kv)
+        return self.proj.forward(self.ssa.forward(q, k, v))
 
     def _backward(self, dy):
-        dq, dk, dv = self.ssa.backward(self._project_backward("proj", dy))
-        return (self._project_backward("q", dq),
-                self._project_backward("k", dk) + self._project_backward("v", dv))
+        dq, dk, dv = self.ssa.backward(self.proj.backward(dy))
+        return self.q.backward(dq), self.k.backward(dk) + self.v.backward(dv)
 
 
 class SSAttention(_SSABlock):

@@ -10,6 +10,7 @@ import numpy as np
 
 from .layers import LIF, BatchNorm, Conv1x1, Conv2d, MaxPool2d
 from .module import Module, ModuleList
+from .unit import ConvBNLIF
 
 __all__ = ["PatchEmbedInit", "PatchEmbedStage", "SMLP", "Block", "Stage"]
 
@@ -23,13 +24,13 @@ def _register_sum(counter, total, stream, spikes):
 
 class PatchEmbedInit(Module):
     """SPEDS-1 (QKFormer ``PatchEmbedInit``; convolutions without bias). Divides H and W by 4.
-    The layers are held directly (``proj1_conv``, ``proj1_bn``) so parameter names stay flat,
-    as in QKFormer.
+    Each line is a Conv-BN-LIF unit (``refsnn.nn.unit``) whose layers are held directly
+    (``proj1_conv``, ``proj1_bn``) so parameter names stay flat, as in QKFormer.
 
-    u = LIF(MaxPool(BN(conv3x3(x))))            in -> dim/2, H/2
-    a = LIF(MaxPool(BN(conv3x3(u))))            dim/2 -> dim, H/4
-    a = LIF(BN(conv3x3(a)))                     dim -> dim
-    r = LIF(BN(conv1x1 stride 2 (u)))           dim/2 -> dim, H/4
+    u = LIF(MaxPool(BN(conv3x3(x))))            proj0: in -> dim/2, H/2
+    a = LIF(MaxPool(BN(conv3x3(u))))            proj1: dim/2 -> dim, H/4
+    a = LIF(BN(conv3x3(a)))                     proj2: dim -> dim
+    r = LIF(BN(conv1x1 stride 2 (u)))           res:   dim/2 -> dim, H/4
     out = a + r
 
     When the input repeats over time (``x`` has T = 1 and ``steps`` > 1), conv0, BN0 and the
@@ -39,105 +40,75 @@ class PatchEmbedInit(Module):
 
     def __init__(self, in_channels, dim, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
-        bn = bn or {}
         half = dim // 2
-        self.proj0_conv = Conv2d(in_channels, half, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.proj0_bn = BatchNorm(half, dtype=dtype, **bn)
-        self.proj0_pool = MaxPool2d()
-        self.proj0_lif = LIF(**neuron)
-        self.proj1_conv = Conv2d(half, dim, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.proj1_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.proj1_pool = MaxPool2d()
-        self.proj1_lif = LIF(**neuron)
-        self.proj2_conv = Conv2d(dim, dim, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.proj2_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.proj2_lif = LIF(**neuron)
-        self.res_conv = Conv2d(half, dim, 1, 2, 0, bias=False, rng=rng, dtype=dtype)
-        self.res_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.res_lif = LIF(**neuron)
-        self._steps = None
+        self.proj0 = _conv_unit(self, "proj0", in_channels, half, 3, 1, 1, neuron, rng, dtype, bn,
+                                pool=True)
+        self.proj1 = _conv_unit(self, "proj1", half, dim, 3, 1, 1, neuron, rng, dtype, bn, pool=True)
+        self.proj2 = _conv_unit(self, "proj2", dim, dim, 3, 1, 1, neuron, rng, dtype, bn)
+        self.res = _conv_unit(self, "res", half, dim, 1, 2, 0, neuron, rng, dtype, bn)
 
     def forward(self, x, steps: int):
         """x ``[T', B, C, H, W]`` with T' = steps, or T' = 1 for an input repeated over steps."""
-        repeated = x.shape[0] == 1 and steps > 1
-        y = self.proj0_pool.forward(self.proj0_bn.forward(self.proj0_conv.forward(x),
-                                                          repeats=steps if repeated else 1))
-        if repeated:
-            y = np.broadcast_to(y, (steps,) + y.shape[1:])
-        self._steps = (steps, repeated)
-        u = self.proj0_lif.forward(y)
-        a = self.proj1_lif.forward(self.proj1_pool.forward(self.proj1_bn.forward(self.proj1_conv.forward(u))))
-        a = self.proj2_lif.forward(self.proj2_bn.forward(self.proj2_conv.forward(a)))
-        r = self.res_lif.forward(self.res_bn.forward(self.res_conv.forward(u)))
-        return a + r
+        u = self.proj0.forward(x, repeat_to=(steps, x.shape[1]))
+        a = self.proj2.forward(self.proj1.forward(u))
+        return a + self.res.forward(u)
 
     def backward(self, dout, need_dx=True):
-        steps, repeated = self._steps
-        da = self.proj2_conv.backward(self.proj2_bn.backward(self.proj2_lif.backward(dout)))
-        du = self.proj1_conv.backward(self.proj1_bn.backward(self.proj1_pool.backward(self.proj1_lif.backward(da))))
-        du += self.res_conv.backward(self.res_bn.backward(self.res_lif.backward(dout)))
-        dy = self.proj0_lif.backward(du)
-        if repeated:
-            dy = dy.sum(axis=0, keepdims=True)
-        return self.proj0_conv.backward(self.proj0_bn.backward(self.proj0_pool.backward(dy)), need_dx=need_dx)
+        du = self.proj1.backward(self.proj2.backward(dout))
+        du += self.res.backward(dout)
+        return self.proj0.backward(du, need_dx=need_dx)
 
 
 class PatchEmbedStage(Module):
-    """SPEDS-2/3: halves H and W.
+    """SPEDS-2/3: halves H and W. Conv-BN-LIF units, names flat as in ``PatchEmbedInit``.
 
-    a = LIF(MaxPool(BN(conv3x3(x))))            Cin -> dim
-    a = LIF(BN(conv3x3(a)))                     dim -> dim
-    r = LIF(BN(conv1x1 stride 2 (x)))           Cin -> dim
+    a = LIF(MaxPool(BN(conv3x3(x))))            proj1: Cin -> dim
+    a = LIF(BN(conv3x3(a)))                     proj2: dim -> dim
+    r = LIF(BN(conv1x1 stride 2 (x)))           res:   Cin -> dim
     out = a + r
     """
 
     def __init__(self, in_channels, dim, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
-        bn = bn or {}
-        self.proj1_conv = Conv2d(in_channels, dim, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.proj1_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.proj1_pool = MaxPool2d()
-        self.proj1_lif = LIF(**neuron)
-        self.proj2_conv = Conv2d(dim, dim, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.proj2_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.proj2_lif = LIF(**neuron)
-        self.res_conv = Conv2d(in_channels, dim, 1, 2, 0, bias=False, rng=rng, dtype=dtype)
-        self.res_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.res_lif = LIF(**neuron)
+        self.proj1 = _conv_unit(self, "proj1", in_channels, dim, 3, 1, 1, neuron, rng, dtype, bn,
+                                pool=True)
+        self.proj2 = _conv_unit(self, "proj2", dim, dim, 3, 1, 1, neuron, rng, dtype, bn)
+        self.res = _conv_unit(self, "res", in_channels, dim, 1, 2, 0, neuron, rng, dtype, bn)
 
     def forward(self, x):
-        a = self.proj1_lif.forward(self.proj1_pool.forward(self.proj1_bn.forward(self.proj1_conv.forward(x))))
-        a = self.proj2_lif.forward(self.proj2_bn.forward(self.proj2_conv.forward(a)))
-        r = self.res_lif.forward(self.res_bn.forward(self.res_conv.forward(x)))
-        return a + r
+        return self.proj2.forward(self.proj1.forward(x)) + self.res.forward(x)
 
     def backward(self, dout):
-        da = self.proj2_conv.backward(self.proj2_bn.backward(self.proj2_lif.backward(dout)))
-        dx = self.proj1_conv.backward(self.proj1_bn.backward(self.proj1_pool.backward(self.proj1_lif.backward(da))))
-        dx += self.res_conv.backward(self.res_bn.backward(self.res_lif.backward(dout)))
+        dx = self.proj1.backward(self.proj2.backward(dout))
+        dx += self.res.backward(dout)
         return dx
 
 
+def _conv_unit(owner, prefix, in_channels, out_channels, kernel, stride, padding, neuron, rng,
+               dtype, bn, pool=False) -> ConvBNLIF:
+    """A SPEDS Conv-BN-(MaxPool-)LIF unit on ``owner`` (convolution without bias)."""
+    conv = Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False, rng=rng, dtype=dtype)
+    return ConvBNLIF(owner, prefix, conv, BatchNorm(out_channels, dtype=dtype, **(bn or {})),
+                     LIF(**neuron), pool=MaxPool2d() if pool else None)
+
+
 class SMLP(Module):
-    """Spiking MLP on tokens: LIF(BN(Conv1x1(x))) -> LIF(BN(Conv1x1(.))), both convs with bias."""
+    """Spiking MLP on tokens: LIF(BN(Conv1x1(x))) -> LIF(BN(Conv1x1(.))), both convs with bias
+    (units ``fc1``, ``fc2``)."""
 
     def __init__(self, dim, hidden, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
         bn = bn or {}
-        self.fc1_conv = Conv1x1(dim, hidden, bias=True, rng=rng, dtype=dtype)
-        self.fc1_bn = BatchNorm(hidden, dtype=dtype, **bn)
-        self.fc1_lif = LIF(**neuron)
-        self.fc2_conv = Conv1x1(hidden, dim, bias=True, rng=rng, dtype=dtype)
-        self.fc2_bn = BatchNorm(dim, dtype=dtype, **bn)
-        self.fc2_lif = LIF(**neuron)
+        self.fc1 = ConvBNLIF(self, "fc1", Conv1x1(dim, hidden, bias=True, rng=rng, dtype=dtype),
+                             BatchNorm(hidden, dtype=dtype, **bn), LIF(**neuron))
+        self.fc2 = ConvBNLIF(self, "fc2", Conv1x1(hidden, dim, bias=True, rng=rng, dtype=dtype),
+                             BatchNorm(dim, dtype=dtype, **bn), LIF(**neuron))
 
     def forward(self, x):
-        h = self.fc1_lif.forward(self.fc1_bn.forward(self.fc1_conv.forward(x)))
-        return self.fc2_lif.forward(self.fc2_bn.forward(self.fc2_conv.forward(h)))
+        return self.fc2.forward(self.fc1.forward(x))
 
     def backward(self, dout):
-        dh = self.fc2_conv.backward(self.fc2_bn.backward(self.fc2_lif.backward(dout)))
-        return self.fc1_conv.backward(self.fc1_bn.backward(self.fc1_lif.backward(dh)))
+        return self.fc1.backward(self.fc2.backward(dout))
 
 
 class Block(Module):
