@@ -28,43 +28,171 @@ SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "fast_sigmoid": 2}
 _BLOCK = 2048
 
 
+# --------------------------------------------------------------------------------------------
+# The neuron step, written once (SPEC section 2). Every kernel that runs a LIF (the forward and
+# backward below, the attention LIF of ``refsnn.kernels.qk``) calls these scalar functions;
+# Numba inlines them, so a loop over neurons that calls them compiles as if written out.
+# A neuron type (``refsnn.functional.neurons``) supplies its own charge and charge_backward
+# with the signatures of ``lif_charge`` / ``lif_charge_backward``; fire and reset are shared.
+# --------------------------------------------------------------------------------------------
+
 @nb.njit(cache=True, inline="always")
-def _spikes_into(hs, out, n, v_th, one, pi, spike_fn, surrogate, alpha):
-    """out[:n] = S(hs[:n] - v_th). One simple loop per option, so each one vectorises."""
+def lif_charge(v, x, tau, r, decay_input):
+    """Charge: H[t] from V[t-1] = v and X[t] = x (r: the resting potential)."""
+    if decay_input:
+        return v + (x - (v - r)) / tau
+    return v - (v - r) / tau + x
+
+
+@nb.njit(cache=True, inline="always")
+def lif_charge_backward(dh, tau, decay_input, one):
+    """dL/dH[t] -> (dL/dV[t-1] through the charge, dL/dX[t])."""
+    return dh * (one - one / tau), (dh / tau if decay_input else dh)
+
+
+@nb.njit(cache=True, inline="always")
+def spike(u, spike_fn, surrogate, alpha, one, pi):
+    """Fire: S at u = H - v_th. Heaviside (fires at u = 0), or the surrogate's primitive in
+    smooth mode (SPEC section 12)."""
     zero = one - one
     two = one + one
-    half = one / two
     if spike_fn == 0:
-        for j in range(n):
-            out[j] = one if hs[j] - v_th >= zero else zero
-    elif surrogate == 0:
-        for j in range(n):
-            out[j] = one / (one + fexp(-alpha * (hs[j] - v_th)))
-    elif surrogate == 1:
-        for j in range(n):
-            out[j] = half + math.atan(pi / two * alpha * (hs[j] - v_th)) / pi
-    else:
-        for j in range(n):
-            x = hs[j] - v_th
-            out[j] = half + x / (one + alpha * abs(x))
+        return one if u >= zero else zero
+    if surrogate == 0:
+        return one / (one + fexp(-alpha * u))
+    if surrogate == 1:
+        return one / two + math.atan(pi / two * alpha * u) / pi
+    return one / two + u / (one + alpha * abs(u))
 
 
 @nb.njit(cache=True, inline="always")
-def _surrogate_into(hs, out, n, v_th, one, pi, surrogate, alpha):
-    """out[:n] = dS/dH at hs[:n] (the surrogate derivative of SPEC section 2)."""
+def surrogate_grad(u, surrogate, alpha, one, pi):
+    """dS/dH at u = H - v_th (the surrogate derivative of SPEC section 2)."""
     two = one + one
     if surrogate == 0:
-        for j in range(n):
-            sg = one / (one + fexp(-alpha * (hs[j] - v_th)))
-            out[j] = alpha * sg * (one - sg)
-    elif surrogate == 1:
-        for j in range(n):
-            u = pi / two * alpha * (hs[j] - v_th)
-            out[j] = (alpha / two) / (one + u * u)
-    else:
-        for j in range(n):
-            d = alpha * abs(hs[j] - v_th) + one
-            out[j] = one / (d * d)
+        sg = one / (one + fexp(-alpha * u))
+        return alpha * sg * (one - sg)
+    if surrogate == 1:
+        w = pi / two * alpha * u
+        return (alpha / two) / (one + w * w)
+    d = alpha * abs(u) + one
+    return one / (d * d)
+
+
+@nb.njit(cache=True, inline="always")
+def reset(hv, s, v_th, v_reset, hard_reset, one):
+    """Reset: V[t] from H[t] and S[t]."""
+    if hard_reset:
+        return hv * (one - s) + v_reset * s
+    return hv - v_th * s
+
+
+@nb.njit(cache=True, inline="always")
+def reset_grad(hv, s, g, v_th, v_reset, hard_reset, detach_reset, one):
+    """dV[t]/dH[t] (g = dS/dH; a detached reset drops the path through S)."""
+    if hard_reset:
+        if detach_reset:
+            return one - s
+        return (one - s) + (v_reset - hv) * g
+    if detach_reset:
+        return one
+    return one - v_th * g
+
+
+@nb.njit(cache=True, inline="always")
+def neuron_step(v, x, tau, v_th, v_reset, hard_reset, decay_input, spike_fn, surrogate, alpha,
+                one, pi, charge):
+    """One time step of one neuron: charge, fire, reset. Returns (H, S, V)."""
+    r = v_reset if hard_reset else one - one
+    hv = charge(v, x, tau, r, decay_input)
+    s = spike(hv - v_th, spike_fn, surrogate, alpha, one, pi)
+    return hv, s, reset(hv, s, v_th, v_reset, hard_reset, one)
+
+
+@nb.njit(cache=True, inline="always")
+def neuron_step_backward(ds, dv, hv, tau, v_th, v_reset, hard_reset, decay_input, detach_reset,
+                         spike_fn, surrogate, alpha, one, pi, charge_backward):
+    """One step of backpropagation through time for one neuron: from dL/dS[t] = ds, dL/dV[t]
+    = dv and the charged H[t] (the spike is recomputed from it), returns (dL/dV[t-1], dL/dX[t])."""
+    u = hv - v_th
+    g = surrogate_grad(u, surrogate, alpha, one, pi)
+    s = spike(u, spike_fn, surrogate, alpha, one, pi)
+    dh = ds * g + dv * reset_grad(hv, s, g, v_th, v_reset, hard_reset, detach_reset, one)
+    return charge_backward(dh, tau, decay_input, one)
+
+
+# --------------------------------------------------------------------------------------------
+# Time loops over blocks of neurons
+# --------------------------------------------------------------------------------------------
+
+@nb.njit(cache=True, inline="always")
+def _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input, surrogate,
+                  alpha, spike_fn, one, pi, charge):
+    """One time step of a block of n neurons."""
+    for j in range(n):
+        hv, s, vn = neuron_step(v[j], xs[j], tau, v_th, v_reset, hard_reset, decay_input,
+                                spike_fn, surrogate, alpha, one, pi, charge)
+        hs[j] = hv
+        ss[j] = s
+        v[j] = vn
+
+
+@nb.njit(cache=True, inline="always")
+def _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                   surrogate, alpha, spike_fn, one, pi, charge):
+    T, M = x.shape
+    start = blk * _BLOCK
+    n = min(M, start + _BLOCK) - start
+    v = np.empty(n, dtype=x.dtype)
+    v[:] = v_reset if hard_reset else one - one
+    for t in range(T):
+        xs, hs, ss = x[t, start:start + n], h[t, start:start + n], spikes[t, start:start + n]
+        # a literal spike_fn (the inlining propagates it) leaves a branch-free loop that
+        # vectorises; smooth spikes (tests only) take the general loop
+        if spike_fn == 0:
+            _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input,
+                          surrogate, alpha, 0, one, pi, charge)
+        else:
+            _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input,
+                          surrogate, alpha, spike_fn, one, pi, charge)
+    v_last[start:start + n] = v
+
+
+@nb.njit(cache=True, inline="always")
+def _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                   detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward):
+    """One step back in time of a block of n neurons."""
+    for j in range(n):
+        dvp, dxj = neuron_step_backward(ds[j], dv[j], hs[j], tau, v_th, v_reset, hard_reset,
+                                        decay_input, detach_reset, spike_fn, surrogate,
+                                        alpha, one, pi, charge_backward)
+        dv[j] = dvp
+        dxs[j] = dxj
+
+
+@nb.njit(cache=True, inline="always")
+def _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                    detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward):
+    T, M = dspikes.shape
+    start = blk * _BLOCK
+    n = min(M, start + _BLOCK) - start
+    dv = np.zeros(n, dtype=dx.dtype)
+    for t in range(T - 1, -1, -1):
+        ds, hs, dxs = dspikes[t, start:start + n], h[t, start:start + n], dx[t, start:start + n]
+        # literal surrogate and spike_fn: one branch-free, vectorised loop per surrogate (the
+        # reset and charge options are selects, which vectorise too)
+        if spike_fn == 0 and surrogate == 0:
+            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                           detach_reset, 0, alpha, 0, one, pi, charge_backward)
+        elif spike_fn == 0 and surrogate == 1:
+            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                           detach_reset, 1, alpha, 0, one, pi, charge_backward)
+        elif spike_fn == 0:
+            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                           detach_reset, 2, alpha, 0, one, pi, charge_backward)
+        else:
+            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                           detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -76,32 +204,9 @@ def lif_forward_kernel(x, spikes, h, v_last, tau, v_th, v_reset, hard_reset, dec
     A NaN or inf anywhere in a neuron's input leaves its final membrane non-finite (NaN stays
     NaN; +inf fires and resets to inf * 0 = NaN, or inf - v_th; -inf stays -inf or meets +inf
     in the next charge), so checking ``v_last`` replaces a scan of all of x."""
-    T, M = x.shape
-    r = v_reset if hard_reset else one - one
-    nblocks = (M + _BLOCK - 1) // _BLOCK
-    for blk in nb.prange(nblocks):
-        start = blk * _BLOCK
-        n = min(M, start + _BLOCK) - start
-        v = np.empty(n, dtype=x.dtype)
-        v[:] = r
-        for t in range(T):
-            xs = x[t, start:start + n]
-            hs = h[t, start:start + n]
-            ss = spikes[t, start:start + n]
-            if decay_input:
-                for j in range(n):
-                    hs[j] = v[j] + (xs[j] - (v[j] - r)) / tau
-            else:
-                for j in range(n):
-                    hs[j] = v[j] - (v[j] - r) / tau + xs[j]
-            _spikes_into(hs, ss, n, v_th, one, pi, spike_fn, surrogate, alpha)
-            if hard_reset:
-                for j in range(n):
-                    v[j] = hs[j] * (one - ss[j]) + v_reset * ss[j]
-            else:
-                for j in range(n):
-                    v[j] = hs[j] - v_th * ss[j]
-        v_last[start:start + n] = v
+    for blk in nb.prange((x.shape[1] + _BLOCK - 1) // _BLOCK):
+        _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                       surrogate, alpha, spike_fn, one, pi, lif_charge)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -109,38 +214,9 @@ def lif_backward_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_in
                         detach_reset, surrogate, alpha, spike_fn, one, pi):
     """Fill ``dx`` ([T, M]) by backpropagation through time (SPEC section 2). The spikes are
     recomputed from ``h`` with the forward's own expression (identical values, fewer bytes)."""
-    T, M = dspikes.shape
-    leak = one - one / tau
-    nblocks = (M + _BLOCK - 1) // _BLOCK
-    for blk in nb.prange(nblocks):
-        start = blk * _BLOCK
-        n = min(M, start + _BLOCK) - start
-        dv = np.zeros(n, dtype=dx.dtype)
-        g = np.empty(n, dtype=dx.dtype)
-        dvdh = np.empty(n, dtype=dx.dtype)
-        for t in range(T - 1, -1, -1):
-            hs = h[t, start:start + n]
-            ds = dspikes[t, start:start + n]
-            dxs = dx[t, start:start + n]
-            _surrogate_into(hs, g, n, v_th, one, pi, surrogate, alpha)
-            if hard_reset:
-                _spikes_into(hs, dvdh, n, v_th, one, pi, spike_fn, surrogate, alpha)
-                if detach_reset:
-                    for j in range(n):
-                        dvdh[j] = one - dvdh[j]
-                else:
-                    for j in range(n):
-                        dvdh[j] = (one - dvdh[j]) + (v_reset - hs[j]) * g[j]
-            elif detach_reset:
-                for j in range(n):
-                    dvdh[j] = one
-            else:
-                for j in range(n):
-                    dvdh[j] = one - v_th * g[j]
-            for j in range(n):
-                dh = ds[j] * g[j] + dv[j] * dvdh[j]
-                dv[j] = dh * leak
-                dxs[j] = dh / tau if decay_input else dh
+    for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
+        _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, surrogate, alpha, spike_fn, one, pi, lif_charge_backward)
 
 
 # --------------------------------------------------------------------------------------------

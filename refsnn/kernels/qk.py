@@ -15,9 +15,9 @@ Layouts (T first; G merges batch and head / batch and channel):
     QKCA   qw, kw, zw [T, G=B*D, WN]     uint64, WN = ceil(N/64) words per channel
            a, h       [T, G]
 
-The attention LIF runs on the sums converted to the LIF dtype, with the charge, fire and reset
-lines of ``refsnn.kernels.lif`` written in the same order on the same typed scalars, so A and H
-equal ``lif_forward`` on the same sums bit for bit (the sums are exact integers in float32 up to
+The attention LIF runs on the sums converted to the LIF dtype through ``neuron_step`` of
+``refsnn.kernels.lif`` (the one definition of charge, fire and reset), so A and H equal
+``lif_forward`` on the same sums bit for bit (the sums are exact integers in float32 up to
 2**24). Smooth spikes (SPEC section 12) have no packed form: the callers reject them.
 
 ``counts`` receive, per work unit: [additions (Q spikes summed), selects (K spikes the mask is
@@ -37,7 +37,7 @@ import numba as nb
 import numpy as np
 
 from .bitpack import popcount64, use_parallel
-from .lif import lif_forward_numpy
+from .lif import lif_charge, lif_forward_numpy, neuron_step
 
 # The packed cores touch each word once (~1 ns per word here); waking the second worker thread
 # (OMP_WAIT_POLICY=passive, see refsnn.runtime) costs 50-70 us on an idle machine, so the
@@ -60,24 +60,7 @@ _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @nb.njit(cache=True, inline="always")
-def _lif_step(x, vp, tau, v_th, v_reset, r, hard_reset, decay_input, one):
-    """One time step of the LIF (SPEC section 2, Heaviside) for one neuron, as
-    ``refsnn.kernels.lif`` writes it. Returns (H, S, V)."""
-    zero = one - one
-    if decay_input:
-        hv = vp + (x - (vp - r)) / tau
-    else:
-        hv = vp - (vp - r) / tau + x
-    s = one if hv - v_th >= zero else zero
-    if hard_reset:
-        vn = hv * (one - s) + v_reset * s
-    else:
-        vn = hv - v_th * s
-    return hv, s, vn
-
-
-@nb.njit(cache=True, inline="always")
-def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset, r, one,
+def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset, one,
                          hard_reset, decay_input):
     """One time step of a QKTA unit whose heads fit one word (d <= 64), fused in one loop
     over the tokens: popcount, charge, fire, reset, mask. Called with literal option flags,
@@ -91,16 +74,8 @@ def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
         p = popcount64(qrow[j])
         adds += p
         hrow[j] = p                 # the sum P, exact in the LIF dtype (below 2**24 / 2**53)
-        vp = v[j]
-        if decay_input:
-            hv = vp + (hrow[j] - (vp - r)) / tau
-        else:
-            hv = vp - (vp - r) / tau + hrow[j]
-        s = one if hv - v_th >= zero else zero
-        if hard_reset:
-            v[j] = hv * (one - s) + v_reset * s
-        else:
-            v[j] = hv - v_th * s
+        hv, s, v[j] = neuron_step(v[j], hrow[j], tau, v_th, v_reset, hard_reset, decay_input,
+                                  0, 0, one, one, one, lif_charge)
         hrow[j] = hv
         arow[j] = s
         kv = krow[j]
@@ -119,9 +94,8 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
     """QKTA forward of unit u: group g (sample and head), a block of TOKEN_BLOCK tokens.
 
     Heads of one word take the fused step above. Wider heads sum several words first; then
-    the LIF lines of ``_lif_step`` run as one simple loop per line and option over the block
-    (the option branches outside the loops), so each loop vectorises: 3.5x faster than a
-    per-token call with the branches inside."""
+    the LIF steps the block's tokens in one loop (the reset and charge options compile to
+    selects, so the loop vectorises)."""
     T, G, Wd, N = qw.shape
     zero = one - one
     r = v_reset if hard_reset else zero
@@ -142,16 +116,16 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
             hrow, arow = h[t, g, n0:n0 + m], a[t, g, n0:n0 + m]
             if hard_reset and decay_input:
                 c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         r, one, True, True)
+                                         one, True, True)
             elif hard_reset:
                 c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         r, one, True, False)
+                                         one, True, False)
             elif decay_input:
                 c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         r, one, False, True)
+                                         one, False, True)
             else:
                 c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         r, one, False, False)
+                                         one, False, False)
             adds += c[0]
             sel += c[1]
             kept += c[2]
@@ -170,20 +144,9 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
         for j in range(m):
             adds += acc[j]
             hrow[j] = acc[j]       # the sum P, exact in the LIF dtype (below 2**24 / 2**53)
-        if decay_input:
-            for j in range(m):
-                hrow[j] = v[j] + (hrow[j] - (v[j] - r)) / tau
-        else:
-            for j in range(m):
-                hrow[j] = v[j] - (v[j] - r) / tau + hrow[j]
         for j in range(m):
-            arow[j] = one if hrow[j] - v_th >= zero else zero
-        if hard_reset:
-            for j in range(m):
-                v[j] = hrow[j] * (one - arow[j]) + v_reset * arow[j]
-        else:
-            for j in range(m):
-                v[j] = hrow[j] - v_th * arow[j]
+            hrow[j], arow[j], v[j] = neuron_step(v[j], hrow[j], tau, v_th, v_reset, hard_reset,
+                                                 decay_input, 0, 0, one, one, one, lif_charge)
         for j in range(m):
             mask[j] = _ALL_ONES if arow[j] != zero else np.uint64(0)
         for w in range(Wd):
@@ -219,7 +182,8 @@ def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, d
             p += popcount64(qrow[w])
         adds += p
         xb[0] = p
-        hv, s, v = _lif_step(xb[0], v, tau, v_th, v_reset, r, hard_reset, decay_input, one)
+        hv, s, v = neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one,
+                               one, one, lif_charge)
         h[t, g] = hv
         a[t, g] = s
         mask = _ALL_ONES if s != 0 else np.uint64(0)
