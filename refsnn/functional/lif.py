@@ -14,36 +14,93 @@ The backward uses a surrogate derivative g = dS/dH (``sigmoid``, ``atan``, ``fas
 primitive so that finite differences can check the backward.
 
 The time loop runs in Numba (``refsnn.kernels.lif``); ``backend="numpy"`` runs the twin.
+
+Neuron types. Charge, fire and reset are written once, as inlined Numba functions in
+``refsnn.kernels.lif``; a neuron type (in the manner of SpikingJelly's ``BaseNode``) keeps fire
+and reset and supplies its own charge, with the charge's backward. ``NEURON_TYPES`` maps a name
+to its ``NeuronType``; ``register_neuron`` adds one, and ``lif_forward(x, neuron_type=name)``
+(or ``refsnn.nn.LIF(neuron_type=name)``) runs it. ``docs/extending.md`` shows an IF neuron.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from ..kernels import lif as _k
 from ..checks import NonFiniteError, check_finite, check_float_array
 
-__all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache"]
+__all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
+           "NEURON_TYPES", "register_neuron", "lif_options"]
 
 SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
 DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
 SPIKE_FNS = ("heaviside", "smooth")
 
 
-class LIFCache:
+class NeuronType(NamedTuple):
+    """A neuron type: the pieces of its step that differ from the LIF's.
+
+    charge           ``charge(v, x, tau, r, decay_input) -> H``: the membrane after input x
+                     from V[t-1] = v (r: the resting potential, v_reset or 0). A Numba
+                     function (``@numba.njit(inline="always")``) that also runs on NumPy
+                     arrays through its ``py_func`` (the NumPy twin uses that).
+    charge_backward  ``charge_backward(dh, tau, decay_input, one) -> (dV[t-1], dX[t])``: the
+                     charge's local backward, dL/dH to the gradients of its two inputs.
+    name             the name ``lif_forward(neuron_type=...)`` takes.
+
+    Fire (Heaviside, or the surrogate's primitive in smooth mode), the surrogate derivative and
+    reset are shared (``refsnn.kernels.lif``), as are every option of ``lif_forward``."""
+    name: str
+    charge: Callable
+    charge_backward: Callable
+
+
+NEURON_TYPES: dict[str, NeuronType] = {
+    "lif": NeuronType("lif", _k.lif_charge, _k.lif_charge_backward),
+}
+
+
+def register_neuron(name: str, charge, charge_backward) -> NeuronType:
+    """Add a neuron type under ``name`` (see ``NeuronType`` for the two functions); returns it.
+    Registering a taken name raises ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty string, got {name!r}")
+    if name in NEURON_TYPES:
+        raise ValueError(f"name: neuron type {name!r} is already registered")
+    for arg, fn in (("charge", charge), ("charge_backward", charge_backward)):
+        if not hasattr(fn, "py_func"):
+            raise ValueError(f"{arg}: expected a Numba function (numba.njit), got {type(fn).__name__}")
+    NEURON_TYPES[name] = NeuronType(name, charge, charge_backward)
+    return NEURON_TYPES[name]
+
+
+class LIFCache(NamedTuple):
     """What the backward needs: the charged membrane H ``[T, M]`` (the spikes are recomputed
-    from it), the options and the input shape."""
-
-    __slots__ = ("h", "options", "shape")
-
-    def __init__(self, h, options, shape):
-        self.h = h
-        self.options = options
-        self.shape = shape
+    from it), the options (``lif_options``) and the input shape."""
+    h: np.ndarray
+    options: dict
+    shape: tuple
 
 
-def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn):
+def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
+                surrogate="sigmoid", alpha=None, spike_fn="heaviside", neuron_type="lif",
+                backend="numba") -> dict:
+    """The validated options of ``lif_forward`` (same keywords and defaults) as a dict, without
+    running a neuron: modules check their options with it at construction."""
+    if backend not in ("numba", "numpy"):
+        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
+                       spike_fn, neuron_type)
+    options["backend"] = backend
+    return options
+
+
+def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn,
+             neuron_type="lif"):
+    if neuron_type not in NEURON_TYPES:
+        raise ValueError(f"neuron_type: expected one of {list(NEURON_TYPES)}, got {neuron_type!r}")
     if surrogate not in SURROGATES:
         raise ValueError(f"surrogate: expected one of {list(SURROGATES)}, got {surrogate!r}")
     if spike_fn not in SPIKE_FNS:
@@ -65,7 +122,8 @@ def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, al
     return dict(tau=float(tau), v_threshold=float(v_threshold),
                 v_reset=None if v_reset is None else float(v_reset),
                 decay_input=bool(decay_input), detach_reset=bool(detach_reset),
-                surrogate=surrogate, alpha=float(alpha), spike_fn=spike_fn)
+                surrogate=surrogate, alpha=float(alpha), spike_fn=spike_fn,
+                neuron_type=neuron_type)
 
 
 def _typed_args(options, dtype):
@@ -79,8 +137,8 @@ def _typed_args(options, dtype):
 
 def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                 detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside",
-                backend="numba"):
-    """Run LIF neurons over time.
+                neuron_type="lif", backend="numba"):
+    """Run LIF neurons (or another ``neuron_type`` of ``NEURON_TYPES``) over time.
 
     x: ``[T, ...]`` float32 or float64 input current, time first, T >= 1.
     Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values).
@@ -88,29 +146,31 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
     check_float_array(x, "x", min_ndim=1, finite=False)      # non-finite input: see below
     if x.shape[0] == 0:
         raise ValueError("x: expected T >= 1 time steps on axis 0, got T = 0")
-    options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn)
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    options = lif_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                          decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate,
+                          alpha=alpha, spike_fn=spike_fn, neuron_type=neuron_type, backend=backend)
     T = x.shape[0]
     x2 = np.ascontiguousarray(x).reshape(T, -1)
     a = _typed_args(options, x.dtype)
-    spike_code = SPIKE_FNS.index(spike_fn)
+    args = (a["tau"], a["v_th"], a["v_reset"], a["hard_reset"], a["decay_input"], a["surrogate"],
+            a["alpha"], SPIKE_FNS.index(spike_fn))
+    neuron = NEURON_TYPES[neuron_type]
     if backend == "numba":
         spikes = np.empty_like(x2)
         h = np.empty_like(x2)
         v_last = np.empty(x2.shape[1], dtype=x.dtype)
-        _k.lif_forward_kernel(x2, spikes, h, v_last, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
-                              a["decay_input"], a["surrogate"], a["alpha"], spike_code,
-                              x.dtype.type(1.0), x.dtype.type(math.pi))
+        consts = (x.dtype.type(1.0), x.dtype.type(math.pi))
+        if neuron_type == "lif":        # the compiled, disk-cached kernel
+            _k.lif_forward_kernel(x2, spikes, h, v_last, *args, *consts)
+        else:
+            _k.neuron_forward_kernel(x2, spikes, h, v_last, *args, *consts, neuron.charge)
     else:
-        spikes, h, v_last = _k.lif_forward_numpy(x2, a["tau"], a["v_th"], a["v_reset"], a["hard_reset"],
-                                                 a["decay_input"], a["surrogate"], a["alpha"], spike_code)
+        spikes, h, v_last = _k.lif_forward_numpy(x2, *args, charge=neuron.charge.py_func)
     # any NaN or inf in x leaves the final membrane non-finite: one check of M values instead
     # of a scan of all T * M inputs (the scan runs only to name the first bad index)
     if not np.isfinite(v_last).all():
         check_finite(x, "x")
         raise NonFiniteError("x: the membrane overflowed to inf or NaN (inputs of about 1e38)")
-    options["backend"] = backend
     return spikes.reshape(x.shape), LIFCache(h, options, x.shape)
 
 
@@ -119,23 +179,23 @@ def lif_backward(dspikes, cache: LIFCache, *, check=True):
     ``dspikes``. ``check=False`` skips the scan of dspikes for NaN and inf."""
     if not isinstance(cache, LIFCache):
         raise ValueError(f"cache: expected the LIFCache returned by lif_forward, got {type(cache).__name__}")
+    h, o, shape = cache
     check_float_array(dspikes, "dspikes", finite=check)
-    if dspikes.shape != cache.shape:
-        raise ValueError(f"dspikes: expected shape {cache.shape} (the forward's), got {dspikes.shape}")
-    o = cache.options
-    dtype = cache.h.dtype
-    T = cache.shape[0]
-    ds = np.ascontiguousarray(dspikes, dtype=dtype).reshape(T, -1)
+    if dspikes.shape != shape:
+        raise ValueError(f"dspikes: expected shape {shape} (the forward's), got {dspikes.shape}")
+    dtype = h.dtype
+    ds = np.ascontiguousarray(dspikes, dtype=dtype).reshape(shape[0], -1)
     a = _typed_args(o, dtype)
-    spike_code = SPIKE_FNS.index(o["spike_fn"])
+    args = (a["tau"], a["v_th"], a["v_reset"], a["hard_reset"], a["decay_input"], o["detach_reset"],
+            a["surrogate"], a["alpha"], SPIKE_FNS.index(o["spike_fn"]))
+    neuron = NEURON_TYPES[o["neuron_type"]]
     if o["backend"] == "numba":
         dx = np.empty_like(ds)
-        _k.lif_backward_kernel(ds, cache.h, dx, a["tau"], a["v_th"], a["v_reset"],
-                               a["hard_reset"], a["decay_input"], o["detach_reset"], a["surrogate"],
-                               a["alpha"], spike_code, dtype.type(1.0), dtype.type(math.pi))
+        consts = (dtype.type(1.0), dtype.type(math.pi))
+        if o["neuron_type"] == "lif":
+            _k.lif_backward_kernel(ds, h, dx, *args, *consts)
+        else:
+            _k.neuron_backward_kernel(ds, h, dx, *args, *consts, neuron.charge_backward)
     else:
-        dx = _k.lif_backward_numpy(ds, cache.h, a["tau"], a["v_th"], a["v_reset"],
-                                   a["hard_reset"], a["decay_input"], o["detach_reset"],
-                                   a["surrogate"], a["alpha"], spike_code)
-    return dx.reshape(cache.shape)
-
+        dx = _k.lif_backward_numpy(ds, h, *args, charge_backward=neuron.charge_backward.py_func)
+    return dx.reshape(shape)

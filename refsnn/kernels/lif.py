@@ -21,7 +21,9 @@ import numpy as np
 
 from .fastmath import fexp
 
-__all__ = ["SURROGATE_CODES", "lif_forward_kernel", "lif_backward_kernel",
+__all__ = ["SURROGATE_CODES", "lif_charge", "lif_charge_backward", "spike", "surrogate_grad",
+           "reset", "reset_grad", "neuron_step", "neuron_step_backward", "lif_forward_kernel",
+           "lif_backward_kernel", "neuron_forward_kernel", "neuron_backward_kernel",
            "lif_forward_numpy", "lif_backward_numpy"]
 
 SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "fast_sigmoid": 2}
@@ -219,6 +221,28 @@ def lif_backward_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_in
                         detach_reset, surrogate, alpha, spike_fn, one, pi, lif_charge_backward)
 
 
+# Kernels of any neuron type: its charge and charge_backward are arguments (Numba compiles one
+# specialisation per type, inlined as above). Not cached on disk: a dispatcher argument has no
+# stable cache key, so each process compiles a new type once at its first use.
+
+@nb.njit(parallel=True)
+def neuron_forward_kernel(x, spikes, h, v_last, tau, v_th, v_reset, hard_reset, decay_input,
+                          surrogate, alpha, spike_fn, one, pi, charge):
+    """``lif_forward_kernel`` with the neuron type's ``charge``."""
+    for blk in nb.prange((x.shape[1] + _BLOCK - 1) // _BLOCK):
+        _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                       surrogate, alpha, spike_fn, one, pi, charge)
+
+
+@nb.njit(parallel=True)
+def neuron_backward_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                           detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward):
+    """``lif_backward_kernel`` with the neuron type's ``charge_backward``."""
+    for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
+        _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward)
+
+
 # --------------------------------------------------------------------------------------------
 # NumPy twins: the same equations vectorised over M, a Python loop over T. Test oracles.
 # --------------------------------------------------------------------------------------------
@@ -248,18 +272,17 @@ def _surrogate_grad_numpy(x, surrogate, alpha):
     return dt(1) / (d * d)
 
 
-def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate, alpha, spike_fn):
-    """Twin of ``lif_forward_kernel``; returns (spikes, h, v_last)."""
+def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate, alpha, spike_fn,
+                      charge=lif_charge.py_func):
+    """Twin of ``lif_forward_kernel``; returns (spikes, h, v_last). ``charge``: the neuron
+    type's charge as plain Python (``.py_func``), applied to whole rows."""
     T, M = x.shape
     r = v_reset if hard_reset else x.dtype.type(0)
     spikes = np.empty_like(x)
     h = np.empty_like(x)
     v = np.full(M, r, dtype=x.dtype)
     for t in range(T):
-        if decay_input:
-            hv = v + (x[t] - (v - r)) / tau
-        else:
-            hv = v - (v - r) / tau + x[t]
+        hv = charge(v, x[t], tau, r, decay_input)
         s = _spike_numpy(hv - v_th, spike_fn, surrogate, alpha)
         h[t] = hv
         spikes[t] = s
@@ -271,11 +294,11 @@ def lif_forward_numpy(x, tau, v_th, v_reset, hard_reset, decay_input, surrogate,
 
 
 def lif_backward_numpy(dspikes, h, tau, v_th, v_reset, hard_reset, decay_input,
-                       detach_reset, surrogate, alpha, spike_fn):
-    """Twin of ``lif_backward_kernel``; returns dx."""
+                       detach_reset, surrogate, alpha, spike_fn,
+                       charge_backward=lif_charge_backward.py_func):
+    """Twin of ``lif_backward_kernel``; returns dx. ``charge_backward`` as plain Python."""
     T, M = dspikes.shape
     one = tau - tau + 1
-    leak = one - one / tau
     dx = np.empty(dspikes.shape, dtype=h.dtype)
     dv = np.zeros(M, dtype=h.dtype)
     for t in range(T - 1, -1, -1):
@@ -287,6 +310,5 @@ def lif_backward_numpy(dspikes, h, tau, v_th, v_reset, hard_reset, decay_input,
         else:
             dvdh = one if detach_reset else one - v_th * g
         dh = dspikes[t] * g + dv * dvdh
-        dv = dh * leak
-        dx[t] = dh / tau if decay_input else dh
+        dv, dx[t] = charge_backward(dh, tau, decay_input, one)
     return dx

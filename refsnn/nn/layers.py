@@ -25,7 +25,7 @@ import numpy as np
 
 from ..functional import conv as F
 from ..checks import check_float_array
-from ..functional.lif import lif_backward, lif_forward
+from ..functional.lif import lif_backward, lif_forward, lif_options
 from ..functional.norm import batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from .module import Module, Parameter
@@ -249,7 +249,7 @@ class LIF(Module):
         super().__init__()
         self.neuron = dict(neuron)
         # validate the options now, not at the first forward
-        lif_forward(np.zeros((1, 1)), **self.neuron)
+        lif_options(**self.neuron)
         self._cache = None
         self.op_counts = {}
 
