@@ -43,16 +43,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import training
 from .atomic import atomic_write, atomic_write_text
 from .checkpoint import load_checkpoint, load_model, parse_overrides, versions
-from .models.configs import FUSION_MODES, PRESETS, Config, config
+from .distributed import run_main, world
+from .evaluation import check_data_options, energy_batches, model_inputs, parse_data_options
+from .fusion.registry import fusion_modes
+from .models.configs import PRESETS, Config, config
 from .recipes import DEFAULTS, RECIPES, recipe
 from .stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, mean_sd, paired_bootstrap
 
-__all__ = ["MODES", "SINGLE_MODALITY", "REFERENCE", "compare", "mode_config", "main"]
+__all__ = ["SINGLE_MODALITY", "REFERENCE", "all_modes", "compare", "mode_config", "main"]
 
 SINGLE_MODALITY = ("audio", "visual")      # one stream, no fusion: the ceilings
-MODES = tuple(FUSION_MODES) + SINGLE_MODALITY
 REFERENCE = "cmqka"
 PREDICTIONS = "test_predictions.npz"
 GROWTH_STAGE = 2                           # the fusion module whose growth with N is measured
@@ -69,21 +72,19 @@ class Run(NamedTuple):
     config: Config
 
 
+def all_modes() -> tuple[str, ...]:
+    """Every mode a comparison can run: the registered fusion modes, then the single-modality
+    runs (the default of ``--modes``)."""
+    return tuple(fusion_modes()) + SINGLE_MODALITY
+
+
 def mode_config(base: Config, mode: str) -> Config:
     """The model a mode trains: a fusion mode on both streams, or one stream alone."""
     if mode in SINGLE_MODALITY:
         return base.replace(modality=mode)
-    if mode not in FUSION_MODES:
-        raise ValueError(f"unknown mode {mode!r}; available: {', '.join(MODES)}")
+    if mode not in fusion_modes():
+        raise ValueError(f"unknown mode {mode!r}; available: {', '.join(all_modes())}")
     return base.replace(fusion=mode, modality="av")
-
-
-def _rank() -> int:
-    """This process's MPI rank (0 without MPI), read from the launcher's environment."""
-    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -151,20 +152,25 @@ def train_runs(runs: list, states: dict, *, data: str, root, cache, data_options
                progress: bool, resume_command: str, log=print) -> bool:
     """Train every run that is not finished, in order. Returns False when a run was interrupted
     (Ctrl-C: fit saved it; the same command continues)."""
-    from .train import fit
     finished = sum(states[r] == "finished" for r in runs)
     bar = _progress_bar(progress, total=len(runs), initial=finished, desc="comparison", unit="run", position=0)
     try:
         for run in runs:
             if states[run] == "finished":
                 continue
-            what = f"{run.mode} seed {run.seed}"
+            what = f"{run.mode} seed {run.seed}" + (" (resumed)" if states[run] == "resume" else "")
+
+            def show_epoch(epoch, metrics, what=what):
+                bar.set_postfix_str(f"training {what}: epoch {epoch}/{metrics.get('epochs', options['epochs'])} "
+                                    f"done, val accuracy {metrics.get('val_accuracy') or float('nan'):.3f}")
+
             if bar is not None:
-                bar.set_postfix_str(f"training {what}" + (" (resumed)" if states[run] == "resume" else ""))
+                bar.set_postfix_str(f"training {what}")
             t0 = time.perf_counter()
-            rep = fit(run.config, data, out=run.dir, resume=states[run] == "resume", progress=progress,
-                      verbose=False, root=root, cache=cache, data_options=data_options, seed=run.seed,
-                      resume_command=resume_command, **options)
+            rep = training.fit(run.config, data, out=run.dir, resume=states[run] == "resume", progress=progress,
+                               verbose=False, root=root, cache=cache, data_options=data_options, seed=run.seed,
+                               resume_command=resume_command, on_epoch_end=show_epoch if bar is not None else None,
+                               **options)
             if rep.get("status") != "finished":
                 return False
             states[run] = "finished"
@@ -201,7 +207,7 @@ def _batches(dataset, batch_size: int, dtype):
     it = BatchIterator(dataset, min(batch_size, len(dataset)), shuffle=False, drop_last=False)
     try:
         for b in it:
-            yield b, (b.audio.astype(dtype, copy=False), b.frames.astype(dtype, copy=False))
+            yield b, model_inputs(b, dtype)
     finally:
         it.close()
 
@@ -246,11 +252,7 @@ def evaluate_run(run: Run, test, options: dict) -> dict:
         raise ValueError(f"{checkpoint}: accuracy {accuracy} on the test split, but report.json says "
                          f"{rep['test']['accuracy']}; was the data set or its cache changed after training?")
     model = load_model(checkpoint)
-    batches = []
-    for _, inputs in _batches(test, options["batch_size"], model.dtype):
-        batches.append(inputs)
-        if len(batches) >= options["energy_batches"]:
-            break
+    batches = energy_batches(test, model.dtype, batch_size=options["batch_size"], count=options["energy_batches"])
     totals = energy_report(model, batches)["totals"]
     return {"seed": run.seed, "run": run.dir, "accuracy": accuracy, "correct": correct,
             "clip_ids": pred["clip_ids"], "energy_mJ": totals["snn_mJ"], "macs": totals["macs"],
@@ -296,7 +298,7 @@ def _training_step(c: Config, batch, options: dict):
         opt = SGD(model.parameters(), lr=options["lr"], momentum=options["momentum"])
     else:
         opt = AdamW(model.parameters(), lr=options["lr"], weight_decay=options["weight_decay"])
-    inputs = (batch.audio.astype(model.dtype), batch.frames.astype(model.dtype))
+    inputs = model_inputs(batch, model.dtype)
 
     def step():
         model.zero_grad()
@@ -514,7 +516,7 @@ def _blas() -> str:
 
 # ------------------------------------------------------------------------------ the API
 
-def compare(base: Config, data: str = "synthetic", *, modes=MODES, seeds=(0, 1, 2), out="runs/compare",
+def compare(base: Config, data: str = "synthetic", *, modes=None, seeds=(0, 1, 2), out="runs/compare",
             root=None, cache=None, data_options: dict | None = None, reference: str = REFERENCE,
             resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, bootstrap_seed: int = 0,
             repeat: int = 3, progress: bool = True, command: str | None = None, log=None, **options) -> dict | None:
@@ -523,13 +525,24 @@ def compare(base: Config, data: str = "synthetic", *, modes=MODES, seeds=(0, 1, 
     training options of ``refsnn.train.fit`` (``refsnn.recipes.DEFAULTS`` keys, ``threads``).
     Returns None when the comparison was interrupted (run it again to continue) and on MPI
     ranks other than 0 (they only train). Every check happens before anything trains."""
-    rank0 = _rank() == 0
+    comm = world()
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    if not rank0:
+    if not comm.is_root:
         progress = False
         log = lambda text: None  # noqa: E731
     data_options = dict(data_options or {})
-    runs, states, opts = _plan(base, data, modes, seeds, out, data_options, options, reference)
+    modes = list(modes or all_modes())
+    # rank 0 reads the run folders; every rank follows its plan (the same runs, in order)
+    plan = None
+    if comm.is_root:
+        try:
+            plan = _plan(base, data, modes, seeds, out, data_options, options, reference)
+        except ValueError as exc:
+            plan = exc
+    plan = comm.bcast(plan)
+    if isinstance(plan, ValueError):
+        raise plan
+    runs, states, opts = plan
     command = command or "refsnn.compare.compare(...)"
     todo = sum(s != "finished" for s in states.values())
     log(f"{len(runs)} runs ({len(modes)} modes x {len(seeds)} seeds) in {out}/runs: "
@@ -539,7 +552,7 @@ def compare(base: Config, data: str = "synthetic", *, modes=MODES, seeds=(0, 1, 
                       progress=progress, resume_command=command, log=log):
         log(f"comparison interrupted; run the same command again to continue: {command}")
         return None
-    if not rank0:
+    if not comm.is_root:
         return None
     return _measure_and_write(base, data, runs, modes, seeds, out, root, cache, data_options, opts, reference,
                               resamples, level, bootstrap_seed, repeat, command, log)
@@ -551,23 +564,24 @@ def _plan(base, data, modes, seeds, out, data_options, options, reference):
         raise ValueError(f"config: expected a refsnn.models.Config, got {type(base).__name__}")
     if data not in DATASETS:
         raise ValueError(f"unknown data set {data!r}; available: {', '.join(DATASETS)}")
+    known_modes = all_modes()
     modes, seeds = list(modes), [int(s) for s in seeds]
-    unknown = [m for m in modes if m not in MODES]
-    if reference not in MODES:
-        raise ValueError(f"--reference: unknown mode {reference!r}; available: {', '.join(MODES)}")
+    unknown = [m for m in modes if m not in known_modes]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; available: {', '.join(MODES)}")
+        raise ValueError(f"unknown mode(s) {unknown}; available: {', '.join(known_modes)}")
+    if reference not in known_modes:
+        raise ValueError(f"--reference: unknown mode {reference!r}; available: {', '.join(known_modes)}")
     for name, values in (("modes", modes), ("seeds", seeds)):
         if not values:
             raise ValueError(f"--{name}: expected at least one")
         if len(set(values)) != len(values):
             raise ValueError(f"--{name}: each at most once, got {values}")
-    known = set(DEFAULTS) - {"data", "config"} | {"threads"}
-    bad = sorted(set(options) - known)
-    if bad:
-        raise ValueError(f"unknown training option(s) {bad}; known: {sorted(known)}")
-    opts = {k: v for k, v in DEFAULTS.items() if k not in ("data", "config")}
-    opts.update(options)
+    if "seed" in options or "data_options" in options:
+        raise ValueError("seed, data_options: give them as seeds=... and data_options=... of compare")
+    opts = training.check_options(options)          # every option checked, errors name the flag
+    opts.pop("seed", None)
+    opts.pop("data_options", None)
+    check_data_options(data, base.image_size, data_options)
     # seed-major, so that a comparison stopped early has whole seeds of every mode
     runs = [Run(m, s, os.path.join(os.fspath(out), "runs", m, f"seed{s}"), mode_config(base, m))
             for s in seeds for m in modes]
@@ -650,7 +664,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field of every run, e.g. --set cmqka_mask=channel (repeatable)")
     ap.add_argument("--recipe", help=f"named training recipe: {', '.join(sorted(RECIPES))} (explicit options override it)")
-    ap.add_argument("--modes", nargs="+", metavar="MODE", help=f"default: all of {' '.join(MODES)}")
+    ap.add_argument("--modes", nargs="+", metavar="MODE", help=f"default: all of {' '.join(all_modes())}")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED")
     for flag, key, kind in _TRAIN_FLAGS:
         ap.add_argument(flag, dest=key, type=kind, help=f"training option {key} (default: the recipe's)")
@@ -668,23 +682,9 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _data_options(items) -> dict:
-    out = {}
-    for key, value in parse_overrides(items).items():
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key] = value
-    return out
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    from .train import TrainingError
     try:
         base_opts = recipe(args.recipe) if args.recipe else dict(DEFAULTS)
         keys = [k for _, k, _ in _TRAIN_FLAGS] + [k for _, k in _TRAIN_SWITCHES]
@@ -705,11 +705,11 @@ def main(argv=None) -> int:
                 raise ValueError(f"{name}: {value} is out of range")
         out = args.out or os.path.join("runs", f"compare_{data}_{preset}")
         command = "python -m refsnn.compare " + " ".join(shlex.quote(a) for a in argv)
-        result = compare(base, data, modes=args.modes or MODES, seeds=args.seeds, out=out, root=args.root,
-                         cache=args.cache, data_options=_data_options(args.data_option), reference=args.reference,
+        result = compare(base, data, modes=args.modes, seeds=args.seeds, out=out, root=args.root,
+                         cache=args.cache, data_options=parse_data_options(args.data_option), reference=args.reference,
                          resamples=args.resamples, level=args.level, bootstrap_seed=args.bootstrap_seed,
                          repeat=args.repeat, progress=not args.no_progress, command=command.strip(), **options)
-    except TrainingError as exc:
+    except training.TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
@@ -725,4 +725,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

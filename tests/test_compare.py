@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import refsnn.train
+import refsnn.training
 from refsnn import compare as cmp
 from refsnn.models import config
 from refsnn.stats import mean_sd, paired_bootstrap
@@ -145,7 +145,7 @@ def test_rerun_reuses_every_run_and_needs_no_matplotlib(finished, tmp_path, monk
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(refsnn.train, "fit", no_training)
+    monkeypatch.setattr(refsnn.training, "fit", no_training)
     monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib -> ImportError
     assert cmp.main([*COMMAND, *SMALL, "--out", out]) == 0
     err = capsys.readouterr().err
@@ -166,7 +166,7 @@ def _mtimes(folder):
 
 def test_interrupted_comparison_continues_and_trains_nothing_twice(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "cmp")
-    real_fit = refsnn.train.fit
+    real_fit = refsnn.training.fit
     calls = []
 
     def counting_fit(c, data, **kw):
@@ -175,7 +175,7 @@ def test_interrupted_comparison_continues_and_trains_nothing_twice(tmp_path, mon
             kw["stop_after_steps"] = 1          # as Ctrl-C after one step: fit saves and returns
         return real_fit(c, data, **kw)
 
-    monkeypatch.setattr(refsnn.train, "fit", counting_fit)
+    monkeypatch.setattr(refsnn.training, "fit", counting_fit)
     kwargs = dict(modes=["cmqka", "concat"], seeds=[0, 1], out=out, data_options=DATA_OPTIONS, epochs=1,
                   repeat=1, resamples=500, progress=False)
     base = config("tiny")
@@ -220,9 +220,12 @@ def test_interrupted_comparison_continues_and_trains_nothing_twice(tmp_path, mon
     (["--set", "colour=red"], "colour"),
     (["--reference", "bogus"], "--reference: unknown mode 'bogus'"),
     (["--seeds", "0", "0"], "--seeds: each at most once"),
+    (["--epochs", "0"], "--epochs: expected a positive integer"),
+    (["--optimizer", "adam"], "--optimizer"),
+    (["--data-option", "n_trian=5"], "--data-option"),
 ])
 def test_unknown_names_stop_before_anything_trains(tmp_path, monkeypatch, capsys, args, match):
-    monkeypatch.setattr(refsnn.train, "fit", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(refsnn.training, "fit", lambda *a, **k: pytest.fail("trained"))
     out = str(tmp_path / "cmp")
     assert cmp.main(["--config", "tiny", *args, "--out", out, "--no-progress"]) == 2   # the last --config wins
     assert match in capsys.readouterr().err
@@ -239,7 +242,7 @@ def test_unknown_option_is_refused_by_the_parser(capsys):
 
 def test_a_run_made_with_other_settings_stops_before_training(finished, monkeypatch, capsys):
     out = finished[0]
-    monkeypatch.setattr(refsnn.train, "fit", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(refsnn.training, "fit", lambda *a, **k: pytest.fail("trained"))
     before = _mtimes(out)
     assert cmp.main([*COMMAND[:-1], "2", *SMALL, "--out", out]) == 2
     err = capsys.readouterr().err
