@@ -265,3 +265,19 @@ def test_help_mentions_mpi():
     proc = subprocess.run([sys.executable, "-m", "refsnn.compare", "--help"], capture_output=True, text=True,
                           env=_env(), cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "mpiexec -n" in proc.stdout and "--modes" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_acceptance_command_as_written(tmp_path):
+    """The issue's command verbatim (the full synthetic set: 1,600 training clips per run)."""
+    out = str(tmp_path / "cmp")
+    proc = subprocess.run([sys.executable, "-m", "refsnn.compare", *COMMAND, "--no-progress", "--out", out],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "comparison.json")) as f:
+        rows = json.load(f)["summary"]["rows"]
+    assert list(rows) == ["cmqka", "concat"] and all(len(r["accuracies"]) == 2 for r in rows.values())
+    assert rows["concat"]["vs_reference"]["clips"] == 400
+    with open(os.path.join(out, "comparison.md")) as f:
+        assert "| `concat` |" in f.read()
+    assert os.path.isfile(os.path.join(out, "accuracy_energy.png")) or "matplotlib is not installed" in proc.stderr
