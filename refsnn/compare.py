@@ -39,6 +39,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -53,7 +54,8 @@ from .models.configs import PRESETS, Config, config
 from .recipes import DEFAULTS, RECIPES, recipe
 from .stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, mean_sd, paired_bootstrap
 
-__all__ = ["SINGLE_MODALITY", "REFERENCE", "all_modes", "compare", "mode_config", "main"]
+__all__ = ["SINGLE_MODALITY", "REFERENCE", "Plan", "Run", "all_modes", "compare", "make_plan", "measure",
+           "mode_config", "run_state", "train_runs", "write_outputs", "main"]
 
 SINGLE_MODALITY = ("audio", "visual")      # one stream, no fusion: the ceilings
 REFERENCE = "cmqka"
@@ -61,7 +63,7 @@ PREDICTIONS = "test_predictions.npz"
 GROWTH_STAGE = 2                           # the fusion module whose growth with N is measured
 GROWTH_FACTOR = 4
 GROWTH_BATCH = 8
-_OUTPUTS = ("comparison.json", "comparison.md", "accuracy_energy.png")
+TIMING_ROUNDS = 3                          # round-robin rounds of the step-time measurement
 
 
 class Run(NamedTuple):
@@ -70,6 +72,35 @@ class Run(NamedTuple):
     seed: int
     dir: str
     config: Config
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A comparison as asked for, every part checked (``make_plan``)."""
+    base: Config                 # the model config every mode starts from
+    data: str
+    modes: tuple
+    seeds: tuple
+    out: str
+    options: dict                # training options of fit (checked), without seed and data_options
+    data_options: dict
+    root: str | None = None
+    cache: str | None = None
+    reference: str = REFERENCE
+    resamples: int = DEFAULT_RESAMPLES
+    level: float = DEFAULT_LEVEL
+    bootstrap_seed: int = 0
+    repeat: int = 3
+    command: str = "refsnn.compare.compare(...)"
+
+    @property
+    def runs(self) -> list:
+        """Seed-major, so that a comparison stopped early has whole seeds of every mode."""
+        return [Run(m, s, os.path.join(self.out, "runs", m, f"seed{s}"), mode_config(self.base, m))
+                for s in self.seeds for m in self.modes]
+
+    def wanted_options(self, seed: int) -> dict:
+        return _wanted_options(self.options, seed, self.data, self.data_options)
 
 
 def all_modes() -> tuple[str, ...]:
@@ -148,10 +179,10 @@ def _progress_bar(enabled: bool, **kwargs):
     return tqdm(dynamic_ncols=True, **kwargs)
 
 
-def train_runs(runs: list, states: dict, *, data: str, root, cache, data_options: dict, options: dict,
-               progress: bool, resume_command: str, log=print) -> bool:
-    """Train every run that is not finished, in order. Returns False when a run was interrupted
-    (Ctrl-C: fit saved it; the same command continues)."""
+def train_runs(plan: Plan, states: dict, *, progress: bool, log=print) -> bool:
+    """Train every run of ``plan`` that is not finished, in order. Returns False when a run was
+    interrupted (Ctrl-C: fit saved it; the same command continues)."""
+    runs, options = plan.runs, plan.options
     finished = sum(states[r] == "finished" for r in runs)
     bar = _progress_bar(progress, total=len(runs), initial=finished, desc="comparison", unit="run", position=0)
     try:
@@ -167,10 +198,10 @@ def train_runs(runs: list, states: dict, *, data: str, root, cache, data_options
             if bar is not None:
                 bar.set_postfix_str(f"training {what}")
             t0 = time.perf_counter()
-            rep = training.fit(run.config, data, out=run.dir, resume=states[run] == "resume", progress=progress,
-                               verbose=False, root=root, cache=cache, data_options=data_options, seed=run.seed,
-                               resume_command=resume_command, on_epoch_end=show_epoch if bar is not None else None,
-                               **options)
+            rep = training.fit(run.config, plan.data, out=run.dir, resume=states[run] == "resume",
+                               progress=progress, verbose=False, root=plan.root, cache=plan.cache,
+                               data_options=plan.data_options, seed=run.seed, resume_command=plan.command,
+                               on_epoch_end=show_epoch if bar is not None else None, **options)
             if rep.get("status") != "finished":
                 return False
             states[run] = "finished"
@@ -418,24 +449,16 @@ def _pm(x: float) -> str:
     return f"{x:+.4f}"
 
 
-def markdown(result: dict) -> str:
+def _accuracy_table(result: dict) -> list[str]:
     s = result["summary"]
-    rows = s["rows"]
-    ref = s["reference"]
-    level = int(round(100 * result["bootstrap"]["level"]))
-    o = result["options"]
-    lines = [f"Fusion modes on `{result['data']}`"
-             + (f" (data options {result['data_options']})" if result["data_options"] else "")
-             + f", `{result['config']['name']}` preset, seeds {result['seeds']}, {o['epochs']} epochs, "
-             f"batch {o['batch_size']}, {o['optimizer']} lr {o['lr']}; {result['test_clips']} test clips per seed.",
-             ""]
+    ref, level = s["reference"], int(round(100 * result["bootstrap"]["level"]))
     head = ["mode", "test accuracy (mean ± sd)", "per seed"]
     if ref:
         head += [f"Δ vs `{ref}` per seed", f"Δ mean [{level}% paired bootstrap]", f"vs `{ref}`"]
     if s["ceiling"]:
         head += ["vs best single modality"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for mode, r in rows.items():
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for mode, r in s["rows"].items():
         cells = [f"`{mode}`" + (" (ceiling)" if r["kind"] == "single modality" else ""),
                  f"{r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f}", " / ".join(f"{a:.4f}" for a in r["accuracies"])]
         if ref:
@@ -448,30 +471,47 @@ def markdown(result: dict) -> str:
             cells += ["—" if v is None else
                       f"{_pm(v['difference'])} [{_pm(v['low'])}, {_pm(v['high'])}]: {v['verdict']}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_table(result: dict) -> list[str]:
+    rows = result["summary"]["rows"]
     g = next((r["growth"] for r in rows.values() if r.get("growth")), None)
     tokens = f"{g['tokens'][0]} → {g['tokens'][1]} tokens" if g else "N → 4N tokens"
-    lines += ["", "| mode | energy / sample (mJ) | MACs / sample | ACs / sample | parameters | train step (s) | "
-              f"fusion core ops / sample | core ops, {tokens} | fusion time, {tokens} |", "|" + "---|" * 9]
+    lines = ["| mode | energy / sample (mJ) | MACs / sample | ACs / sample | parameters | train step (s) | "
+             f"fusion core ops / sample | core ops, {tokens} | fusion time, {tokens} |", "|" + "---|" * 9]
     for mode, r in rows.items():
         gr = r.get("growth")
         lines.append(f"| `{mode}` | {r['energy_mJ']:.5f} | {r['macs'] / 1e6:.2f} M | {r['acs'] / 1e6:.2f} M | "
                      f"{r['parameters']:,} | {r['step_time_s']:.3f} | "
                      + (f"{r['core_ops_per_sample'] / 1e6:.3f} M" if r["core_ops_per_sample"] else "—") + " | "
                      + (f"{gr['ops_ratio']:.1f}x | {gr['time_ratio']:.1f}x" if gr else "— | —") + " |")
-    b = result["bootstrap"]
-    lines += ["", f"Δ: test accuracy minus `{ref}`'s, seed by seed (same seed, same test clips); the interval is a "
-              f"paired bootstrap over the test clips ({b['resamples']:,} resamples, seed {b['seed']}), "
-              f"\"not separated\" when it contains 0. It covers the choice of test clips for these trained "
-              f"models, not the spread between training seeds (see the per-seed differences)."
-              if ref else f"No paired comparison: the reference mode `{REFERENCE}` is not among the modes.",
-              f"Energy: SPEC section 7 (E_MAC 4.6 pJ, E_AC 0.9 pJ) on {o['energy_batches']} test batches of the "
-              f"best checkpoint, mean over seeds. Train step: forward, loss, backward and {o['optimizer']} on one "
-              f"training batch of {o['batch_size']}, median of {result['timing']['rounds']} rounds over all modes "
-              f"in turn, in one process. Fusion core ops: the attention cores' counted operations (SSA "
-              f"multiply-accumulates, Q-K additions + kept) per test sample in the three fusion modules; growth: one "
-              f"stage-{GROWTH_STAGE} fusion module at N and {GROWTH_FACTOR}N tokens (batch {GROWTH_BATCH}, random "
-              f"spike sums), operations and forward + backward time.",
-              "", f"Command: `{result['command']}`", f"Machine: {result['machine']}; BLAS: {result['blas']}."]
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """comparison.md: what was compared, the accuracy table with the paired statistics, the
+    cost table, how each number was measured, the command."""
+    ref = result["summary"]["reference"]
+    o, b = result["options"], result["bootstrap"]
+    lines = [f"Fusion modes on `{result['data']}`"
+             + (f" (data options {result['data_options']})" if result["data_options"] else "")
+             + f", `{result['config']['name']}` preset, seeds {result['seeds']}, {o['epochs']} epochs, "
+             f"batch {o['batch_size']}, {o['optimizer']} lr {o['lr']}; {result['test_clips']} test clips per seed.",
+             "", *_accuracy_table(result), "", *_cost_table(result), "",
+             f"Δ: test accuracy minus `{ref}`'s, seed by seed (same seed, same test clips); the interval is a "
+             f"paired bootstrap over the test clips ({b['resamples']:,} resamples, seed {b['seed']}), "
+             f"\"not separated\" when it contains 0. It covers the choice of test clips for these trained "
+             f"models, not the spread between training seeds (see the per-seed differences)."
+             if ref else f"No paired comparison: the reference mode is not among the modes.",
+             f"Energy: SPEC section 7 (E_MAC 4.6 pJ, E_AC 0.9 pJ) on {o['energy_batches']} test batches of the "
+             f"best checkpoint, mean over seeds. Train step: forward, loss, backward and {o['optimizer']} on one "
+             f"training batch of {o['batch_size']}, median of {result['timing']['rounds']} rounds over all modes "
+             f"in turn, in one process. Fusion core ops: the attention cores' counted operations (SSA "
+             f"multiply-accumulates, Q-K additions + kept) per test sample in the three fusion modules; growth: one "
+             f"stage-{GROWTH_STAGE} fusion module at N and {GROWTH_FACTOR}N tokens (batch {GROWTH_BATCH}, random "
+             f"spike sums), operations and forward + backward time.",
+             "", f"Command: `{result['command']}`", f"Machine: {result['machine']}; BLAS: {result['blas']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -516,59 +556,25 @@ def _blas() -> str:
 
 # ------------------------------------------------------------------------------ the API
 
-def compare(base: Config, data: str = "synthetic", *, modes=None, seeds=(0, 1, 2), out="runs/compare",
-            root=None, cache=None, data_options: dict | None = None, reference: str = REFERENCE,
-            resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL, bootstrap_seed: int = 0,
-            repeat: int = 3, progress: bool = True, command: str | None = None, log=None, **options) -> dict | None:
-    """Train (or reuse, or resume) every mode x seed and compare them; writes ``comparison.json``,
-    ``comparison.md`` and ``accuracy_energy.png`` to ``out`` and returns the result. ``options``:
-    training options of ``refsnn.train.fit`` (``refsnn.recipes.DEFAULTS`` keys, ``threads``).
-    Returns None when the comparison was interrupted (run it again to continue) and on MPI
-    ranks other than 0 (they only train). Every check happens before anything trains."""
-    comm = world()
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    if not comm.is_root:
-        progress = False
-        log = lambda text: None  # noqa: E731
-    data_options = dict(data_options or {})
-    modes = list(modes or all_modes())
-    # rank 0 reads the run folders; every rank follows its plan (the same runs, in order)
-    plan = None
-    if comm.is_root:
-        try:
-            plan = _plan(base, data, modes, seeds, out, data_options, options, reference)
-        except ValueError as exc:
-            plan = exc
-    plan = comm.bcast(plan)
-    if isinstance(plan, ValueError):
-        raise plan
-    runs, states, opts = plan
-    command = command or "refsnn.compare.compare(...)"
-    todo = sum(s != "finished" for s in states.values())
-    log(f"{len(runs)} runs ({len(modes)} modes x {len(seeds)} seeds) in {out}/runs: "
-        f"{len(runs) - todo} finished, {sum(s == 'resume' for s in states.values())} to resume, "
-        f"{sum(s == 'new' for s in states.values())} to train")
-    if not train_runs(runs, states, data=data, root=root, cache=cache, data_options=data_options, options=opts,
-                      progress=progress, resume_command=command, log=log):
-        log(f"comparison interrupted; run the same command again to continue: {command}")
-        return None
-    if not comm.is_root:
-        return None
-    return _measure_and_write(base, data, runs, modes, seeds, out, root, cache, data_options, opts, reference,
-                              resamples, level, bootstrap_seed, repeat, command, log)
+_SETTINGS = ("root", "cache", "reference", "resamples", "level", "bootstrap_seed", "repeat", "command")
 
 
-def _plan(base, data, modes, seeds, out, data_options, options, reference):
+def make_plan(base: Config, data: str, *, modes, seeds, out, data_options: dict, options: dict,
+              **settings) -> Plan:
+    """Check everything a comparison needs before anything trains: modes, seeds, data set and
+    its options, training options (``refsnn.training.check_options``), reference mode and the
+    statistics' settings."""
     from .data import DATASETS
     if not isinstance(base, Config):
         raise ValueError(f"config: expected a refsnn.models.Config, got {type(base).__name__}")
     if data not in DATASETS:
         raise ValueError(f"unknown data set {data!r}; available: {', '.join(DATASETS)}")
     known_modes = all_modes()
-    modes, seeds = list(modes), [int(s) for s in seeds]
+    modes, seeds = list(modes or known_modes), [int(s) for s in seeds]
     unknown = [m for m in modes if m not in known_modes]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; available: {', '.join(known_modes)}")
+    reference = settings.get("reference", REFERENCE)
     if reference not in known_modes:
         raise ValueError(f"--reference: unknown mode {reference!r}; available: {', '.join(known_modes)}")
     for name, values in (("modes", modes), ("seeds", seeds)):
@@ -576,50 +582,96 @@ def _plan(base, data, modes, seeds, out, data_options, options, reference):
             raise ValueError(f"--{name}: expected at least one")
         if len(set(values)) != len(values):
             raise ValueError(f"--{name}: each at most once, got {values}")
+    for name, ok in (("resamples", settings.get("resamples", 1) >= 1), ("level", 0 < settings.get("level", 0.5) < 1),
+                     ("repeat", settings.get("repeat", 1) >= 1)):
+        if not ok:
+            raise ValueError(f"--{name}: {settings[name]} is out of range")
     if "seed" in options or "data_options" in options:
         raise ValueError("seed, data_options: give them as seeds=... and data_options=... of compare")
     opts = training.check_options(options)          # every option checked, errors name the flag
     opts.pop("seed", None)
     opts.pop("data_options", None)
     check_data_options(data, base.image_size, data_options)
-    # seed-major, so that a comparison stopped early has whole seeds of every mode
-    runs = [Run(m, s, os.path.join(os.fspath(out), "runs", m, f"seed{s}"), mode_config(base, m))
-            for s in seeds for m in modes]
-    states = {r: run_state(r, _wanted_options(opts, r.seed, data, data_options)) for r in runs}
-    return runs, states, opts
+    return Plan(base=base, data=data, modes=tuple(modes), seeds=tuple(seeds), out=os.fspath(out), options=opts,
+                data_options=dict(data_options), **settings)
 
 
-def _measure_and_write(base, data, runs, modes, seeds, out, root, cache, data_options, opts, reference,
-                       resamples, level, bootstrap_seed, repeat, command, log):
+def compare(base: Config, data: str = "synthetic", *, modes=None, seeds=(0, 1, 2), out="runs/compare",
+            data_options: dict | None = None, progress: bool = True, log=None, **kwargs) -> dict | None:
+    """Train (or reuse, or resume) every mode x seed and compare them; writes ``comparison.json``,
+    ``comparison.md`` and ``accuracy_energy.png`` to ``out`` and returns the result.
+
+    ``kwargs``: training options of ``refsnn.train.fit`` (``refsnn.recipes.DEFAULTS`` keys and
+    ``threads``) and the settings ``root``, ``cache``, ``reference``, ``resamples``, ``level``,
+    ``bootstrap_seed``, ``repeat``, ``command`` (``Plan``). Returns None when the comparison
+    was interrupted (run it again to continue) and on MPI ranks other than 0 (they only
+    train). Every check happens before anything trains."""
+    comm = world()
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    if not comm.is_root:
+        progress = False
+        log = lambda text: None  # noqa: E731
+    settings = {k: kwargs.pop(k) for k in _SETTINGS if k in kwargs}
+    # rank 0 reads the run folders; every rank follows its plan (the same runs, in order)
+    planned = None
+    if comm.is_root:
+        try:
+            plan = make_plan(base, data, modes=modes, seeds=seeds, out=out, data_options=data_options or {},
+                             options=kwargs, **settings)
+            planned = (plan, {r: run_state(r, plan.wanted_options(r.seed)) for r in plan.runs})
+        except ValueError as exc:
+            planned = exc
+    planned = comm.bcast(planned)
+    if isinstance(planned, ValueError):
+        raise planned
+    plan, states = planned
+    counts = {k: sum(s == k for s in states.values()) for k in ("finished", "resume", "new")}
+    log(f"{len(states)} runs ({len(plan.modes)} modes x {len(plan.seeds)} seeds) in {plan.out}/runs: "
+        f"{counts['finished']} finished, {counts['resume']} to resume, {counts['new']} to train")
+    if not train_runs(plan, states, progress=progress, log=log):
+        log(f"comparison interrupted; run the same command again to continue: {plan.command}")
+        return None
+    if not comm.is_root:
+        return None
+    result = measure(plan, log)
+    write_outputs(result, plan.out, log)
+    return result
+
+
+def measure(plan: Plan, log) -> dict:
+    """Every number of a comparison whose runs have finished (module docstring)."""
     from .data import load_dataset
-    out = os.fspath(out)
-    evaluated = {m: [] for m in modes}
+    evaluated = {m: [] for m in plan.modes}
     tests = {}
-    with _threads(opts.get("threads")):
+    source = dict(root=plan.root, cache=plan.cache, image_size=plan.base.image_size, **plan.data_options)
+    with _threads(plan.options.get("threads")):
         log("evaluating the runs clip by clip")
-        for run in runs:
+        for run in plan.runs:
             if run.seed not in tests:
-                tests[run.seed] = load_dataset(data, "test", root=root, cache=cache, image_size=base.image_size,
-                                               seed=run.seed, **data_options)
-            evaluated[run.mode].append(evaluate_run(run, tests[run.seed], opts))
-        classes = tests[seeds[0]].num_classes
-        configs = {m: mode_config(base, m).replace(classes=classes) for m in modes}
+                tests[run.seed] = load_dataset(plan.data, "test", seed=run.seed, **source)
+            evaluated[run.mode].append(evaluate_run(run, tests[run.seed], plan.options))
+        test = tests[plan.seeds[0]]
+        configs = {m: mode_config(plan.base, m).replace(classes=test.num_classes) for m in plan.modes}
         log("timing the training steps (round-robin over the modes) and the fusion growth")
-        train = load_dataset(data, "train", root=root, cache=cache, image_size=base.image_size, seed=seeds[0],
-                             **data_options)
-        rounds = 3
-        steps = step_times(configs, train, opts, repeat=repeat, rounds=rounds)
-        growth = {m: fusion_growth(configs[m], repeat=repeat) for m in modes}
-    summary = summarise(evaluated, reference, resamples=resamples, level=level, bootstrap_seed=bootstrap_seed)
+        train = load_dataset(plan.data, "train", seed=plan.seeds[0], **source)
+        steps = step_times(configs, train, plan.options, repeat=plan.repeat, rounds=TIMING_ROUNDS)
+        growth = {m: fusion_growth(configs[m], repeat=plan.repeat) for m in plan.modes}
+    summary = summarise(evaluated, plan.reference, resamples=plan.resamples, level=plan.level,
+                        bootstrap_seed=plan.bootstrap_seed)
     for m, row in summary["rows"].items():
         row.update(step_time_s=steps[m], growth=growth[m])
-    result = {"data": data, "data_options": data_options, "config": base.to_dict(), "modes": list(modes),
-              "seeds": list(seeds), "options": opts, "test_clips": len(tests[seeds[0]]),
-              "bootstrap": {"resamples": resamples, "level": level, "seed": bootstrap_seed},
-              "timing": {"rounds": rounds, "repeat": repeat}, "summary": summary, "command": command,
-              "machine": _machine(), "blas": _blas(), "versions": versions(),
-              "per_run": {m: [{k: v for k, v in r.items() if k not in ("correct", "clip_ids")} for r in evaluated[m]]
-                          for m in modes}}
+    return {"data": plan.data, "data_options": plan.data_options, "config": plan.base.to_dict(),
+            "modes": list(plan.modes), "seeds": list(plan.seeds), "options": plan.options, "test_clips": len(test),
+            "bootstrap": {"resamples": plan.resamples, "level": plan.level, "seed": plan.bootstrap_seed},
+            "timing": {"rounds": TIMING_ROUNDS, "repeat": plan.repeat}, "summary": summary,
+            "command": plan.command, "machine": _machine(), "blas": _blas(), "versions": versions(),
+            "per_run": {m: [{k: v for k, v in r.items() if k not in ("correct", "clip_ids")} for r in runs]
+                        for m, runs in evaluated.items()}}
+
+
+def write_outputs(result: dict, out: str, log) -> None:
+    """comparison.json, comparison.md and (with matplotlib) accuracy_energy.png in ``out``;
+    adds ``markdown`` and ``written`` to ``result``."""
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "comparison.json"), json.dumps(result, indent=1, default=float) + "\n")
     text = markdown(result)
@@ -636,7 +688,6 @@ def _measure_and_write(base, data, runs, modes, seeds, out, root, cache, data_op
     result["written"] = [os.path.join(out, w) for w in written]
     log("wrote " + ", ".join(result["written"]))
     result["markdown"] = text
-    return result
 
 
 # ------------------------------------------------------------------------------ command line
@@ -699,10 +750,6 @@ def main(argv=None) -> int:
         options = {k: v for k, v in base_opts.items() if k not in ("data", "config")}
         if args.threads is not None:
             options["threads"] = args.threads
-        for name, value, ok in (("--resamples", args.resamples, args.resamples >= 1),
-                                ("--level", args.level, 0 < args.level < 1), ("--repeat", args.repeat, args.repeat >= 1)):
-            if not ok:
-                raise ValueError(f"{name}: {value} is out of range")
         out = args.out or os.path.join("runs", f"compare_{data}_{preset}")
         command = "python -m refsnn.compare " + " ".join(shlex.quote(a) for a in argv)
         result = compare(base, data, modes=args.modes, seeds=args.seeds, out=out, root=args.root,
