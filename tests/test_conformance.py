@@ -95,6 +95,17 @@ def test_compare_value_tolerances_and_nan():
     assert not compare_tensor(spec, e, None, "float64")["ok"]
 
 
+def test_float32_dtype_check_covers_0d_outputs():
+    # a float64 loss (0-d) in a float32 run was computed in float64: refused like any tensor
+    spec = fmt.output_spec("value")
+    loss = np.asarray(0.75)
+    rec = compare_tensor(spec, loss, np.asarray(0.75, dtype=np.float64), "float32")
+    assert not rec["ok"] and "dtype float64" in rec["problem"]
+    assert not compare_tensor(spec, loss, 0.75, "float32")["ok"]         # a Python float is float64
+    assert compare_tensor(spec, loss, np.float32(0.75), "float32")["ok"]
+    assert compare_tensor(spec, loss, np.asarray(0.75, dtype=np.float32), "float32")["ok"]
+
+
 def test_compare_atol_only_ignores_relative_error():
     spec = fmt.output_spec("gradient", atol_only=True)
     e = np.array([1e-17, -3e-16])
@@ -417,7 +428,95 @@ def test_adapter_errors_and_missing_outputs_fail():
     assert not r.ok and "missing" in text
 
 
+@pytest.mark.parametrize("exc", [SystemExit(0), SystemExit(None), KeyboardInterrupt(), GeneratorExit()])
+def test_anything_the_adapter_raises_is_reported_against_the_case(exc):
+    calls = []
+
+    def adapter(case, inputs):
+        calls.append(case["case"])
+        if len(calls) == 2:
+            raise exc
+        return refsnn_adapter.run(case, inputs)
+
+    r, text = _verify(adapter, suites=["bitpack"])
+    assert not r.ok
+    errors = [c for c in r.cases if c["status"] == "error"]
+    assert [c["case"] for c in errors] == [calls[1]]
+    assert type(exc).__name__ in errors[0]["error"]
+    if isinstance(exc, KeyboardInterrupt):
+        # the run stops; the cases after it are recorded as not run, never as passed
+        assert r.interrupted and r.counts()["not-run"] == len(r.cases) - 2 > 0
+        assert "did not run" in text
+    else:
+        assert r.counts()["passed"] == len(r.cases) - 1 and r.complete
+
+
+def test_outputs_whose_conversion_raises_system_exit_are_an_error():
+    class Hostile:
+        def __array__(self, *a, **k):
+            raise SystemExit(0)
+
+    def adapter(case, inputs):
+        return {name: Hostile() for name in case["outputs"]}
+
+    r, _ = _verify(adapter, suites=["bitpack"])
+    assert not r.ok and r.counts()["error"] == len(r.cases)
+
+
 # -- the command line: selection, report, tampering ----------------------------------------------------------
+
+HOSTILE_ADAPTERS = {
+    # exits "successfully" on the second case
+    "exit_zero": "n = []\ndef run(case, inputs):\n    n.append(1)\n    if len(n) == 2:\n"
+                 "        raise SystemExit(0)\n    return REF(case, inputs)\n",
+    "interrupt": "n = []\ndef run(case, inputs):\n    n.append(1)\n    if len(n) == 2:\n"
+                 "        raise KeyboardInterrupt\n    return REF(case, inputs)\n",
+    "exit_at_import": "raise SystemExit(0)\ndef run(case, inputs):\n    return REF(case, inputs)\n",
+    # leaves the process on the second case, bypassing every handler (exit status 0)
+    "os_exit": "import os\nn = []\ndef run(case, inputs):\n    n.append(1)\n    if len(n) == 2:\n"
+               "        os._exit(0)\n    return REF(case, inputs)\n",
+}
+
+
+@pytest.mark.parametrize("kind,code", [("exit_zero", 1), ("interrupt", 130), ("exit_at_import", 2),
+                                       ("os_exit", 0)])
+def test_cli_hostile_adapter_never_passes_and_always_leaves_a_report(tmp_path, kind, code):
+    (tmp_path / f"hostile_{kind}.py").write_text(
+        "from refsnn.conformance.adapters.refsnn_adapter import run as REF\n" + HOSTILE_ADAPTERS[kind])
+    report = tmp_path / "r.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-m", "refsnn.conformance", "verify", "--adapter",
+                        f"hostile_{kind}:run", "--suite", "bitpack", "--report", str(report)],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == code, p.stdout + p.stderr
+    rep = json.loads(report.read_text())
+    assert rep["ok"] is False
+    if kind == "os_exit":
+        # os._exit cannot be intercepted in-process: the exit status is the adapter's, but the
+        # report written before the first case says the run never finished
+        assert rep["complete"] is False and rep["exit_code"] is None
+        return
+    assert rep["exit_code"] == code
+    if kind == "exit_zero":
+        assert rep["complete"] and rep["summary"]["error"] == 1
+        assert "SystemExit(0)" in p.stdout
+        assert [c["status"] for c in rep["cases"]].count("passed") == len(rep["cases"]) - 1
+    elif kind == "interrupt":
+        assert rep["interrupted"] and not rep["complete"] and rep["summary"]["not-run"] > 0
+    else:
+        assert "SystemExit(0)" in p.stderr and "hostile_exit_at_import" in p.stderr
+        assert rep["cases"] == []
+
+
+def test_cli_report_written_when_the_vectors_are_refused(vector_copy, tmp_path):
+    _tamper(vector_copy, "modify")
+    report = tmp_path / "r.json"
+    p = _cli("verify", "--adapter", "refsnn.conformance.adapters.refsnn_adapter:run",
+             "--vectors", str(vector_copy / "vectors"), "--suite", "bitpack", "--report", str(report))
+    assert p.returncode == 2
+    rep = json.loads(report.read_text())
+    assert rep["ok"] is False and rep["exit_code"] == 2 and "refused" in rep["error"]
+
 
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ)

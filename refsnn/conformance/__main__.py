@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from its parent")
     v.add_argument("--suite", action="append", help="only this suite (repeatable)")
     v.add_argument("--case", help="only cases whose name (or suite/name) matches this glob")
-    v.add_argument("--report", help="write a JSON report here")
+    v.add_argument("--report", help="write a JSON report here (always written: \"complete\": false "
+                                     "until the run ends)")
     v.add_argument("--dtype", default="float64", choices=("float64", "float32"),
                    help="run dtype: float32 casts the inputs, uses the float32 tolerances and "
                         "skips float64-only cases (default float64)")

@@ -7,8 +7,15 @@ inputs.npz (float arrays cast to the run's dtype). It returns every tensor liste
 mismatches, and for each flipped spike its distance to threshold. Before anything runs, every
 selected file is checked against MANIFEST.json's sha256; a tampered file is refused by name.
 
-Exit codes: 0 every selected case passed; 1 some case failed (or none ran); 2 the vectors were
-refused or the command line was wrong.
+Exit codes: 0 every selected case ran and passed; 1 some case failed, erred or did not run;
+2 the vectors were refused or the command line was wrong; 130 the adapter raised
+KeyboardInterrupt (the remaining cases did not run).
+
+A false pass is ruled out: anything the adapter raises (``SystemExit`` and
+``KeyboardInterrupt`` included) is reported against its case, a run counts as passed only when
+every selected case ran and passed, and the ``--report`` file is written in every outcome (it
+is first written as ``"complete": false`` before any case runs, so even a process killed
+mid-run, or an adapter calling ``os._exit``, leaves a report that says the run did not finish).
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ MAX_FLIPS_SHOWN = 5
 
 
 def load_adapter(spec: str):
-    """``pkg.module:function`` -> the function (the current directory is importable)."""
+    """``pkg.module:function`` -> the function (the current directory is importable). An
+    import that raises anything, ``SystemExit`` included, is a ValueError naming the module."""
     if ":" not in spec:
         raise ValueError(f"--adapter: expected 'pkg.module:function', got {spec!r}")
     module_name, func_name = spec.rsplit(":", 1)
@@ -41,6 +49,10 @@ def load_adapter(spec: str):
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"--adapter: cannot import {module_name!r} ({exc})") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit(0) at import must not pass
+        raise ValueError(f"--adapter: importing {module_name!r} raised {_describe(exc)}") from None
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ValueError(f"--adapter: {module_name!r} has no callable {func_name!r}")
@@ -83,7 +95,8 @@ def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
     if g.shape != expected.shape:
         rec.update(ok=False, problem=f"shape {tuple(g.shape)}, expected {tuple(expected.shape)}")
         return rec
-    if spec["kind"] in ("value", "gradient") and g.ndim > 0 and np.issubdtype(g.dtype, np.floating) \
+    # every rank, 0-d included: a float64 loss in a float32 run was computed in float64
+    if spec["kind"] in ("value", "gradient") and np.issubdtype(g.dtype, np.floating) \
             and g.dtype != np.dtype(dtype):
         rec.update(ok=False, problem=f"dtype {g.dtype} in a {dtype} run")
         return rec
@@ -127,20 +140,43 @@ def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
     return rec
 
 
+STATUSES = ("passed", "failed", "error", "skipped", "not-run")
+
+
 class VerifyResult:
+    """Per-case records (``status`` one of STATUSES). ``interrupted``: the adapter raised
+    KeyboardInterrupt; the cases after it are recorded as ``not-run``."""
+
     def __init__(self):
         self.cases: list[dict] = []
+        self.selected = 0
+        self.interrupted = False
 
     def counts(self) -> dict:
-        out = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+        out = {s: 0 for s in STATUSES}
         for c in self.cases:
             out[c["status"]] += 1
         return out
 
     @property
+    def complete(self) -> bool:
+        """Every selected case has a record and none was left unrun."""
+        return len(self.cases) == self.selected and self.counts()["not-run"] == 0
+
+    @property
     def ok(self) -> bool:
+        """True only when every selected case ran and none failed or erred (skipped float64-only
+        cases aside), and at least one passed."""
         n = self.counts()
-        return n["failed"] == 0 and n["error"] == 0 and n["passed"] > 0
+        return (self.complete and not self.interrupted and n["failed"] == 0 and n["error"] == 0
+                and n["passed"] > 0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _fmt(x: float) -> str:
@@ -184,27 +220,40 @@ def run_case(adapter, root: str, suite: str, name: str, dtype: str) -> dict:
     t0 = time.perf_counter()
     try:
         outputs = adapter(case_arg, dict(inputs))
-    except Exception as exc:
-        record.update(status="error", seconds=time.perf_counter() - t0,
-                      error=f"{type(exc).__name__}: {exc}",
+    except BaseException as exc:  # noqa: BLE001 - SystemExit(0) from an adapter is not a pass
+        record.update(status="error", seconds=time.perf_counter() - t0, error=_describe(exc),
                       traceback=traceback.format_exc(limit=6))
+        if isinstance(exc, KeyboardInterrupt):
+            record["interrupted"] = True
         return record
     record["seconds"] = time.perf_counter() - t0
     if not isinstance(outputs, dict):
         record.update(status="error", error=f"adapter returned {type(outputs).__name__}, not a dict")
         return record
     tensors = {}
-    for out_name, spec in case["outputs"].items():
-        margin = expected.get(spec["margin"]) if "margin" in spec else None
-        tensors[out_name] = compare_tensor(spec, expected[out_name], outputs.get(out_name), dtype, margin)
+    try:
+        for out_name, spec in case["outputs"].items():
+            margin = expected.get(spec["margin"]) if "margin" in spec else None
+            tensors[out_name] = compare_tensor(spec, expected[out_name], outputs.get(out_name), dtype,
+                                               margin)
+    except BaseException as exc:  # noqa: BLE001 - the returned objects are the adapter's code too
+        record.update(status="error", error=f"reading the adapter's outputs raised {_describe(exc)}",
+                      traceback=traceback.format_exc(limit=6))
+        if isinstance(exc, KeyboardInterrupt):
+            record["interrupted"] = True
+        return record
     record["tensors"] = tensors
     record["status"] = "passed" if all(t["ok"] for t in tensors.values()) else "failed"
     return record
 
 
 def verify(adapter, vectors: str, *, suites=None, pattern=None, dtype="float64", manifest_path=None,
-           quiet=False, out=sys.stdout) -> VerifyResult:
-    """Check integrity, then run every selected case. Raises IntegrityError / ValueError."""
+           quiet=False, out=sys.stdout, result: VerifyResult | None = None) -> VerifyResult:
+    """Check integrity, then run every selected case. Raises IntegrityError / ValueError.
+
+    Whatever the adapter raises is recorded against its case; after a KeyboardInterrupt the
+    remaining cases are recorded as ``not-run`` and ``result.interrupted`` is set. ``result``:
+    an existing VerifyResult to fill (the command line keeps it to write the report)."""
     if dtype not in ("float64", "float32"):
         raise ValueError(f"--dtype: expected float64 or float32, got {dtype!r}")
     root = os.path.dirname(os.path.abspath(vectors))
@@ -214,8 +263,9 @@ def verify(adapter, vectors: str, *, suites=None, pattern=None, dtype="float64",
     if not selected:
         raise ValueError("no case matches --suite/--case")
     check_integrity(root, manifest, selected)
-    result = VerifyResult()
-    for suite, name in selected:
+    result = VerifyResult() if result is None else result
+    result.selected = len(selected)
+    for i, (suite, name) in enumerate(selected):
         rec = run_case(adapter, root, suite, name, dtype)
         result.cases.append(rec)
         status = rec["status"]
@@ -227,28 +277,61 @@ def verify(adapter, vectors: str, *, suites=None, pattern=None, dtype="float64",
         for t_name, t in rec.get("tensors", {}).items():
             if not quiet or not t["ok"]:
                 print(_tensor_line(t_name, t), file=out)
+        if rec.get("interrupted"):
+            result.interrupted = True
+            rest = selected[i + 1:]
+            result.cases.extend({"suite": s_, "case": n_, "status": "not-run",
+                                 "reason": "the adapter raised KeyboardInterrupt on an earlier case"}
+                                for s_, n_ in rest)
+            print(f"interrupted: {len(rest)} case(s) did not run", file=out)
+            break
     n = result.counts()
-    print(f"\n{n['passed']} passed, {n['failed']} failed, {n['error']} errors, {n['skipped']} skipped "
-          f"({dtype})", file=out)
+    print(f"\n{n['passed']} passed, {n['failed']} failed, {n['error']} errors, {n['skipped']} skipped"
+          f"{', %d not run' % n['not-run'] if n['not-run'] else ''} ({dtype})", file=out)
     return result
 
 
+def _write_report(path: str, args, result: VerifyResult, *, complete: bool, error: str | None = None,
+                  exit_code: int | None = None) -> None:
+    """The JSON report; ``complete`` false until the run has finished (see the module docstring)."""
+    report = {"adapter": args.adapter, "dtype": args.dtype, "vectors": os.path.abspath(args.vectors),
+              "complete": complete, "exit_code": exit_code, "error": error,
+              "selected": result.selected, "interrupted": result.interrupted,
+              "summary": result.counts(), "ok": bool(complete and result.ok), "cases": result.cases}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
 def main(args) -> int:
+    result = VerifyResult()
+    if args.report:
+        try:
+            _write_report(args.report, args, result, complete=False,
+                          error="the run has not finished (it was killed or has not ended)")
+        except OSError as exc:
+            print(f"error: --report: cannot write {args.report!r} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
+    error, code = None, None
     try:
         adapter = load_adapter(args.adapter)
-        result = verify(adapter, args.vectors, suites=args.suite, pattern=args.case, dtype=args.dtype,
-                        manifest_path=args.manifest, quiet=args.quiet)
+        verify(adapter, args.vectors, suites=args.suite, pattern=args.case, dtype=args.dtype,
+               manifest_path=args.manifest, quiet=args.quiet, result=result)
     except IntegrityError as exc:
         print("refused: the vectors do not match MANIFEST.json:", file=sys.stderr)
         for f, reason in exc.problems:
             print(f"  {f}: {reason}", file=sys.stderr)
-        return 2
+        error, code = f"refused: {exc}", 2
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        error, code = str(exc), 2
+    if code is None:
+        code = 130 if result.interrupted else (0 if result.ok else 1)
+        if not result.ok and not result.interrupted and not result.complete:
+            error = "not every selected case ran"
     if args.report:
-        report = {"adapter": args.adapter, "dtype": args.dtype, "vectors": os.path.abspath(args.vectors),
-                  "summary": result.counts(), "ok": result.ok, "cases": result.cases}
-        with open(args.report, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, allow_nan=True)
-    return 0 if result.ok else 1
+        # complete: every selected case has its verdict (exit 0 or 1); not after a refusal
+        # or an interrupt
+        _write_report(args.report, args, result, complete=code in (0, 1), error=error, exit_code=code)
+    return code
