@@ -134,4 +134,34 @@ def cases() -> list[Case]:
         ssa_case("ssa-one-head", "SSA with one head, sparse spikes.", shape=(3, 1, 6, 9), heads=1,
                  density=0.45),
     ]
-    return out
+    return out + reset_and_scale_cases()
+
+
+def reset_and_scale_cases() -> list[Case]:
+    """Attention neurons with a hard reset to a nonzero v_reset and a custom-alpha sigmoid, and
+    SSA with non-default neurons and scale (issue 15). v_reset and the scales are dyadic, so
+    the integer (or scaled) sums still meet the threshold exactly: ties stay exact in float32.
+    A port whose attention neuron ignores v_reset or alpha, or whose SSA hard-codes the scale
+    0.125 or the default neuron, fails these."""
+    return [
+        qk_case("qkta-hard-reset-vreset", "token", "Attention neuron: sigmoid with alpha 3, hard "
+                "reset to v_reset = -0.5 (v_th 0.5); T = 4, B = 2, two heads.",
+                shape=(4, 2, 8, 11), heads=2, density=0.2,
+                neuron=attention_neuron(v_reset=-0.5, alpha=3.0)),
+        qk_case("qkta-hard-reset-vreset-not-detached", "token", "Attention neuron: sigmoid with "
+                "alpha 6, hard reset to v_reset = 0.25 not detached, tau 4; T = 4, B = 3, three "
+                "heads.", shape=(4, 3, 6, 7), heads=3, density=0.25,
+                neuron=attention_neuron(v_reset=0.25, alpha=6.0, detach_reset=False, tau=4.0)),
+        qk_case("qkca-hard-reset-vreset", "channel", "Attention neuron: sigmoid with alpha 2.5, "
+                "hard reset to v_reset = -0.5 not detached; T = 4, B = 2.", shape=(4, 2, 6, 9),
+                density=0.06, neuron=attention_neuron(v_reset=-0.5, alpha=2.5, detach_reset=False)),
+        ssa_case("ssa-scale-hard-reset-vreset", "SSA with scale 0.25, three heads, attention "
+                 "neuron: sigmoid with alpha 3, hard reset to v_reset = -0.5.",
+                 shape=(3, 2, 6, 8), heads=3, density=0.3, scale=0.25,
+                 neuron=attention_neuron(v_reset=-0.5, alpha=3.0)),
+        ssa_case("ssa-scale-neuron-options", "SSA with scale 0.0625, two heads, attention neuron: "
+                 "atan (alpha 1.5), soft reset not detached, decay_input=False, tau 1.5.",
+                 shape=(3, 2, 8, 10), heads=2, density=0.4, scale=0.0625,
+                 neuron=attention_neuron(surrogate="atan", alpha=1.5, v_reset=None,
+                                         detach_reset=False, decay_input=False, tau=1.5)),
+    ]
