@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, fields
 
 from .lif import LIFOptions
 
-__all__ = ["PortConfig", "config", "PRESETS"]
+__all__ = ["PortConfig", "config", "PRESETS", "FUSION_MODES"]
+
+# SPEC sections 5 and 8 (cmqka: model.py; the baselines but concat: fusion.py)
+FUSION_MODES = ("cmqka", "concat", "ssa-cross", "mbt", "factorized")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,16 @@ class PortConfig:
     def __post_init__(self):
         for name in ("heads", "depths"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if self.fusion not in ("cmqka", "concat"):
-            raise ValueError(f"fusion: the torch port implements 'cmqka' and 'concat', got {self.fusion!r}")
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"fusion: expected one of {list(FUSION_MODES)}, got {self.fusion!r}")
+        if self.mbt_from_stage not in (1, 2, 3):
+            raise ValueError(f"mbt_from_stage: expected 1, 2 or 3, got {self.mbt_from_stage!r}")
+        if self.mbt_bottlenecks < 1:
+            raise ValueError(f"mbt_bottlenecks: expected at least 1, got {self.mbt_bottlenecks!r}")
+        for name in ("factorized_fusion_tokens", "factorized_agg_tokens"):
+            if getattr(self, name) < 2:
+                # BatchNorm over the copies of one learnable token normalises it to its bias
+                raise ValueError(f"{name}: expected at least 2, got {getattr(self, name)!r}")
         if self.modality not in ("av", "audio", "visual"):
             raise ValueError(f"modality: expected 'av', 'audio' or 'visual', got {self.modality!r}")
         if self.stage3_attention not in ("qk", "ssa"):

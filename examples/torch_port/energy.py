@@ -95,6 +95,11 @@ def attach(model: nn.Module, counter: EnergyCounter | None) -> list:
 def energy_report(model: nn.Module, audio, visual) -> dict:
     """Counts of one eval-mode forward, per sample: ``layers`` (name -> kind, macs, acs,
     ann_macs, input_firing_rate, energy_mJ) and ``totals``."""
+    fusion = getattr(getattr(model, "cfg", None), "fusion", "cmqka")
+    if fusion not in ("cmqka", "concat"):
+        # the baselines' SSA cores (Nq != Nk), analog bottleneck columns and learnable tokens
+        # are not counted here; refsnn.energy counts them (docs/fusion.md)
+        raise ValueError(f"fusion: the port's energy counts cover 'cmqka' and 'concat', got {fusion!r}")
     ref = audio if audio is not None else visual
     counter = EnergyCounter(batch=ref.shape[0])
     was_training = model.training

@@ -19,8 +19,8 @@ from .config import PortConfig
 from .lif import LIFOptions, lif
 from .ops import batch_norm, max_pool, qk_channel, qk_token, ssa
 
-__all__ = ["SNNergy", "CMQKA", "BatchNorm", "QKAttention", "SSAttention", "SMLP",
-           "PatchEmbed", "frame_indices"]
+__all__ = ["SNNergy", "CMQKA", "ResidualCrossFusion", "BatchNorm", "QKAttention", "SSAttention",
+           "SSACrossAttention", "SMLP", "PatchEmbed", "frame_indices"]
 
 
 class BatchNorm(nn.Module):
@@ -41,6 +41,21 @@ class BatchNorm(nn.Module):
 
     def forward(self, x):
         return batch_norm(x, self, self.training, self.tokens)
+
+    def forward_shared(self, y: torch.Tensor, copies: int) -> torch.Tensor:
+        """BN of a token map ``y [n, C]`` shared by ``copies`` (T*B) identical time steps and
+        samples (learnable tokens): the statistics of the copies are those of ``y``; only the
+        unbiased running variance counts every copy, n_total = copies * n."""
+        if not self.training:
+            return batch_norm(y, self, False, True)
+        out = F.batch_norm(y, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        with torch.no_grad():
+            n = copies * y.shape[0]
+            mean = y.mean(0)
+            var = y.var(0, unbiased=False)
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * (n / (n - 1)))
+        return out
 
     def forward_repeated(self, y: torch.Tensor, T: int) -> torch.Tensor:
         """BN of a map ``y [B, C, H, W]`` that stands for T identical time steps.
@@ -201,6 +216,19 @@ class SSAttention(_QKProjections):
         return self.project(self.proj_conv, self.proj_bn, z)
 
 
+class SSACrossAttention(SSAttention):
+    """SSA block with Q from ``x_q [T, B, N, D]`` and K, V from ``x_kv [T, B, Nk, D]``: one
+    direction of the ``ssa-cross`` fusion, and the attention of the ``mbt`` and ``factorized``
+    baselines (SPEC section 8; ``fusion.py``). Same children and names as ``SSAttention``."""
+
+    def forward(self, x_q, x_kv):
+        q = self.project(self.q_conv, self.q_bn, x_q)
+        k = self.project(self.k_conv, self.k_bn, x_kv)
+        v = self.project(self.v_conv, self.v_bn, x_kv)
+        z = ssa(q, k, v, self.heads, 0.125, self.attention_neuron)
+        return self.project(self.proj_conv, self.proj_bn, z)
+
+
 class SMLP(nn.Module):
     """conv1x1(bias)-BN-LIF -> conv1x1(bias)-BN-LIF, hidden = int(mlp_ratio * dim)."""
 
@@ -235,6 +263,12 @@ class Stage(nn.Module):
         super().__init__()
         self.embed = embed
         self.blocks = nn.ModuleList(blocks)
+
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The stage's blocks, in order, on a token map ``[T, B, N, C]``."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
 
 
 class Stream(nn.Module):
@@ -278,31 +312,30 @@ class _CMQKADirection(_QKProjections):
         return self.project(self.proj_conv, self.proj_bn, z)
 
 
-class CMQKA(nn.Module):
-    """Cross-modal Q-K attention (SPEC section 5) on token maps ``[T, B, N, D]``.
+class ResidualCrossFusion(nn.Module):
+    """Two cross-attention directions and the residual of SPEC section 5, on token maps
+    ``[T, B, N, D]``: X_a' = X_a + alpha * Y_{a<-v}, X_v' = X_v + beta * Y_{v<-a}; both
+    directions read the pre-fusion maps. ``mask_from="query_modality"``: a<-v takes its queries
+    from X_a and its keys (and values) from X_v. Subclasses assign ``audio_from_visual`` and
+    ``visual_from_audio`` (modules ``forward(x_q, x_k) -> y``)."""
 
-    X_a' = X_a + alpha * Y_{a<-v}, X_v' = X_v + beta * Y_{v<-a}; both directions read the
-    pre-fusion maps. ``mask_from="query_modality"``: a<-v takes Q from X_a and K from X_v.
-    """
-
-    def __init__(self, dim, heads, *, mask="token", mask_from="query_modality",
-                 residual="scalar", neuron: LIFOptions | None = None,
-                 attention_neuron: LIFOptions | None = None, momentum=0.1, eps=1e-5):
+    def __init__(self, dim, *, mask_from="query_modality", residual="scalar"):
         super().__init__()
-        for name, value, allowed in (("mask", mask, ("token", "channel")),
-                                     ("mask_from", mask_from, ("query_modality", "key_modality")),
+        for name, value, allowed in (("mask_from", mask_from, ("query_modality", "key_modality")),
                                      ("residual", residual, ("scalar", "channel", "fixed"))):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-        neuron = neuron or LIFOptions()
-        attention_neuron = attention_neuron or neuron.replace(v_threshold=0.5)
         self.mask_from, self.residual = mask_from, residual
-        self.audio_from_visual = _CMQKADirection(dim, heads, mask, neuron, attention_neuron, momentum, eps)
-        self.visual_from_audio = _CMQKADirection(dim, heads, mask, neuron, attention_neuron, momentum, eps)
         if residual != "fixed":
             shape = (1,) if residual == "scalar" else (dim,)
             self.alpha = nn.Parameter(torch.full(shape, 0.5))
             self.beta = nn.Parameter(torch.full(shape, 0.5))
+
+    def weights(self):
+        """(alpha, beta), broadcasting over the channel axis (the last)."""
+        if self.residual == "fixed":
+            return 0.5, 0.5
+        return self.alpha, self.beta
 
     def forward(self, x_a, x_v):
         if self.mask_from == "query_modality":
@@ -311,10 +344,7 @@ class CMQKA(nn.Module):
         else:
             y_a = self.audio_from_visual(x_v, x_a)
             y_v = self.visual_from_audio(x_a, x_v)
-        if self.residual == "fixed":
-            alpha = beta = 0.5
-        else:
-            alpha, beta = self.alpha, self.beta
+        alpha, beta = self.weights()
         out_a, out_v = x_a + alpha * y_a, x_v + beta * y_v
         counter = getattr(self, "counter", None)
         if counter is not None:
@@ -323,6 +353,22 @@ class CMQKA(nn.Module):
                 before = counter.events(x)
                 counter.register(out, None if before is None else before + float(torch.count_nonzero(w * y)))
         return out_a, out_v
+
+
+class CMQKA(ResidualCrossFusion):
+    """Cross-modal Q-K attention (SPEC section 5) on token maps ``[T, B, N, D]``: the Q-K
+    core (``mask`` "token" = QKTA with ``heads``, "channel" = QKCA) in both directions."""
+
+    def __init__(self, dim, heads, *, mask="token", mask_from="query_modality",
+                 residual="scalar", neuron: LIFOptions | None = None,
+                 attention_neuron: LIFOptions | None = None, momentum=0.1, eps=1e-5):
+        super().__init__(dim, mask_from=mask_from, residual=residual)
+        if mask not in ("token", "channel"):
+            raise ValueError(f"mask: expected one of ['token', 'channel'], got {mask!r}")
+        neuron = neuron or LIFOptions()
+        attention_neuron = attention_neuron or neuron.replace(v_threshold=0.5)
+        self.audio_from_visual = _CMQKADirection(dim, heads, mask, neuron, attention_neuron, momentum, eps)
+        self.visual_from_audio = _CMQKADirection(dim, heads, mask, neuron, attention_neuron, momentum, eps)
 
 
 def frame_indices(F_: int, T: int) -> list[int]:
@@ -342,13 +388,14 @@ class SNNergy(nn.Module):
         self.cfg = cfg
         for m in cfg.modalities:
             setattr(self, m, Stream(cfg, m))
-        if cfg.modality == "av" and cfg.fusion == "cmqka":
+        if cfg.modality == "av":
+            from .fusion import build_fusion        # fusion.py builds on this file's blocks
+            previous = None
             for s, (width, heads) in enumerate(zip(cfg.stage_dims, cfg.heads), 1):
-                setattr(self, f"fusion{s}", CMQKA(
-                    width, heads, mask=cfg.cmqka_mask, mask_from=cfg.cmqka_mask_from,
-                    residual=cfg.cmqka_residual, neuron=cfg.neuron(),
-                    attention_neuron=cfg.attention_neuron(), momentum=cfg.bn_momentum,
-                    eps=cfg.bn_eps))
+                fusion = build_fusion(cfg, s, width, heads, previous=previous)
+                if fusion is not None:              # None: identity (concat), no parameters
+                    setattr(self, f"fusion{s}", fusion)
+                previous = fusion
         self.head = nn.Linear(len(cfg.modalities) * cfg.dim, cfg.classes)
 
     def _input(self, x, name, channels, video):
@@ -396,10 +443,7 @@ class SNNergy(nn.Module):
                     if counter is not None:
                         counter.register(fmap_in, counter.events(x[m]))
                     fmap = stage.embed(fmap_in, T)
-                tokens = _to_tokens(fmap, T)
-                for block in stage.blocks:
-                    tokens = block(tokens)
-                x[m] = tokens
+                x[m] = stage.run_blocks(_to_tokens(fmap, T))
             if hasattr(self, f"fusion{s}"):
                 x["audio"], x["visual"] = getattr(self, f"fusion{s}")(x["audio"], x["visual"])
         # head input: [visual ; audio], each the mean over tokens and time

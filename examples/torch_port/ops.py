@@ -57,16 +57,21 @@ def qk_channel(q: torch.Tensor, k: torch.Tensor,
 
 def ssa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float = 0.125,
         neuron: LIFOptions = ATTENTION_LIF) -> torch.Tensor:
-    """Spikformer SSA (the quadratic reference of SPEC section 4). q, k, v: ``[T, B, N, D]``.
+    """Spikformer SSA (the quadratic reference of SPEC section 4). q ``[T, B, N, D]``; k, v
+    ``[T, B, Nk, D]`` (Nk = N for self-attention; another token set for the fusion baselines
+    of SPEC section 8, whose queries attend to bottleneck, aggregation or fusion tokens).
 
-    Per head, ``attn = Q_h K_h^T`` (an explicit N x N map), then ``LIF((attn V_h) * scale)``,
-    evaluated in this order on purpose (the N^2 cost is the point of the comparison).
+    Per head, ``attn = Q_h K_h^T`` (an explicit N x Nk map), then ``LIF((attn V_h) * scale)``,
+    evaluated in this order on purpose (the N Nk cost is the point of the comparison).
     """
     T, B, N, D = q.shape
     d = _check_heads(D, heads)
+    if k.shape != v.shape or k.shape[:2] != (T, B) or k.shape[3] != D:
+        raise ValueError(f"k, v: expected [T, B, Nk, D] = [{T}, {B}, Nk, {D}] (those of q), got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
 
-    def split(x):  # [T,B,N,D] -> [T,B,h,N,d]
-        return x.reshape(T, B, N, heads, d).transpose(2, 3)
+    def split(x):  # [T,B,n,D] -> [T,B,h,n,d]
+        return x.reshape(T, B, x.shape[2], heads, d).transpose(2, 3)
 
     attn = split(q) @ split(k).transpose(-1, -2)
     y = (attn @ split(v)) * scale

@@ -30,6 +30,7 @@ SUITES = {
     "cmqka": "cmqka",
     "bitpack": "bitpack",
     "snnergy-tiny": "snnergy",
+    "snnergy-small": "snnergy_small",
     "energy": "energy",
 }
 

@@ -83,9 +83,10 @@ class Drawn:
         self.__dict__.update(kw)
 
 
-def draw_model(suite: str, name: str, cfg, *, training: bool, frames) -> Drawn:
-    """Search seeds until every real-input neuron of a forward keeps |H - v_th| >= MARGIN.
-    Eval-mode models get the batch's statistics as running statistics (``calibrate``)."""
+def draw_model(suite: str, name: str, cfg, *, training: bool, frames, accept=None) -> Drawn:
+    """Search seeds until every real-input neuron of a forward keeps |H - v_th| >= MARGIN (and
+    ``accept(model)``, if given, holds after the forward). Eval-mode models get the batch's
+    statistics as running statistics (``calibrate``)."""
     for attempt in range(200):
         seed = case_seed(suite, name, attempt)
         rng = rng_for(seed)
@@ -99,7 +100,7 @@ def draw_model(suite: str, name: str, cfg, *, training: bool, frames) -> Drawn:
         labels = rng.integers(0, cfg.classes, BATCH).astype(np.int64)
         logits = model.forward(audio, visual)
         reached, seen = lif_margin(model)
-        if reached >= MARGIN:
+        if reached >= MARGIN and (accept is None or accept(model)):
             break
     else:
         raise RuntimeError(f"{suite}/{name}: no seed kept the margin")
@@ -118,9 +119,12 @@ def draw_model(suite: str, name: str, cfg, *, training: bool, frames) -> Drawn:
                  inputs=inputs, layout=layout, spike_margin=margin)
 
 
-def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
+def snnergy_case(name, description, *, overrides=None, training=True, frames=2, suite=SUITE,
+                 accept=None, spec="SPEC sections 3-6"):
+    """A whole-model case of ``suite`` for the ``tiny`` preset with ``overrides``; ``accept``
+    as in ``draw_model``."""
     cfg = make_config("tiny", **(overrides or {}))
-    d = draw_model(SUITE, name, cfg, training=training, frames=frames)
+    d = draw_model(suite, name, cfg, training=training, frames=frames, accept=accept)
     model, logits, labels = d.model, d.logits, d.labels
     loss, ce_cache = cross_entropy_forward(logits, labels, label_smoothing=0.0)
     model.zero_grad()
@@ -144,7 +148,7 @@ def snnergy_case(name, description, *, overrides=None, training=True, frames=2):
               "parameters": list(model.parameters()), "buffers": list(model.buffers()),
               "naming": "docs/naming.md; grad.<name> is the gradient of <name>, state.<name> the "
                         "buffer after the forward"}
-    return Case(suite=SUITE, name=name, op="snnergy", spec="SPEC sections 3-6", description=description,
+    return Case(suite=suite, name=name, op="snnergy", spec=spec, description=description,
                 params=params, layout=layout, inputs=inputs, expected=expected, outputs=outputs,
                 seed=d.seed, float32=False, spike_margin=d.spike_margin)
 
