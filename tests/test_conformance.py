@@ -183,13 +183,14 @@ def test_suites_cover_every_option_and_keep_margins():
     assert len(cm) == 12
 
 
-def test_model_suite_names_every_parameter_and_marks_bn_fed_biases():
+@pytest.mark.parametrize("suite", ["snnergy-tiny", "snnergy-small"])
+def test_model_suite_names_every_parameter_and_marks_bn_fed_biases(suite):
     from refsnn.models import Config
     from refsnn.models.snnergy import SNNergy
     manifest = fmt.load_manifest(os.path.join(COMMITTED, "MANIFEST.json"))
     assert {"train", "eval"} <= set(manifest["suites"]["snnergy-tiny"])
-    for name in manifest["suites"]["snnergy-tiny"]:
-        case, inputs, expected = _case("snnergy-tiny", name)
+    for name in manifest["suites"][suite]:
+        case, inputs, expected = _case(suite, name)
         assert case["float32"] is False and case["spike_margin"]["reached"] >= 1e-6
         model = SNNergy(Config.from_dict(case["params"]["config"]), dtype=np.float64)
         assert case["params"]["parameters"] == list(model.parameters())
@@ -197,16 +198,86 @@ def test_model_suite_names_every_parameter_and_marks_bn_fed_biases():
         assert {k[len("grad."):] for k in expected if k.startswith("grad.")} == set(model.parameters())
         marked = {k for k, s in case["outputs"].items() if s["compare"] == "atol_only"}
         if case["params"]["training"]:
-            biases = {f"grad.{k}" for k in model.parameters()
-                      if k.endswith("_conv.bias")}          # every token conv bias feeds a BN
+            # every token conv bias that feeds a BN (all but mbt's carry_conv)
+            biases = {f"grad.{k}" for k in model.parameters() if k.endswith("_conv.bias")
+                      and f"{k[:-len('_conv.bias')]}_bn.weight" in model.parameters()}
             assert marked == biases and biases
         else:
             assert not marked
 
 
 def test_committed_vectors_within_size_budget():
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(VECTORS) for f in fs)
-    assert size < 20e6
+    # the whole conformance/ folder (vectors, MANIFEST.json, SPEC.md), in bytes and in the
+    # 4 KiB blocks a file system allocates
+    files = [os.path.join(d, f) for d, _, fs in os.walk(COMMITTED) for f in fs]
+    assert sum(os.path.getsize(f) for f in files) < 20e6
+    assert sum(-(-os.path.getsize(f) // 4096) * 4096 for f in files) < 20 * 2**20
+
+
+def test_issue15_cases_cover_batch_heads_resets_scales_and_models():
+    manifest = fmt.load_manifest(os.path.join(COMMITTED, "MANIFEST.json"))
+    cm = []
+    for name in manifest["suites"]["cmqka"]:
+        case, inputs, _ = _case("cmqka", name)
+        cm.append((inputs["x_audio"].shape[1], case["params"]["heads"], case["params"]["training"],
+                   case["params"]["mask"], case["params"]["neuron"], case["params"]["attention_neuron"]))
+    assert {h for b, h, *_ in cm if b >= 2} >= {1, 3}
+    assert any(b >= 2 and not training for b, _, training, *_ in cm)
+    # neuron options beyond token-query-scalar: another mask or mask_from, several surrogates
+    assert {n["surrogate"] for *_, n, _ in cm} >= {"sigmoid", "atan", "fast_sigmoid"}
+    assert any(mask == "channel" and n["surrogate"] != "sigmoid" for *_, mask, n, _ in cm)
+    # attention neurons with a hard reset to a nonzero value and a custom-alpha sigmoid
+    def custom_reset(a):
+        return a["v_reset"] not in (None, 0.0) and a["surrogate"] == "sigmoid" and a["alpha"] != 4.0
+    assert sum(custom_reset(a) for *_, a in cm) >= 2
+    qk = [_case("qk", n)[0] for n in manifest["suites"]["qk"]]
+    assert {c["op"] for c in qk if custom_reset(c["params"]["neuron"])} == {"qk_token", "qk_channel", "ssa"}
+    ssa = [c["params"] for c in qk if c["op"] == "ssa"]
+    assert {p["scale"] for p in ssa} - {0.125} and any(p["neuron"]["surrogate"] != "sigmoid" for p in ssa)
+    # the whole-model suite beyond tiny
+    cfgs = [_case("snnergy-small", n)[0]["params"]["config"] for n in manifest["suites"]["snnergy-small"]]
+    assert any(2 in c["depths"] for c in cfgs) and any(c["T"] == 3 for c in cfgs)
+    assert any(c["modality"] == "audio" for c in cfgs)
+    assert {c["fusion"] for c in cfgs} >= {"ssa-cross", "mbt", "factorized"}
+    assert any(not c["decay_input"] for c in cfgs) and any(c["surrogate"] == "fast_sigmoid" for c in cfgs)
+    assert all(c["image_size"] < 32 and c["dim"] < 32 for c in cfgs)      # smaller than tiny
+
+
+LOADER = """
+import json, os, sys
+import numpy as np
+root = sys.argv[1]
+with open(os.path.join(root, "MANIFEST.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+n = 0
+for suite, names in manifest["suites"].items():
+    for name in names:
+        folder = "vectors/%s/%s" % (suite, name)
+        for file in ("case.json", "inputs.npz", "expected.npz"):
+            assert folder + "/" + file in manifest["files"], (folder, file)
+        with open(os.path.join(root, folder, "case.json"), encoding="utf-8") as f:
+            case = json.load(f)
+        assert (case["suite"], case["case"]) == (suite, name)
+        arrays = {}
+        for file in ("inputs", "expected"):
+            with np.load(os.path.join(root, folder, file + ".npz"), allow_pickle=False) as z:
+                arrays[file] = {k: z[k] for k in z.files}
+        for key, where in (("inputs", "inputs"), ("outputs", "expected"), ("reference", "expected")):
+            for t, d in case[key].items():
+                a = arrays[where][t]
+                assert list(a.shape) == d["shape"] and a.dtype.name == d["dtype"], (suite, name, t)
+        n += 1
+assert not [m for m in sys.modules if m.split(".")[0] in ("refsnn", "torch", "numba")]
+print(n)
+"""
+
+
+def test_every_case_loads_with_numpy_and_json_only():
+    # what conformance/SPEC.md section "MANIFEST.json" promises an outsider writing a loader
+    p = subprocess.run([sys.executable, "-c", LOADER, COMMITTED], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    manifest = fmt.load_manifest(os.path.join(COMMITTED, "MANIFEST.json"))
+    assert int(p.stdout) == sum(len(v) for v in manifest["suites"].values())
 
 
 # -- the committed vectors pass with refsnn and are current -------------------------------------------------
@@ -395,6 +466,57 @@ BROKEN = [
     (broken_bit_order, ["bitpack"], _expect_all_fail),
     (broken_swap_alpha_beta, ["cmqka"], _expect_swap_fails_unless_fixed),
 ]
+
+
+# issue 15: mistakes the cases before it could not see. Each passes every earlier case of its
+# suites and fails the new ones (tests/test_conformance_torch.py does the same with the torch
+# port, and covers the whole-model cases).
+
+def _is_issue15_case(suite, name):
+    return ((suite == "cmqka" and name.startswith(("batch2-", "batch3-", "attention-vreset")))
+            or (suite == "qk" and ("hard-reset-vreset" in name or name.startswith("ssa-scale"))))
+
+
+def broken_attention_v_reset_ignored(case, inputs):
+    case = copy.deepcopy(case)
+    p = case["params"]
+    key = "attention_neuron" if case["op"] == "cmqka" else "neuron"
+    if key in p and p[key]["v_reset"] is not None:
+        p[key]["v_reset"] = 0.0
+    return refsnn_adapter.run(case, inputs)
+
+
+def broken_heads_hard_coded(case, inputs):
+    return refsnn_adapter.run(_patched(case, heads=2) if case["op"] == "cmqka" else case, inputs)
+
+
+def broken_batch_axis_mixed(case, inputs):
+    # the visual map read as [B, T, ...] memory: a no-op at B = 1
+    if case["op"] == "cmqka":
+        x = inputs["x_visual"]
+        inputs = dict(inputs, x_visual=np.ascontiguousarray(x.swapaxes(0, 1)).reshape(x.shape))
+    return refsnn_adapter.run(case, inputs)
+
+
+def _attention_reset_nonzero(case):
+    a = case["params"]["attention_neuron" if case["op"] == "cmqka" else "neuron"]
+    return a["v_reset"] not in (None, 0.0)
+
+
+# (mutation, suites, which cases must fail: a predicate on case.json)
+ISSUE15_BROKEN = [
+    (broken_attention_v_reset_ignored, ["qk", "cmqka"], _attention_reset_nonzero),
+    (broken_heads_hard_coded, ["cmqka"], lambda c: c["params"]["mask"] == "token" and c["params"]["heads"] != 2),
+    (broken_batch_axis_mixed, ["cmqka"], lambda c: c["inputs"]["x_visual"]["shape"][1] > 1),
+]
+
+
+@pytest.mark.parametrize("adapter,suites,caught", ISSUE15_BROKEN, ids=[b[0].__name__ for b in ISSUE15_BROKEN])
+def test_issue15_cases_catch_what_the_earlier_cases_missed(adapter, suites, caught):
+    result, text = _verify(adapter, suites=suites, quiet=True)
+    expected_fail = {(c["suite"], c["case"]) for c in result.cases if caught(_case(c["suite"], c["case"])[0])}
+    assert expected_fail and all(_is_issue15_case(*k) for k in expected_fail)
+    assert _failed(result) == expected_fail, text
 
 
 @pytest.mark.parametrize("adapter,suites,expect", BROKEN, ids=[b[0].__name__ for b in BROKEN])

@@ -509,7 +509,43 @@ def _refsnn_model_and_inputs(overrides):
     return cfg, model, audio, visual
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(stage3_attention="ssa", cmqka_residual="channel")])
+BASELINES = [dict(fusion="ssa-cross"), dict(fusion="ssa-cross", cmqka_residual="fixed"),
+             dict(fusion="mbt"), dict(fusion="mbt", mbt_from_stage=3, mbt_bottlenecks=2),
+             dict(fusion="factorized", cmqka_residual="channel", factorized_agg_tokens=3,
+                  factorized_fusion_tokens=5)]
+
+
+@pytest.mark.parametrize("overrides", BASELINES, ids=lambda o: "-".join(map(str, o.values())))
+def test_baseline_fusion_state_dict_equals_refsnn(overrides):
+    """The baseline fusions of SPEC section 8 (fusion.py) have refsnn's names and shapes
+    (docs/fusion.md), so refsnn's state_dicts load one to one."""
+    from refsnn.models import config as refsnn_config
+    from refsnn.models.snnergy import SNNergy as RefSNNergy
+    ref = RefSNNergy(refsnn_config("tiny", **overrides), dtype=np.float64)
+    port = SNNergy(config("tiny", **overrides))
+    assert {k: tuple(v.shape) for k, v in port.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert {k for k, _ in port.named_parameters()} == set(ref.parameters())
+
+
+def test_port_config_refuses_bad_baseline_options():
+    for bad in (dict(fusion="nope"), dict(mbt_from_stage=4), dict(mbt_bottlenecks=0),
+                dict(factorized_agg_tokens=1), dict(factorized_fusion_tokens=1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            config("tiny", **bad)
+
+
+def test_port_energy_refuses_the_baselines():
+    from examples.torch_port.energy import energy_report
+    model = SNNergy(config("tiny", fusion="mbt")).double()
+    a, v = _inputs(config("tiny"), 1, 2)
+    with pytest.raises(ValueError, match="'mbt'"):
+        energy_report(model, a, v)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(stage3_attention="ssa", cmqka_residual="channel"),
+                                       dict(fusion="ssa-cross"), dict(fusion="mbt", mbt_from_stage=2),
+                                       dict(fusion="factorized")])
 def test_refsnn_checkpoints_load_into_the_port_and_back(tmp_path, overrides):
     """A refsnn model's checkpoint (plain state_dict and training layout) gives the same eval
     logits in the port; the port's export loads back into refsnn with the same logits."""
