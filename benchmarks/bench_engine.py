@@ -7,18 +7,22 @@ Prints (1) LIF forward+backward at T=4 and 1M neurons: the Numba kernel, its Num
 when torch and spikingjelly are installed, SpikingJelly's multi-step LIFNode on the CPU with the
 same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `paper` configs
 (batch 8, T=4) in GFLOP/s beside numpy's matmul peak measured in the same run, and the ratio to
-torch.nn.functional.conv2d when torch is installed.
+torch.nn.functional.conv2d when torch is installed; refsnn and torch run in turn, and the
+fastest runs are compared (other processes only ever add time).
+
+    python benchmarks/bench_engine.py --parts conv --configs paper --rounds 9
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import blas_report, machine, matmul_peak, set_threads, timeit  # noqa: E402
+from benchmarks.common import blas_report, machine, set_threads, timeit  # noqa: E402
 from refsnn.functional import conv2d_backward, conv2d_forward, lif_backward, lif_forward  # noqa: E402
 from refsnn.models import config  # noqa: E402
 
@@ -82,17 +86,42 @@ def bench_lif(threads):
     print(f"ratio SpikingJelly / refsnn = {t_sj / t_numba:.2f}x  (target >= 2)")
 
 
-def bench_conv(batch, names):
-    print(f"\n== Conv2d 3x3 pad 1 forward+backward, batch {batch} x T, float32 ==")
-    peak = matmul_peak()
-    print(f"numpy matmul peak (2048^3, measured now): {peak:.0f} GFLOP/s")
+def _interleaved(fns, rounds):
+    """Fastest and median time of each function in ``fns``, run in turn ``rounds`` times (after
+    one warm-up each), so that load from other processes falls on all of them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [(min(ts), float(np.median(ts))) for ts in times]
+
+
+def _peak(rounds):
+    """numpy matmul GFLOP/s at 2048^3 from the fastest of ``rounds`` runs."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2048, 2048), dtype=np.float32), rng.random((2048, 2048), dtype=np.float32)
+    out = np.empty_like(a)
+    (fast, _), = _interleaved([lambda: np.matmul(a, b, out=out)], rounds)
+    return 2 * 2048 ** 3 / fast / 1e9
+
+
+def bench_conv(batch, names, rounds):
+    print(f"\n== Conv2d 3x3 pad 1 forward+backward (dx, dW), batch {batch} x T, float32 ==")
+    print("refsnn and torch run in turn, {} rounds; times are the fastest run (median in "
+          "brackets), ratios of the fastest runs".format(rounds))
     try:
         import torch
         import torch.nn.functional as tF
     except Exception:
         torch = None
+    peak = _peak(rounds)
+    print(f"numpy matmul peak (2048^3, fastest of {rounds}, measured now): {peak:.0f} GFLOP/s")
     rng = np.random.default_rng(0)
-    print(f"{'shape':42s} {'ms':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>9s} {'refsnn/torch':>12s}")
+    print(f"{'shape':34s} {'ms':>16s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>16s} {'refsnn/torch':>12s}")
     for name in names:
         for label, N, cin, cout, H in conv_shapes(name, batch):
             x = (rng.random((N, cin, H, H)) < 0.2).astype(np.float32)
@@ -103,9 +132,7 @@ def bench_conv(batch, names):
                 _, cache = conv2d_forward(x, w, None, stride=1, padding=1)
                 conv2d_backward(dy, cache)
 
-            t = timeit(step, repeat=5)
-            flops = 3 * 2 * N * cout * cin * 9 * H * H        # forward, dW and dX GEMMs
-            line = f"{label:42s} {t * 1e3:8.2f} {flops / t / 1e9:8.1f} {100 * flops / t / 1e9 / peak:6.0f}%"
+            fns = [step]
             if torch is not None:
                 xt = torch.from_numpy(x).requires_grad_(True)
                 wt = torch.from_numpy(w).requires_grad_(True)
@@ -116,9 +143,17 @@ def bench_conv(batch, names):
                     wt.grad = None
                     tF.conv2d(xt, wt, padding=1).backward(dyt)
 
-                tt = timeit(tstep, repeat=5)
-                line += f" {tt * 1e3:9.2f} {t / tt:12.2f}"
-            print(line)
+                fns.append(tstep)
+            res = _interleaved(fns, rounds)
+            (t, tm) = res[0]
+            flops = 3 * 2 * N * cout * cin * 9 * H * H        # forward, dW and dX
+            line = (f"{label:34s} {t * 1e3:7.2f} ({tm * 1e3:6.2f}) {flops / t / 1e9:8.1f} "
+                    f"{100 * flops / t / 1e9 / peak:6.0f}%")
+            if torch is not None:
+                tt, ttm = res[1]
+                line += f" {tt * 1e3:7.2f} ({ttm * 1e3:6.2f}) {t / tt:12.2f}"
+            print(line, flush=True)
+    print(f"numpy matmul peak again after the table: {_peak(rounds):.0f} GFLOP/s")
 
 
 def main():
@@ -126,12 +161,17 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="threads for numba, BLAS and torch")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--configs", default="cpu,paper")
+    ap.add_argument("--rounds", type=int, default=7, help="conv: runs of refsnn and torch, in turn")
+    ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv)")
     args = ap.parse_args()
     set_threads(args.threads)
     print(f"machine: {machine()}")
     print(f"BLAS: {blas_report()}")
-    bench_lif(args.threads)
-    bench_conv(args.batch, args.configs.split(","))
+    parts = args.parts.split(",")
+    if "lif" in parts:
+        bench_lif(args.threads)
+    if "conv" in parts:
+        bench_conv(args.batch, args.configs.split(","), args.rounds)
 
 
 if __name__ == "__main__":

