@@ -21,6 +21,11 @@ Counts come from what the layers executed on real batches, not from formulas:
 * The ANN reference is the same network with ReLU for LIF at T = 1: every layer once per
   sample, entirely in MACs (a Q-K core: one MAC per element for the sum and one for the mask).
 
+Each module declares how it is counted (``energy_role`` and, for synapses and neurons,
+``energy_counts()``; see ``refsnn.nn.counting``): the report walks the modules, adds what the
+synapses (convolutions, linear maps, attention cores) and neurons declare, and refuses a module
+that declares nothing. FREE and CONTAINER modules add nothing of their own.
+
 ``report(model, batches)`` runs the model in eval mode on the batches with an EventCounter
 attached and returns per-layer firing rates, MACs, ACs and energy per sample and the totals in
 mJ per sample for the SNN and its ANN reference.
@@ -30,18 +35,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable
 
-from .nn.attention import QKCore, SSACore
-from .nn.counting import EventCounter, attach, detach
-from .nn.layers import LIF, Conv1x1, Conv2d, Linear
+from .nn.counting import ENERGY_ROLES, NEURON, SYNAPSE, EventCounter, attach, detach
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "report", "format_report", "LayerEnergy"]
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "report", "format_report", "check_declarations"]
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
-
-
-class LayerEnergy(dict):
-    """One layer's totals over the measured samples (use ``per_sample`` for the report)."""
 
 
 def _batches(batches) -> Iterable[tuple]:
@@ -55,8 +54,23 @@ def _batches(batches) -> Iterable[tuple]:
             yield audio, visual
 
 
-def _parent(modules: dict, name: str):
-    return modules.get(name.rsplit(".", 1)[0]) if "." in name else None
+def check_declarations(model) -> "OrderedDict[str, str]":
+    """Every module's ``energy_role`` (refsnn.nn.counting), by name; a module that declares
+    none, or one that is not a role, is a ValueError naming it: it would otherwise be left
+    out of the count."""
+    roles = OrderedDict()
+    for name, m in model.named_modules():
+        role = getattr(m, "energy_role", None)
+        if role not in ENERGY_ROLES:
+            what = "declares no energy_role" if role is None else f"has energy_role {role!r}"
+            raise ValueError(f"{name or 'the model'} ({type(m).__name__}) {what}: set the class "
+                             f"attribute energy_role to one of {list(ENERGY_ROLES)} "
+                             f"(refsnn.nn.counting) so that energy accounting can count it")
+        if role in (SYNAPSE, NEURON) and not callable(getattr(m, "energy_counts", None)):
+            raise ValueError(f"{name} ({type(m).__name__}): energy_role {role!r} needs an "
+                             f"energy_counts() method")
+        roles[name] = role
+    return roles
 
 
 def report(model, batches, *, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_PJ) -> dict:
@@ -66,8 +80,11 @@ def report(model, batches, *, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_
     firing rate, MACs, ACs, energy_mJ, ann_macs, all per sample), ``firing_rates`` (LIF name ->
     output spike rate), ``machine_ops`` (popcount and AND words per sample), ``totals``
     (``snn_mJ``, ``ann_mJ``, ``macs``, ``acs``, ``ann_macs``, ``ann_over_snn``).
+    Every module must declare its ``energy_role`` (``check_declarations``).
     """
-    modules = OrderedDict(model.named_modules())
+    roles = check_declarations(model)
+    modules = OrderedDict((name, m) for name, m in model.named_modules()
+                          if roles[name] in (SYNAPSE, NEURON))
     layers: OrderedDict[str, dict] = OrderedDict()
     rates: OrderedDict[str, list] = OrderedDict()
     machine = {"popcount_words": 0, "and_words": 0}
@@ -80,9 +97,8 @@ def report(model, batches, *, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_
         for audio, visual in _batches(batches):
             counter.clear()
             model.forward(audio, visual)
-            batch = (audio if audio is not None else visual).shape[0]
-            samples += batch
-            _collect(modules, layers, rates, machine, batch)
+            samples += (audio if audio is not None else visual).shape[0]
+            _collect(modules, roles, layers, rates, machine)
     finally:
         detach(model)
         counter.clear()
@@ -92,57 +108,28 @@ def report(model, batches, *, e_mac_pj: float = E_MAC_PJ, e_ac_pj: float = E_AC_
     return _summarise(layers, rates, machine, samples, e_mac_pj, e_ac_pj)
 
 
-def _add(layers, name, kind, **values):
-    rec = layers.setdefault(name, {"kind": kind, "macs": 0.0, "acs": 0.0, "ann_macs": 0.0,
-                                   "input_events": 0, "input_elements": 0})
-    if rec["kind"] != kind:
-        rec["kind"] = "mixed"
-    for key, value in values.items():
-        rec[key] = rec.get(key, 0) + value
-
-
-def _collect(modules, layers, rates, machine, batch):
+def _collect(modules, roles, layers, rates, machine):
+    """Add the last forward's declared counts of every synapse and neuron."""
     for name, m in modules.items():
-        counts = getattr(m, "op_counts", None) or {}
-        if isinstance(m, (Conv2d, Conv1x1, Linear)) and "input_elements" in counts:
-            macs = float(counts["macs"])
-            ann = macs / counts["steps"]
-            events = counts["input_events"]
-            if events is None:
-                _add(layers, name, "mac", macs=macs, ann_macs=ann)
-            else:
-                fanout = macs / counts["input_elements"]
-                # a conv whose input mixes spike columns with analog ones (mbt's bottlenecks)
-                # reports the analog columns' MACs beside its events
-                _add(layers, name, "ac", acs=events * fanout, ann_macs=ann,
-                     macs=float(counts.get("analog_macs", 0)),
-                     input_events=events, input_elements=counts["input_elements"])
-        elif isinstance(m, LIF) and "spikes" in counts:
+        counts = m.energy_counts()
+        if counts is None:
+            continue
+        if roles[name] == NEURON:
             r = rates.setdefault(name, [0, 0])
-            r[0] += counts["spikes"]
-            r[1] += counts["neurons"]
-        elif isinstance(m, QKCore) and counts:
-            parent = _parent(modules, name)
-            # the core's dense size: Q has as many elements as q_conv produced (MACs / C_in)
-            q_conv = parent.q_conv.op_counts
-            q_elements = q_conv["macs"] / parent.q_conv.in_channels
-            steps = q_conv["steps"]
-            _add(layers, name, "ac", acs=float(counts["additions"] + counts["kept"]),
-                 ann_macs=2.0 * q_elements / steps,
-                 input_events=counts["additions"], input_elements=int(q_elements))
-            for key in machine:
-                machine[key] += counts.get(key, 0)
-        elif isinstance(m, SSACore) and counts:
-            parent = _parent(modules, name)
-            q, v = parent.q_lif.op_counts, parent.v_lif.op_counts
-            # (Q Kᵀ) V: each Q spike meets every key (N_k of them) and each V spike feeds every
-            # query (N_q); the two differ when queries are another token set (factorized)
-            n_k = counts["macs"] / (2 * counts["comparisons"])
-            n_q = n_k * q["neurons"] / v["neurons"]
-            q_spikes, v_spikes, steps = q["spikes"], v["spikes"], q["steps"]
-            _add(layers, name, "ac", acs=float(n_k * q_spikes + n_q * v_spikes),
-                 ann_macs=counts["macs"] / steps, input_events=q_spikes + v_spikes,
-                 input_elements=int(2 * counts["comparisons"]))
+            r[0] += counts.spikes
+            r[1] += counts.neurons
+            continue
+        rec = layers.setdefault(name, {"kind": counts.kind, "macs": 0.0, "acs": 0.0, "ann_macs": 0.0,
+                                       "input_events": 0, "input_elements": 0})
+        if rec["kind"] != counts.kind:
+            rec["kind"] = "mixed"
+        rec["macs"] += counts.macs
+        rec["acs"] += counts.acs
+        rec["ann_macs"] += counts.ann_macs
+        rec["input_events"] += counts.input_events
+        rec["input_elements"] += counts.input_elements
+        machine["popcount_words"] += counts.popcount_words
+        machine["and_words"] += counts.and_words
 
 
 def _summarise(layers, rates, machine, samples, e_mac_pj, e_ac_pj):

@@ -5,18 +5,15 @@
     prof.shares(total_seconds)    # {"conv": 0.41, "bn": 0.12, ...}
 
 Every module's ``forward`` and ``backward`` is timed (exclusive of the modules it calls) and
-charged to a kind: ``fusion`` for anything inside a fusion module (``fusion1``...), else
-``conv`` (Conv2d, Conv1x1, Linear), ``bn``, ``lif``, ``attention`` (the Q-K and SSA cores),
-``pool``; time outside every module (data, loss, optimizer, glue) is ``other`` when a total is
+charged to a kind: ``fusion`` for anything inside a fusion module (``fusion1``...), else the
+kind its class declares in ``op_kind``: ``conv`` (Conv2d, Conv1x1, Linear), ``bn``, ``lif``,
+``attention`` (the Q-K and SSA cores), ``pool``; time outside every module (data, loss, optimizer, glue) is ``other`` when a total is
 given. The wrappers are instance attributes, removed on exit.
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-
-from .nn.attention import QKCore, SSACore
-from .nn.layers import LIF, BatchNorm, Conv1x1, Conv2d, Linear, MaxPool2d
 
 __all__ = ["OpProfiler", "KINDS"]
 
@@ -26,17 +23,8 @@ KINDS = ("conv", "bn", "lif", "attention", "fusion", "pool", "other")
 def _kind(name: str, module):
     if name.split(".", 1)[0].startswith("fusion"):
         return "fusion"
-    if isinstance(module, (Conv2d, Conv1x1, Linear)):
-        return "conv"
-    if isinstance(module, BatchNorm):
-        return "bn"
-    if isinstance(module, LIF):
-        return "lif"
-    if isinstance(module, (QKCore, SSACore)):
-        return "attention"
-    if isinstance(module, MaxPool2d):
-        return "pool"
-    return None          # containers: their own time is glue ("other")
+    return module.op_kind    # declared by the layer class; None for containers (their own
+                             # time is glue: "other")
 
 
 class OpProfiler:

@@ -19,12 +19,9 @@ import numpy as np
 
 from .energy import report
 from .models.configs import PRESETS, config
-from .nn.attention import QKCore, SSACore
-from .nn.layers import Conv1x1, Conv2d, Linear
+from .nn.counting import SYNAPSE
 
 __all__ = ["summarize", "format_summary", "main"]
-
-_LAYER_TYPES = (Conv2d, Conv1x1, Linear, QKCore, SSACore)
 
 
 def _probe_batch(model, batch_size=1, seed=0):
@@ -43,16 +40,15 @@ def summarize(model, batches=None) -> dict:
     rep = report(model, batches if measured else [_probe_batch(model)])
     rows = OrderedDict()
     for name, m in model.named_modules():
-        if not isinstance(m, _LAYER_TYPES):
+        if m.energy_role != SYNAPSE:                    # convs, linear maps, attention cores
             continue
         e = rep["layers"].get(name)
-        counts = getattr(m, "op_counts", {}) or {}
-        shape = counts.get("output_shape")
+        read = getattr(m, "last_read", None)            # what a conv or linear layer read
+        shape = None if read is None else list(read.output_shape)
         if shape is not None:
-            shape = list(shape)
-            shape[0 if isinstance(m, Linear) else 1] = "B"
+            shape[0 if len(shape) == 2 else 1] = "B"    # [B, out] or [T, B, ...]
         params = sum(p.value.size for p in m._params.values())
-        steps = counts.get("steps", model.config.T)      # attention cores run every step
+        steps = model.config.T if read is None else read.steps   # attention cores run every step
         row = {"type": type(m).__name__, "output_shape": shape, "params": int(params),
                "flops": e["ann_macs"] * steps if e else None}
         if measured and e:

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["gradient_error", "numerical_gradient", "contract"]
+__all__ = ["gradient_error", "numerical_gradient"]
 
 
 def gradient_error(g: np.ndarray, g_fd: np.ndarray) -> float:
@@ -21,13 +21,6 @@ def gradient_error(g: np.ndarray, g_fd: np.ndarray) -> float:
     if g.shape != g_fd.shape:
         raise ValueError(f"g_fd: expected shape {g.shape}, got {g_fd.shape}")
     return float(np.linalg.norm(g - g_fd) / max(np.linalg.norm(g) + np.linalg.norm(g_fd), 1e-8))
-
-
-def contract(outputs, douts) -> float:
-    """L = sum over outputs of sum(out * dout); outputs may be an array or a sequence of them."""
-    if isinstance(outputs, np.ndarray) or np.isscalar(outputs):
-        outputs, douts = (outputs,), (douts,)
-    return float(sum(np.sum(np.asarray(o, dtype=np.float64) * d) for o, d in zip(outputs, douts)))
 
 
 def numerical_gradient(loss: Callable[[], float], x: np.ndarray, *, eps: float = 1e-6,

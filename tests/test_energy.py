@@ -17,6 +17,8 @@ class HandSet(Module):
     residual sum of two spike maps; head on pooled features. Weights are set by hand so the
     spikes are known."""
 
+    energy_role = "container"
+
     def __init__(self):
         super().__init__()
         rng = np.random.default_rng(0)
@@ -114,17 +116,19 @@ def test_report_reads_mixed_inputs_and_unequal_token_sets(fusion):
     for name, layer in rep["layers"].items():
         m = modules[name]
         if isinstance(m, BottleneckConv1x1) and m.analog_tokens:
-            c = m.op_counts
-            assert layer["acs"] == pytest.approx(c["input_events"] * m.out_channels / 2)
-            assert layer["macs"] == pytest.approx(c["analog_macs"] / 2) and c["analog_macs"] > 0
+            c = m.energy_counts()
+            M, C, N = m._cache.x.shape
+            assert layer["acs"] == pytest.approx(c.input_events * m.out_channels / 2)
+            assert layer["macs"] == pytest.approx(M * m.analog_tokens * C * m.out_channels / 2)
+            assert c.input_events == int(m._cache.x[..., :N - m.analog_tokens].sum())
             checked["mixed"] += 1
         elif isinstance(m, SSACore):
             parent = modules[name.rsplit(".", 1)[0]]
-            q, v = parent.q_lif.op_counts, parent.v_lif.op_counts
-            n_q, n_k = m._cache["q"].shape[-1], m._cache["k"].shape[-1]
-            assert layer["acs"] == pytest.approx((n_k * q["spikes"] + n_q * v["spikes"]) / 2)
+            q, k, v = (getattr(parent, f"{p}_lif").energy_counts() for p in "qkv")
+            n_q, n_k = (c.neurons // (2 * 2 * parent.dim) for c in (q, k))     # T = B = 2
+            assert layer["acs"] == pytest.approx((n_k * q.spikes + n_q * v.spikes) / 2)
             checked["ssa"] += 1
-            checked["unequal"] += n_q != n_k and v["spikes"] > 0
+            checked["unequal"] += n_q != n_k and v.spikes > 0
     assert checked["ssa"] > 0
     assert checked["mixed" if fusion == "mbt" else "unequal"] > 0
 
@@ -143,3 +147,44 @@ def test_reports_unchanged(preset):
         got = json.loads(json.dumps(compact(energy_report(preset, overrides))))
         assert list(got["layers"]) == list(reference[name]["layers"]), name
         assert got == reference[name], name
+
+
+def test_undeclared_module_fails_loudly():
+    """A module type that declares no energy_role is refused, not skipped."""
+    from refsnn.energy import check_declarations
+    from refsnn.nn import Parameter
+
+    class Scale(Module):                      # a new layer with a parameter, no declaration
+        def __init__(self):
+            super().__init__()
+            self.gain = Parameter(np.ones(1))
+
+        def forward(self, x):
+            return x * self.gain.value
+
+    model = SNNergy(config("tiny", T=2))
+    assert check_declarations(model)["fusion1.audio_from_visual.qk"] == "synapse"
+    model.stage_gain = Scale()
+    with pytest.raises(ValueError, match=r"stage_gain \(Scale\) declares no energy_role"):
+        report(model, [(np.zeros((1, 1, 32, 32), np.float32), np.zeros((1, 3, 32, 32), np.float32))])
+
+    class Odd(Module):
+        energy_role = "synapse"               # a synapse must say what it counted
+    model.stage_gain = Odd()
+    with pytest.raises(ValueError, match="needs an energy_counts"):
+        check_declarations(model)
+
+
+def test_every_layer_of_every_mode_is_declared():
+    """Every module of every fusion mode declares its role; every parameter belongs to a
+    declared module, and every synapse and neuron reports after a counted forward."""
+    from refsnn.energy import check_declarations
+    for fusion in ("cmqka", "concat", "ssa-cross", "mbt", "factorized"):
+        model = SNNergy(config("tiny", T=2, fusion=fusion, stage3_attention="ssa"))
+        roles = check_declarations(model)
+        assert set(roles.values()) <= {"synapse", "neuron", "free", "container"}
+        rep = report(model, [(np.ones((1, 1, 32, 32), np.float32), np.ones((1, 3, 32, 32), np.float32))])
+        synapses = {n for n, r in roles.items() if r == "synapse"}
+        neurons = {n for n, r in roles.items() if r == "neuron"}
+        assert set(rep["layers"]) == synapses, fusion
+        assert set(rep["firing_rates"]) == neurons, fusion

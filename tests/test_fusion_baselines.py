@@ -438,18 +438,20 @@ def test_mbt_projections_report_analog_bottleneck_macs():
     m = make("mbt", dim=4, seed=37, bottlenecks=3, dtype=np.float32)
     rng = rng_of(38)
     x_a, x_v = stream(rng, (2, 3, 4, 5), np.float32), stream(rng, (2, 3, 4, 5), np.float32)
+    m.forward(x_a, x_v)
+    # without a counter nothing is recorded for energy
+    assert m.audio_attn.q_conv.energy_counts() is None
     _forward_counted(m, x_a, x_v)
     convs = {n: mod for n, mod in m.named_modules() if isinstance(mod, BottleneckConv1x1)}
     assert sorted(convs) == sorted(f"{s}_attn.{p}_conv" for s in ("audio", "visual") for p in "qkv")
     for name, conv in convs.items():
-        c = conv.op_counts
+        c = conv.energy_counts()
         x = x_a if name.startswith("audio") else x_v
-        assert c["input_events"] == int(x.sum()), name          # the token columns' events
-        assert c["analog_macs"] == 2 * 3 * 3 * 4 * 4, name        # T*B*bottlenecks*C_in*C_out
-        assert c["macs"] == 2 * 3 * 8 * 4 * 4, name
-    # without a counter nothing extra is recorded
-    m.forward(x_a, x_v)
-    assert "analog_macs" not in m.audio_attn.q_conv.op_counts
+        assert c.kind == "ac" and c.input_events == int(x.sum()), name     # the token columns' events
+        assert c.macs == 2 * 3 * 3 * 4 * 4, name              # T*B*bottlenecks*C_in*C_out, analog
+        assert c.input_elements == 2 * 3 * 4 * 8, name
+        assert c.acs == pytest.approx(c.input_events * 4), name           # fan-out C_out
+        assert conv._cache.macs == 2 * 3 * 8 * 4 * 4, name
 
 
 def test_factorized_token_projections_count_once_per_batch_as_macs():
@@ -458,10 +460,10 @@ def test_factorized_token_projections_count_once_per_batch_as_macs():
     x_a, x_v = stream(rng, (2, 3, 4, 6), np.float32), stream(rng, (2, 3, 4, 6), np.float32)
     _forward_counted(m, x_a, x_v)
     for name, n in (("audio_aggregate", 3), ("visual_aggregate", 3), ("fuse", 5)):
-        c = getattr(m, name).q_conv.op_counts
-        assert c["input_events"] is None and c["macs"] == n * 4 * 4, name     # once, analog
-        assert getattr(m, name).k_conv.op_counts["input_events"] is not None, name
-    assert m.pair_conv.op_counts["input_events"] == int(m.pair_conv._cache.x.sum())
+        c = getattr(m, name).q_conv.energy_counts()
+        assert c.kind == "mac" and c.macs == n * 4 * 4, name     # once, analog
+        assert getattr(m, name).k_conv.energy_counts().kind == "ac", name
+    assert m.pair_conv.energy_counts().input_events == int(m.pair_conv._cache.x.sum())
 
 
 # ------------------------------------------------------------------ dtypes, factory, checks

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checks import check_choice, check_float_array, check_positive_int
 from ..nn.attention import check_token_map, sum_counts
+from ..nn.counting import CONTAINER
 from ..nn.module import Module, Parameter
 
 __all__ = [
@@ -83,6 +84,10 @@ class ResidualCrossFusion(Module):
     ``__init__`` (CMQKA, ``ssa-cross``), or override ``forward`` / ``backward`` and use the
     residual helpers ``_weight`` and ``_accumulate_weight_grad`` (``factorized``).
     """
+
+    # the residual weights scale spike maps: they fold into the next layers' weights (SPEC
+    # section 7), so the fusion's energy is that of its directions
+    energy_role = CONTAINER
 
     def __init__(self, dim, *, mask_from="query_modality", residual="scalar", dtype=np.float32):
         super().__init__()

@@ -2,6 +2,7 @@
 only in the head, which concatenates their pooled features."""
 from __future__ import annotations
 
+from ..nn.counting import CONTAINER
 from ..nn.module import Module
 
 __all__ = ["ConcatFusion", "build"]
@@ -9,11 +10,10 @@ __all__ = ["ConcatFusion", "build"]
 
 class ConcatFusion(Module):
     """Identity with the fusion interface ``forward(x_audio, x_visual) -> (y_audio, y_visual)``.
-    Takes no argument: it has no width, no parameter and no option."""
+    Takes no argument: it has no width, no parameter and no option. Energy: none of its own
+    (a container with no children)."""
 
-    def __init__(self):
-        super().__init__()
-        self.op_counts = {}
+    energy_role = CONTAINER
 
     def forward(self, x_audio, x_visual):
         return x_audio, x_visual

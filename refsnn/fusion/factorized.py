@@ -60,6 +60,10 @@ class TokenQueryAttention(SSACrossAttention):
     as ``SSACrossAttention``.
     """
 
+    def __init__(self, dim, heads, **kw):
+        super().__init__(dim, heads, **kw)
+        self.q_conv.reads = "analog"        # learnable tokens: MACs, whatever their values
+
     def forward(self, tokens, x_kv):
         self._check_input(x_kv, "x_kv")
         if not isinstance(tokens, np.ndarray) or tokens.ndim != 2 or tokens.shape[0] != self.dim \
@@ -68,9 +72,6 @@ class TokenQueryAttention(SSACrossAttention):
                              f"{getattr(tokens, 'shape', type(tokens).__name__)}")
         T, B = x_kv.shape[:2]
         x = np.array(tokens[None, None])
-        counter = getattr(self, "counter", None)
-        if counter is not None:
-            counter.mark_analog(x)          # learnable values: MACs, whatever they look like
         q = self.q.forward(x, repeat_to=(T, B))      # one projection, broadcast to [T, B]
         return self.proj.forward(self.ssa.forward(q, self.k.forward(x_kv), self.v.forward(x_kv)))
 

@@ -23,9 +23,8 @@ stages 3, 2, 1) adds it. A backward in the wrong order raises instead of droppin
 
 Energy (SPEC section 7): the Q, K, V projections read ``[X_m ; Z]``, spike events in the N
 token columns and analog values in the B bottleneck columns. Their convs
-(``BottleneckConv1x1``) report ``analog_macs``, the MACs of the bottleneck columns, beside the
-usual counts; the concatenation is registered with an attached EventCounter as carrying the
-events of X_m. The carry conv reads analog values (MACs).
+(``BottleneckConv1x1``) count ACs for the events of the token columns and MACs for the
+bottleneck columns. The carry conv reads analog values (``reads="analog"``: MACs).
 """
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..checks import check_positive_int
 from ..nn.attention import SSAttention, check_token_map, sum_counts
+from ..nn.counting import CONTAINER
 from ..nn.layers import Conv1x1
 from ..nn.module import Module, Parameter
 from . import concat
@@ -45,18 +45,23 @@ __all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1", "build"]
 
 class BottleneckConv1x1(Conv1x1):
     """A Conv1x1 whose input's last ``analog_tokens`` token columns are analog (the
-    bottlenecks) and the others carry spike events. While an EventCounter is attached and the
-    input's events are known, ``op_counts["analog_macs"]`` = the MACs spent on the analog
-    columns (energy accounting counts them as MACs and the events as ACs)."""
+    bottlenecks) and the others carry spike events. Energy: ACs for the events of the spike
+    columns, MACs for the analog columns (while those events are known; an analog input is
+    all MACs)."""
 
     analog_tokens = 0
 
-    def forward(self, x):
-        y = super().forward(x)
-        if self.analog_tokens and self.op_counts.get("input_events") is not None:
-            T, B, C, _ = x.shape
-            self.op_counts["analog_macs"] = int(T * B * self.analog_tokens * C * self.out_channels)
-        return y
+    def _input_events(self, x):
+        if not self.analog_tokens:
+            return super()._input_events(x)
+        return self.counter.events(x[..., :x.shape[3] - self.analog_tokens])
+
+    def energy_counts(self):
+        counts = super().energy_counts()
+        if counts is None or counts.kind != "ac" or not self.analog_tokens:
+            return counts
+        M, C, _ = self._cache.x.shape                   # M = T * B (folded)
+        return counts._replace(macs=float(M * self.analog_tokens * C * self.out_channels))
 
 
 class BottleneckSSA(SSAttention):
@@ -86,9 +91,11 @@ class MBTFusion(Module):
     Parameters (docs/fusion.md): ``bottleneck_tokens [dim, B]`` (first mbt stage) or
     ``carry_conv.weight [dim, dim_prev]``, ``carry_conv.bias [dim]`` (a later stage whose width
     differs), ``audio_attn.*``, ``visual_attn.*`` (SSA blocks: ``q``, ``k``, ``v``, ``proj``
-    conv and BN). Counters: the ``ssa`` cores (``macs`` = 2·T·B·D·(N+B)², ``comparisons``),
-    ``analog_macs`` of the Q, K, V convs.
+    conv and BN). Counters: the ``ssa`` cores (``macs`` = 2·T·B·D·(N+B)², ``comparisons``).
+    Energy: a container (its tokens are values its layers read).
     """
+
+    energy_role = CONTAINER
 
     def __init__(self, dim, heads, *, bottlenecks=4, previous=None, neuron=None,
                  attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
@@ -122,7 +129,8 @@ class MBTFusion(Module):
             self.bottleneck_tokens = Parameter(
                 rng.normal(0.0, TOKEN_INIT_STD, (self.dim, self.bottlenecks)).astype(self.dtype))
         elif self.bottlenecks and previous.dim != self.dim:
-            self.carry_conv = Conv1x1(previous.dim, self.dim, bias=True, rng=rng, dtype=dtype)
+            self.carry_conv = Conv1x1(previous.dim, self.dim, bias=True, rng=rng, dtype=dtype,
+                                      reads="analog")
         block = dict(bottlenecks=self.bottlenecks, neuron=neuron, attention_neuron=attention_neuron,
                      bn_momentum=bn_momentum, bn_eps=bn_eps, rng=rng, dtype=dtype)
         self.audio_attn = BottleneckSSA(self.dim, heads, **block)
@@ -146,7 +154,6 @@ class MBTFusion(Module):
         """Z ``[T, B, D, bottlenecks]`` of this stage."""
         if not self.bottlenecks:
             return np.zeros((T, B, self.dim, 0), dtype=self.dtype)
-        counter = getattr(self, "counter", None)
         if self._previous is None:
             p = self.bottleneck_tokens.value
             return np.ascontiguousarray(np.broadcast_to(p[None, None], (T, B) + p.shape))
@@ -159,8 +166,6 @@ class MBTFusion(Module):
         object.__setattr__(self._previous, "_awaiting", True)
         if "carry_conv" not in self._children:
             return z
-        if counter is not None:
-            counter.mark_analog(z)
         return self.carry_conv.forward(z)
 
     # ------------------------------------------------------------------ passes
@@ -172,15 +177,11 @@ class MBTFusion(Module):
         T, B, _, N = x_audio.shape
         self._out, self._pending, self._awaiting = None, None, False
         z = self._bottlenecks_in(T, B)
-        counter = getattr(self, "counter", None)
         y = {}
         for name, x, attn in (("audio", x_audio, self.audio_attn), ("visual", x_visual, self.visual_attn)):
-            u = np.concatenate([x, z], axis=3)
-            if counter is not None:
-                # spike events in the N token columns; the bottleneck columns are analog and
-                # counted as MACs by the BottleneckConv1x1 projections
-                counter.register(u, counter.events(x))
-            y[name] = attn.forward(u)
+            # spike events in the N token columns; the bottleneck columns are analog (the
+            # BottleneckConv1x1 projections count them in MACs)
+            y[name] = attn.forward(np.concatenate([x, z], axis=3))
         self._out = z + 0.5 * (y["audio"][..., N:] + y["visual"][..., N:])
         self._cache = MBTCache(N, x_audio.shape)
         return x_audio + y["audio"][..., :N], x_visual + y["visual"][..., :N]

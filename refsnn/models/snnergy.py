@@ -21,6 +21,7 @@ from ..functional.pool import mean_pool_backward, mean_pool_forward
 from ..fusion import build_fusion
 from ..nn.attention import QKAttention, SSAttention
 from ..nn.blocks import SMLP, Block, PatchEmbedInit, PatchEmbedStage, Stage
+from ..nn.counting import CONTAINER, register_added
 from ..nn.layers import Linear
 from ..nn.module import Module
 from .configs import Config
@@ -45,6 +46,8 @@ def _attention(c: Config, modality: str, stage: int, dim: int, heads: int, rng, 
 
 class Stream(Module):
     """One modality's three stages (``stage1..3``), each an embedding and its blocks."""
+
+    energy_role = CONTAINER
 
     def __init__(self, c: Config, modality: str, *, rng, dtype):
         super().__init__()
@@ -78,6 +81,8 @@ class SNNergy(Module):
     ``numpy.random.Generator(PCG64(seed))`` in construction order.
     """
 
+    energy_role = CONTAINER
+
     def __init__(self, config: Config, *, seed: int = 0, dtype=np.float32):
         super().__init__()
         if not isinstance(config, Config):
@@ -95,7 +100,8 @@ class SNNergy(Module):
                 setattr(self, f"fusion{s}", fusion)
                 previous = fusion
         width = config.stage_dims[2] * len(config.modalities)
-        self.head = Linear(width, config.classes, rng=rng, dtype=self.dtype)
+        # the head reads spike-rate averages: analog (MACs)
+        self.head = Linear(width, config.classes, rng=rng, dtype=self.dtype, reads="analog")
         self._cache = None
 
     # ------------------------------------------------------------------ inputs
@@ -132,16 +138,6 @@ class SNNergy(Module):
             raise ValueError("audio/visual: empty batch")
         return audio, visual
 
-    @staticmethod
-    def _register_fusion_output(counter, y, x):
-        """A fusion adds scaled spike maps to the stream (``y = x + alpha * Y``): y carries the
-        events of x plus the spikes of the added maps (the scale folds into the next weights)."""
-        if y is x:
-            return
-        before = counter.events(x)
-        added = np.count_nonzero(y - x)
-        counter.register(y, None if before is None else before + int(added))
-
     def _check_dtype(self, x, name):
         if x.dtype != self.dtype:
             raise ValueError(f"{name}: expected dtype {self.dtype} (the model's), got {x.dtype}")
@@ -164,11 +160,8 @@ class SNNergy(Module):
         c = self.config
         raw = {"audio": audio, "visual": visual}
         x, encodings = {}, {}
-        counter = self.counter
         for m in c.modalities:
             x[m], encodings[m] = self._encode(m, raw[m])
-            if counter is not None:
-                counter.mark_analog(x[m])          # data, even when its values look binary
         for s in (1, 2, 3):
             for m in c.modalities:
                 stage = getattr(self, m).stages[s - 1]
@@ -176,21 +169,15 @@ class SNNergy(Module):
                     x[m] = stage.forward(x[m], c.T)
                 else:
                     T, B, C, _ = x[m].shape
-                    fmap = x[m].reshape(T, B, C, *getattr(self, m).stages[s - 2].spatial)
-                    if counter is not None:
-                        counter.register(fmap, counter.events(x[m]))
-                    x[m] = stage.forward(fmap)
+                    x[m] = stage.forward(x[m].reshape(T, B, C, *getattr(self, m).stages[s - 2].spatial))
             if c.modality == "av":
                 before = dict(x)
                 x["audio"], x["visual"] = getattr(self, f"fusion{s}").forward(x["audio"], x["visual"])
-                if counter is not None:
-                    for m in ("audio", "visual"):
-                        self._register_fusion_output(counter, x[m], before[m])
+                for m in ("audio", "visual"):       # energy: x + alpha * Y carries both's events
+                    register_added(self.counter, x[m], before[m])
         order = [m for m in ("visual", "audio") if m in c.modalities]
         pooled = [mean_pool_forward(x[m]) for m in order]
         features = np.concatenate([p for p, _ in pooled], axis=1)
-        if counter is not None:
-            counter.mark_analog(features)          # spike-rate averages: the head counts MACs
         self._cache = dict(order=order, pool=[pc for _, pc in pooled], encodings=encodings,
                            widths=[p.shape[1] for p, _ in pooled],
                            shapes={m: (raw[m].shape if raw[m] is not None else None) for m in c.modalities})

@@ -21,8 +21,8 @@ bit-packed Numba kernels, the default; "dense": NumPy), ``bn_momentum``, ``bn_ep
 
 Operation counts: the cores ``qk`` / ``ssa`` hold the last forward's counts in ``op_counts``
 (see refsnn.functional.attention for the names); the blocks' ``attention_counts`` returns the
-same numbers (summed over their cores) without being a second ``op_counts`` for a walker to
-count twice.
+same numbers (summed over their cores). Energy: the cores are synapses that compute their own
+``energy_counts()`` from what they read (refsnn.nn.counting); the blocks are containers.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from ..functional.attention import (ATTENTION_BACKENDS, attention_options, qk_ch
                                     ssa_backward, ssa_forward)
 from ..checks import check_float_array, check_positive_int
 from .layers import LIF, BatchNorm, Conv1x1
+from .counting import CONTAINER, SYNAPSE, SynapseCounts
 from .module import Module
 from .unit import ConvBNLIF
 
@@ -95,7 +96,13 @@ class QKCore(Module):
     """The Q-K attention core: ``forward(q, k) -> z``; ``backward(dz) -> (dq, dk)``.
 
     mode "token" (QKTA, per-head channel sums) or "channel" (QKCA, per-channel token sums).
+    Energy (a synapse, SPEC section 7): one AC per Q spike summed and one per K spike kept;
+    the ANN reference, one MAC per element of Q for the sum and one for the mask.
     """
+
+    energy_role = SYNAPSE
+    op_kind = "attention"
+    _q_read: tuple | None = None        # (elements of Q, time steps) while counted
 
     def __init__(self, heads, mode="token", *, neuron=None, backend="packed"):
         super().__init__()
@@ -115,6 +122,8 @@ class QKCore(Module):
             z, cache = qk_channel_forward(q, k, neuron=self.neuron, backend=self.backend)
         self._cache = cache
         self.op_counts = dict(cache["counts"])
+        if self.counter is not None:
+            self._q_read = (int(q.size), int(q.shape[0]))
         return z
 
     def backward(self, dz):
@@ -122,10 +131,29 @@ class QKCore(Module):
             return qk_token_backward(dz, self._cache)
         return qk_channel_backward(dz, self._cache)
 
+    def energy_counts(self) -> SynapseCounts | None:
+        if self._q_read is None or not self.op_counts:
+            return None
+        c = self.op_counts
+        q_elements, steps = float(self._q_read[0]), self._q_read[1]
+        return SynapseCounts("ac", 0.0, float(c["additions"] + c["kept"]), 2.0 * q_elements / steps,
+                             c["additions"], int(q_elements), c.get("popcount_words", 0),
+                             c.get("and_words", 0))
+
 
 class SSACore(Module):
     """Spikformer SSA core: ``forward(q, k, v) -> LIF_0.5((Q Kᵀ) V * scale)``;
-    ``backward(dout) -> (dq, dk, dv)``."""
+    ``backward(dout) -> (dq, dk, dv)``.
+
+    Energy (a synapse, SPEC section 7): the map is evaluated as (Q Kᵀ) V, so each Q spike
+    meets every key (N_k ACs) and each V spike feeds every query (N_q ACs; N_q differs from
+    N_k when the queries are another token set, as in the factorized baseline). The ANN
+    reference: the op's MACs once per sample.
+    """
+
+    energy_role = SYNAPSE
+    op_kind = "attention"
+    _spikes_read: tuple | None = None   # (Q spikes, Q elements, V spikes, V elements, steps)
 
     def __init__(self, heads, *, scale=0.125, neuron=None):
         super().__init__()
@@ -140,10 +168,23 @@ class SSACore(Module):
         out, cache = ssa_forward(q, k, v, self.heads, self.scale, neuron=self.neuron)
         self._cache = cache
         self.op_counts = dict(cache["counts"])
+        if self.counter is not None:
+            self._spikes_read = (int(np.count_nonzero(q)), int(q.size), int(np.count_nonzero(v)),
+                                 int(v.size), int(q.shape[0]))
         return out
 
     def backward(self, dout):
         return ssa_backward(dout, self._cache)
+
+    def energy_counts(self) -> SynapseCounts | None:
+        if self._spikes_read is None or not self.op_counts:
+            return None
+        c = self.op_counts
+        q_spikes, q_neurons, v_spikes, v_neurons, steps = self._spikes_read
+        n_k = c["macs"] / (2 * c["comparisons"])
+        n_q = n_k * q_neurons / v_neurons
+        return SynapseCounts("ac", 0.0, float(n_k * q_spikes + n_q * v_spikes), c["macs"] / steps,
+                             q_spikes + v_spikes, int(2 * c["comparisons"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +193,8 @@ class SSACore(Module):
 
 class _ProjectedAttention(Module):
     """Shared plumbing: named Conv1x1-BN-LIF projections around an attention core."""
+
+    energy_role = CONTAINER
 
     def __init__(self, dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype):
         super().__init__()
@@ -180,8 +223,7 @@ class _ProjectedAttention(Module):
     @property
     def attention_counts(self) -> dict:
         """The last forward's counts of the attention core(s)."""
-        return sum_counts(*(m.op_counts for _, m in self.named_modules()
-                            if isinstance(m, (QKCore, SSACore))))
+        return sum_counts(*(m.op_counts for _, m in self.named_modules() if m.op_kind == "attention"))
 
 
 class _QKBlock(_ProjectedAttention):

@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .counting import CONTAINER, register_sum
 from .layers import LIF, BatchNorm, Conv1x1, Conv2d, MaxPool2d
 from .module import Module, ModuleList
 from .unit import ConvBNLIF
 
 __all__ = ["PatchEmbedInit", "PatchEmbedStage", "SMLP", "Block", "Stage"]
-
-
-def _register_sum(counter, total, stream, spikes):
-    """Energy bookkeeping: ``total = stream + spikes`` carries the events of both."""
-    if counter is not None:
-        before = counter.events(stream)
-        counter.register(total, None if before is None else before + int(np.count_nonzero(spikes)))
 
 
 class PatchEmbedInit(Module):
@@ -35,14 +29,16 @@ class PatchEmbedInit(Module):
 
     When the input repeats over time (``x`` has T = 1 and ``steps`` > 1), conv0, BN0 and the
     pool run once and their output is broadcast to the time steps before the first LIF
-    (SPEC section 6: identical results).
+    (SPEC section 6: identical results). conv0 reads the stream's data: analog (MACs).
     """
+
+    energy_role = CONTAINER
 
     def __init__(self, in_channels, dim, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
         half = dim // 2
         self.proj0 = _conv_unit(self, "proj0", in_channels, half, 3, 1, 1, neuron, rng, dtype, bn,
-                                pool=True)
+                                pool=True, reads="analog")
         self.proj1 = _conv_unit(self, "proj1", half, dim, 3, 1, 1, neuron, rng, dtype, bn, pool=True)
         self.proj2 = _conv_unit(self, "proj2", dim, dim, 3, 1, 1, neuron, rng, dtype, bn)
         self.res = _conv_unit(self, "res", half, dim, 1, 2, 0, neuron, rng, dtype, bn)
@@ -68,6 +64,8 @@ class PatchEmbedStage(Module):
     out = a + r
     """
 
+    energy_role = CONTAINER
+
     def __init__(self, in_channels, dim, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
         self.proj1 = _conv_unit(self, "proj1", in_channels, dim, 3, 1, 1, neuron, rng, dtype, bn,
@@ -85,9 +83,10 @@ class PatchEmbedStage(Module):
 
 
 def _conv_unit(owner, prefix, in_channels, out_channels, kernel, stride, padding, neuron, rng,
-               dtype, bn, pool=False) -> ConvBNLIF:
+               dtype, bn, pool=False, reads="spikes") -> ConvBNLIF:
     """A SPEDS Conv-BN-(MaxPool-)LIF unit on ``owner`` (convolution without bias)."""
-    conv = Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False, rng=rng, dtype=dtype)
+    conv = Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False, rng=rng, dtype=dtype,
+                  reads=reads)
     return ConvBNLIF(owner, prefix, conv, BatchNorm(out_channels, dtype=dtype, **(bn or {})),
                      LIF(**neuron), pool=MaxPool2d() if pool else None)
 
@@ -95,6 +94,8 @@ def _conv_unit(owner, prefix, in_channels, out_channels, kernel, stride, padding
 class SMLP(Module):
     """Spiking MLP on tokens: LIF(BN(Conv1x1(x))) -> LIF(BN(Conv1x1(.))), both convs with bias
     (units ``fc1``, ``fc2``)."""
+
+    energy_role = CONTAINER
 
     def __init__(self, dim, hidden, *, neuron, rng, dtype=np.float32, bn=None):
         super().__init__()
@@ -112,7 +113,10 @@ class SMLP(Module):
 
 
 class Block(Module):
-    """x = x + attn(x); x = x + mlp(x)   on tokens ``[T, B, C, N]``."""
+    """x = x + attn(x); x = x + mlp(x)   on tokens ``[T, B, C, N]``. Each sum carries the
+    events of both its terms (``register_sum``, for energy accounting)."""
+
+    energy_role = CONTAINER
 
     def __init__(self, attn: Module, mlp: SMLP):
         super().__init__()
@@ -122,10 +126,10 @@ class Block(Module):
     def forward(self, x):
         a = self.attn.forward(x)
         x1 = x + a
-        _register_sum(self.counter, x1, x, a)
+        register_sum(self.counter, x1, x, a)
         m = self.mlp.forward(x1)
         x2 = x1 + m
-        _register_sum(self.counter, x2, x1, m)
+        register_sum(self.counter, x2, x1, m)
         return x2
 
     def backward(self, dout):
@@ -135,6 +139,8 @@ class Block(Module):
 
 class Stage(Module):
     """A patch embedding followed by Q-K blocks: feature map in, token map ``[T, B, C, N]`` out."""
+
+    energy_role = CONTAINER
 
     def __init__(self, embed: Module, blocks):
         super().__init__()
@@ -147,8 +153,6 @@ class Stage(Module):
         T, B, C, H, W = y.shape
         self._spatial = (H, W)
         tokens = y.reshape(T, B, C, H * W)
-        if self.counter is not None:
-            self.counter.register(tokens, self.counter.events(y))
         for block in self.blocks:
             tokens = block.forward(tokens)
         return tokens

@@ -11,10 +11,12 @@ Modules check shapes and dtypes of every input but do not scan activations for N
 inside a network a non-finite value reaches a LIF neuron, which detects it (see
 ``refsnn.functional.lif``), and training checks the loss. The functional ops scan by default.
 
-``op_counts`` (a dict) describes the last forward: ``macs`` of the dense op always; while an
-``EventCounter`` is attached (``refsnn.energy`` does it) also ``input_elements``,
-``input_events`` (spike events carried by the input; None for an analog input), ``steps`` (time
-steps in the input) and ``batch``, from which energy accounting derives accumulate operations.
+Energy (SPEC section 7; ``refsnn.nn.counting``): every layer declares its ``energy_role``.
+Conv2d, Conv1x1 and Linear are synapses: while an ``EventCounter`` is attached
+(``refsnn.energy`` does it) they note what their input carried (``reads="spikes"``: the events
+the counter finds; ``reads="analog"``: data, tokens, pooled features) and ``energy_counts()``
+turns that and the op's MACs into ``SynapseCounts``. LIF neurons count their spikes;
+BatchNorm and max pooling are free.
 """
 from __future__ import annotations
 
@@ -28,9 +30,10 @@ from ..checks import check_float_array
 from ..functional.lif import lif_backward, lif_forward, lif_options
 from ..functional.norm import batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
+from .counting import FREE, NEURON, READS, SYNAPSE, NeuronCounts, SynapseCounts, synapse_counts
 from .module import Module, Parameter
 
-__all__ = ["TimeFolded", "Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d",
+__all__ = ["TimeFolded", "Synapse", "Conv2d", "Conv1x1", "Linear", "BatchNorm", "LIF", "MaxPool2d",
            "uniform_init"]
 
 
@@ -51,12 +54,52 @@ def _check_channels(x, channels):
         raise ValueError(f"x: expected {channels} channels on axis 2 of [T, B, C, ...], got shape {x.shape}")
 
 
-def _input_counts(module, x: np.ndarray, counts: dict, steps: int, batch: int, out_shape) -> dict:
-    """The op's counts, plus what the attached EventCounter says about the input."""
-    if module.counter is None:
-        return counts
-    return dict(counts, input_elements=int(x.size), input_events=module.counter.events(x),
-                steps=int(steps), batch=int(batch), output_shape=tuple(int(d) for d in out_shape))
+class InputRead(NamedTuple):
+    """What a synapse's input carried in the last forward with a counter attached."""
+    events: int | None          # spike events; None: analog
+    elements: int
+    steps: int                  # time steps of the input (1 for an input repeated over time)
+    output_shape: tuple         # of the layer's output ([T, B, ...] or [B, out])
+
+
+class Synapse:
+    """Mixin of the layers whose arithmetic costs energy: Conv2d, Conv1x1, Linear.
+
+    ``reads``: ``"spikes"`` (default; the attached EventCounter finds the events, and counts
+    an input it knows as analog in MACs) or ``"analog"`` (always MACs). The layer's cache
+    carries ``macs``.
+    """
+
+    energy_role = SYNAPSE
+    op_kind = "conv"
+    reads = "spikes"
+    _read: InputRead | None = None
+
+    def _set_reads(self, reads: str) -> None:
+        if reads not in READS:
+            raise ValueError(f"reads: expected one of {list(READS)}, got {reads!r}")
+        self.reads = reads
+
+    def _note_input(self, x: np.ndarray, steps: int, output_shape: tuple) -> None:
+        """While a counter is attached: the input's events, elements and time steps."""
+        if self.counter is not None:
+            events = None if self.reads == "analog" else self._input_events(x)
+            self._read = InputRead(events, int(x.size), int(steps), tuple(map(int, output_shape)))
+
+    @property
+    def last_read(self) -> InputRead | None:
+        """What the last forward with a counter attached read (None before one)."""
+        return self._read
+
+    def _input_events(self, x: np.ndarray) -> int | None:
+        return self.counter.events(x)
+
+    def energy_counts(self) -> SynapseCounts | None:
+        """The last counted forward's MACs or ACs (None before one)."""
+        if self._read is None or self._cache is None:
+            return None
+        events, elements, steps, _ = self._read
+        return synapse_counts(self._cache.macs, events, elements, steps)
 
 
 class TimeFolded(Module):
@@ -107,15 +150,17 @@ class TimeBatch(NamedTuple):
     B: int
 
 
-class Conv2d(TimeFolded):
-    """2-D convolution on ``[T, B, C, H, W]`` (T and B folded); weight OIHW."""
+class Conv2d(Synapse, TimeFolded):
+    """2-D convolution on ``[T, B, C, H, W]`` (T and B folded); weight OIHW. ``reads``: see
+    ``Synapse``."""
 
     input_ndim = 5
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, bias=True,
-                 *, rng, dtype=np.float32):
+                 *, rng, dtype=np.float32, reads="spikes"):
         super().__init__()
         _need_rng(rng, "Conv2d")
+        self._set_reads(reads)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
         fan_in = in_channels * kernel_size * kernel_size
@@ -123,7 +168,6 @@ class Conv2d(TimeFolded):
                                              fan_in, dtype))
         self.bias = Parameter(uniform_init(rng, (out_channels,), fan_in, dtype)) if bias else None
         self._cache = None
-        self.op_counts = {}
 
     def forward_folded(self, x):
         y, self._cache = F.conv2d_forward(x, self.weight.value,
@@ -138,23 +182,24 @@ class Conv2d(TimeFolded):
         return dx
 
     def _after_forward(self, x, y):
-        T, B = self.last_steps
-        self.op_counts = _input_counts(self, x, dict(macs=self._cache.macs), T, B, y.shape)
+        self._note_input(x, self.last_steps.T, y.shape)
 
 
-class Conv1x1(TimeFolded):
-    """1x1 convolution over tokens ``[T, B, C, N]`` (T and B folded); weight ``[out, in]``."""
+class Conv1x1(Synapse, TimeFolded):
+    """1x1 convolution over tokens ``[T, B, C, N]`` (T and B folded); weight ``[out, in]``.
+    ``reads``: see ``Synapse``."""
 
     input_ndim = 4
 
-    def __init__(self, in_channels, out_channels, bias=True, *, rng, dtype=np.float32):
+    def __init__(self, in_channels, out_channels, bias=True, *, rng, dtype=np.float32,
+                 reads="spikes"):
         super().__init__()
         _need_rng(rng, "Conv1x1")
+        self._set_reads(reads)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.weight = Parameter(uniform_init(rng, (out_channels, in_channels), in_channels, dtype))
         self.bias = Parameter(uniform_init(rng, (out_channels,), in_channels, dtype)) if bias else None
         self._cache = None
-        self.op_counts = {}
 
     def forward_folded(self, x):
         y, self._cache = F.conv1x1_forward(x, self.weight.value,
@@ -167,8 +212,7 @@ class Conv1x1(TimeFolded):
         return dx
 
     def _after_forward(self, x, y):
-        T, B = self.last_steps
-        self.op_counts = _input_counts(self, x, dict(macs=self._cache.macs), T, B, y.shape)
+        self._note_input(x, self.last_steps.T, y.shape)
 
 
 def _accumulate(layer, dweight, dbias) -> None:
@@ -177,23 +221,25 @@ def _accumulate(layer, dweight, dbias) -> None:
         layer.bias.grad += dbias
 
 
-class Linear(Module):
-    """Fully connected layer on ``[B, in]``; weight ``[out, in]``."""
+class Linear(Synapse, Module):
+    """Fully connected layer on ``[B, in]``; weight ``[out, in]``. ``reads``: see ``Synapse``
+    (the head of SNNergy reads pooled features: ``"analog"``)."""
 
-    def __init__(self, in_features, out_features, bias=True, *, rng, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, *, rng, dtype=np.float32,
+                 reads="spikes"):
         super().__init__()
         _need_rng(rng, "Linear")
+        self._set_reads(reads)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(uniform_init(rng, (out_features, in_features), in_features, dtype))
         self.bias = Parameter(uniform_init(rng, (out_features,), in_features, dtype)) if bias else None
         self._cache = None
-        self.op_counts = {}
 
     def forward(self, x):
         y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
                                     check=False)
         self._cache = cache
-        self.op_counts = _input_counts(self, x, dict(macs=cache.macs), 1, x.shape[0], y.shape)
+        self._note_input(x, 1, y.shape)
         return y
 
     def backward(self, dy):
@@ -204,7 +250,11 @@ class Linear(Module):
 
 class BatchNorm(TimeFolded):
     """BatchNorm over ``[T, B, C, ...]``: per-channel statistics over every other axis
-    (T and B folded, the positions flattened)."""
+    (T and B folded, the positions flattened). Energy: free (it folds into the preceding
+    convolution at inference)."""
+
+    energy_role = FREE
+    op_kind = "bn"
 
     def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
         super().__init__()
@@ -241,9 +291,13 @@ class LIF(Module):
     """Multi-step LIF neurons over ``[T, ...]`` (SPEC section 2). No parameters.
 
     Keyword arguments are those of ``refsnn.functional.lif_forward``. While an EventCounter is
-    attached, ``op_counts`` records the neurons (elements of ``[T, ...]``) and spikes of the
-    last forward.
+    attached, the forward counts its spikes and neurons (elements of ``[T, ...]``):
+    ``energy_counts()``, the firing rate of the energy report.
     """
+
+    energy_role = NEURON
+    op_kind = "lif"
+    _fired: NeuronCounts | None = None
 
     def __init__(self, **neuron):
         super().__init__()
@@ -251,22 +305,27 @@ class LIF(Module):
         # validate the options now, not at the first forward
         lif_options(**self.neuron)
         self._cache = None
-        self.op_counts = {}
 
     def forward(self, x):
-        spikes, cache = lif_forward(x, **self.neuron)
-        self._cache = cache
+        spikes, self._cache = lif_forward(x, **self.neuron)
         if self.counter is not None:
-            self.op_counts = dict(neurons=int(x.size), spikes=int(np.count_nonzero(spikes)),
-                                  steps=int(x.shape[0]))
+            self._fired = NeuronCounts(int(np.count_nonzero(spikes)), int(x.size))
         return spikes
 
     def backward(self, dspikes):
         return lif_backward(dspikes, self._cache, check=False)
 
+    def energy_counts(self) -> NeuronCounts | None:
+        """Spikes and neurons of the last forward with a counter attached."""
+        return self._fired
+
 
 class MaxPool2d(TimeFolded):
-    """Max pooling on ``[T, B, C, H, W]`` (kernel 3, stride 2, padding 1 by default)."""
+    """Max pooling on ``[T, B, C, H, W]`` (kernel 3, stride 2, padding 1 by default). Energy:
+    free (comparisons are not counted, SPEC section 7)."""
+
+    energy_role = FREE
+    op_kind = "pool"
 
     input_ndim = 5
 

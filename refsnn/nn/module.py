@@ -45,6 +45,11 @@ class Module:
     """Base class. Subclasses implement ``forward`` and ``backward`` over functional pairs."""
 
     counter = None      # an EventCounter while energy is being measured (refsnn.nn.counting)
+    # What refsnn.energy counts for this module: "synapse", "neuron", "free" or "container"
+    # (refsnn.nn.counting). Every module class declares one; energy.report refuses a module
+    # that does not, rather than leaving it out of the count.
+    energy_role: str | None = None
+    op_kind: str | None = None      # "conv", "bn", "lif", "attention", "pool" (profiling)
 
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
@@ -74,9 +79,6 @@ class Module:
             raise KeyError(f"{type(self).__name__} has no buffer {name!r}")
         self._buffers[name] = value
         object.__setattr__(self, name, value)
-
-    def add_module(self, name: str, module: "Module") -> None:
-        setattr(self, name, module)
 
     # -- traversal ------------------------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -191,6 +193,8 @@ class Module:
 
 class ModuleList(Module):
     """An ordered list of modules named ``0``, ``1``, ... (as in ``blocks.0.attn``)."""
+
+    energy_role = "container"
 
     def __init__(self, modules=()):
         super().__init__()
