@@ -163,3 +163,92 @@ def test_astype_casts_everything():
     net = Net(np.random.default_rng(8), dtype=np.float32).astype(np.float64)
     assert all(p.value.dtype == np.float64 and p.grad.dtype == np.float64 for p in net.parameters().values())
     assert all(b.dtype == np.float64 for b in net.buffers().values())
+
+
+# ------------------------------------------------------------------ time folding, the unit
+
+def test_time_folded_layers_equal_the_op_on_merged_steps():
+    """Every TimeFolded layer on [T, B, ...] is its functional op on [T*B, ...] (one fold, no
+    other change), and returns [T, B, ...] gradients."""
+    from refsnn.functional import batchnorm_forward, conv2d_forward, maxpool2d_forward
+    from refsnn.nn.layers import TimeFolded
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 2, 4, 6, 6))
+    conv = Conv2d(4, 5, 3, 1, 1, rng=rng, dtype=np.float64)
+    bn, pool = BatchNorm(4, dtype=np.float64), MaxPool2d()
+    assert all(isinstance(m, TimeFolded) for m in (conv, bn, pool, Conv1x1(2, 2, rng=rng)))
+    merged = x.reshape(6, 4, 6, 6)
+    np.testing.assert_array_equal(conv.forward(x).reshape(6, 5, 6, 6),
+                                  conv2d_forward(merged, conv.weight.value, conv.bias.value, padding=1)[0])
+    np.testing.assert_array_equal(
+        bn.forward(x).reshape(6, 4, 36),
+        batchnorm_forward(merged.reshape(6, 4, 36), bn.weight.value, bn.bias.value,
+                          np.zeros(4), np.ones(4))[0])
+    np.testing.assert_array_equal(pool.forward(x).reshape(6, 4, 3, 3), maxpool2d_forward(merged)[0])
+    assert conv.last_steps == (3, 2)
+    for m in (conv, bn, pool):
+        y = m.forward(x)
+        assert m.backward(np.ones_like(y)).shape == x.shape
+    assert conv.backward(np.ones((3, 2, 5, 6, 6)), need_dx=False) is None
+
+
+def _unit(rng, pool=False):
+    from refsnn.nn.unit import ConvBNLIF
+    owner = Module()
+    unit = ConvBNLIF(owner, "proj", Conv2d(2, 3, 3, 1, 1, bias=False, rng=rng, dtype=np.float64),
+                     BatchNorm(3, dtype=np.float64), LIF(spike_fn="smooth", detach_reset=False),
+                     pool=MaxPool2d() if pool else None)
+    return owner, unit
+
+
+def test_conv_bn_lif_unit_registers_flat_names_and_chains():
+    owner, unit = _unit(np.random.default_rng(12), pool=True)
+    assert [n for n, _ in owner.named_modules()][1:] == ["proj_conv", "proj_bn", "proj_pool", "proj_lif"]
+    assert list(owner.parameters()) == ["proj_conv.weight", "proj_bn.weight", "proj_bn.bias"]
+    x = np.random.default_rng(13).normal(size=(2, 2, 2, 6, 6))
+    expected = owner.proj_lif.forward(owner.proj_pool.forward(owner.proj_bn.forward(owner.proj_conv.forward(x))))
+    np.testing.assert_array_equal(unit.forward(x), expected)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_conv_bn_lif_unit_repeated_input_equals_copies(pool):
+    """repeat_to: one conv/BN/pool on an input standing for T copies equals the unit on the
+    T copies (train-mode BN statistics and running variance included), gradients summed."""
+    T = 3
+    x1 = np.random.default_rng(14).normal(size=(1, 2, 2, 6, 6))
+    a_owner, a = _unit(np.random.default_rng(15), pool)
+    b_owner, b = _unit(np.random.default_rng(15), pool)
+    ya = a.forward(x1, repeat_to=(T, 2))
+    yb = b.forward(np.repeat(x1, T, axis=0))
+    np.testing.assert_allclose(ya, yb, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a_owner.proj_bn.running_var, b_owner.proj_bn.running_var, rtol=1e-12)
+    dy = np.random.default_rng(16).normal(size=ya.shape)
+    dxa = a.backward(dy)
+    dxb = b.backward(dy)
+    np.testing.assert_allclose(dxa[0], dxb.sum(axis=0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a_owner.proj_conv.weight.grad, b_owner.proj_conv.weight.grad,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_conv_bn_lif_unit_finite_differences():
+    rng = np.random.default_rng(17)
+    owner, unit = _unit(rng, pool=True)
+    x = rng.normal(size=(1, 2, 2, 6, 6))
+    dout = rng.normal(size=(2, 2, 3, 3, 3))
+
+    def loss():
+        return float(np.sum(unit.forward(x, repeat_to=(2, 2)) * dout))
+
+    loss()
+    owner.zero_grad()
+    dx = unit.backward(dout)
+    w = owner.proj_conv.weight
+    assert gradient_error(dx, numerical_gradient(loss, x)) < 1e-6
+    assert gradient_error(w.grad, numerical_gradient(loss, w.value)) < 1e-6
+
+
+def test_removed_helpers_are_gone():
+    import refsnn.energy
+    import refsnn.testing
+    assert not hasattr(Module, "add_module")
+    assert not hasattr(refsnn.energy, "LayerEnergy") and not hasattr(refsnn.testing, "contract")

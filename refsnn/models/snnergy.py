@@ -14,6 +14,8 @@ stream's input repeats over time, its first conv, BN and pool run once (identica
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..checks import check_float_array
@@ -70,6 +72,14 @@ class Stream(Module):
     @property
     def stages(self) -> tuple[Stage, Stage, Stage]:
         return (self.stage1, self.stage2, self.stage3)
+
+
+class SNNergyCache(NamedTuple):
+    order: list             # the modalities in head order ("visual", "audio")
+    pool: list              # their MeanPoolCaches
+    widths: list            # their feature widths in the head's input
+    encodings: dict         # modality -> (F, frame index per step) or None (audio)
+    shapes: dict            # modality -> the raw input's shape
 
 
 class SNNergy(Module):
@@ -178,9 +188,9 @@ class SNNergy(Module):
         order = [m for m in ("visual", "audio") if m in c.modalities]
         pooled = [mean_pool_forward(x[m]) for m in order]
         features = np.concatenate([p for p, _ in pooled], axis=1)
-        self._cache = dict(order=order, pool=[pc for _, pc in pooled], encodings=encodings,
-                           widths=[p.shape[1] for p, _ in pooled],
-                           shapes={m: (raw[m].shape if raw[m] is not None else None) for m in c.modalities})
+        self._cache = SNNergyCache(order, [pc for _, pc in pooled], [p.shape[1] for p, _ in pooled],
+                                   encodings, {m: (raw[m].shape if raw[m] is not None else None)
+                                               for m in c.modalities})
         return self.head.forward(features)
 
     def backward(self, dlogits, input_grads: bool = False):
@@ -188,12 +198,12 @@ class SNNergy(Module):
         ``input_grads`` (None for an absent modality), else None."""
         if self._cache is None:
             raise RuntimeError("backward called before forward")
-        cache = self._cache
+        order, pool_caches, widths, encodings, shapes = self._cache
         c = self.config
         check_float_array(dlogits, "dlogits", ndim=2)
         dfeatures = self.head.backward(dlogits.astype(self.dtype, copy=False))
         dx, start = {}, 0
-        for m, pc, w in zip(cache["order"], cache["pool"], cache["widths"]):
+        for m, pc, w in zip(order, pool_caches, widths):
             dx[m] = mean_pool_backward(dfeatures[:, start:start + w], pc)
             start += w
         for s in (3, 2, 1):
@@ -214,11 +224,11 @@ class SNNergy(Module):
             if m == "audio":
                 out[m] = d[0]
                 continue
-            F, idx = cache["encodings"][m]
+            F, idx = encodings[m]
             dv = np.zeros((d.shape[1], F) + d.shape[2:], dtype=d.dtype)
             if d.shape[0] == 1:
                 dv[:, idx[0]] = d[0]
             else:
                 np.add.at(dv, (slice(None), idx), d.transpose(1, 0, 2, 3, 4))
-            out[m] = dv.reshape(cache["shapes"][m]) if len(cache["shapes"][m]) == 4 else dv
+            out[m] = dv.reshape(shapes[m]) if len(shapes[m]) == 4 else dv
         return out["audio"], out["visual"]
