@@ -368,7 +368,7 @@ def fusion_growth(c: Config, *, repeat: int) -> dict | None:
     None for a mode without fusion attention (concat, one stream)."""
     if c.modality != "av":
         return None
-    from .models.snnergy import build_fusion
+    from .fusion import build_fusion
     s = GROWTH_STAGE
     dim, heads = c.stage_dims[s - 1], c.heads[s - 1]
     module = build_fusion(c, s, dim, heads, rng=np.random.Generator(np.random.PCG64(1)), dtype=np.float32)
@@ -564,11 +564,11 @@ def make_plan(base: Config, data: str, *, modes, seeds, out, data_options: dict,
     """Check everything a comparison needs before anything trains: modes, seeds, data set and
     its options, training options (``refsnn.training.check_options``), reference mode and the
     statistics' settings."""
-    from .data import DATASETS
+    from .data import dataset_names
     if not isinstance(base, Config):
         raise ValueError(f"config: expected a refsnn.models.Config, got {type(base).__name__}")
-    if data not in DATASETS:
-        raise ValueError(f"unknown data set {data!r}; available: {', '.join(DATASETS)}")
+    if data not in dataset_names():
+        raise ValueError(f"unknown data set {data!r}; available: {', '.join(dataset_names())}")
     known_modes = all_modes()
     modes, seeds = list(modes or known_modes), [int(s) for s in seeds]
     unknown = [m for m in modes if m not in known_modes]

@@ -38,13 +38,9 @@ def parse_data_options(items) -> dict:
 
 def check_data_options(name: str, image_size: int, options: dict) -> None:
     """A ValueError naming ``--data-option`` when data set ``name`` does not take ``options``."""
+    from .data import check_options
     try:
-        if name == "synthetic":
-            from .data.synthetic import _check_options
-            _check_options(options)
-        else:
-            from .data.cache import cache_params
-            cache_params(name, image_size, **options)
+        check_options(name, image_size, options)
     except ValueError as exc:
         raise ValueError(f"--data-option: {exc}") from None
 
@@ -54,8 +50,8 @@ def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=N
     """``{"train": Dataset, "val": ..., "test": ...}`` of data set ``name``. For a real data set
     whose cache is missing and a ``root`` given, runs ``refsnn.data.prepare`` first (with its
     progress bar). ``options`` are the data set's (``--data-option``)."""
-    from .data import DATASETS, load_dataset
-    check_choice("--data", name, DATASETS)
+    from .data import dataset_names, load_dataset
+    check_choice("--data", name, dataset_names())
     check_data_options(name, image_size, options)
     if name != "synthetic" and root is not None and prepare_if_missing:
         try:

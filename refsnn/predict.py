@@ -25,7 +25,8 @@ _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 def predict(checkpoint, video, audio=None, *, top=5, fps=None, num_frames=None) -> list[tuple[str, float]]:
     """Top classes ``[(name, probability), ...]`` for one clip."""
     from .data.base import ClipSource
-    from .data.cache import REAL_DATASETS, cache_params
+    from .data import PreparedDataset, dataset_names
+    from .data.cache import cache_params
     from .data.prepare import decode_clip
     model = load_model(checkpoint)
     meta = getattr(model, "checkpoint_meta", {})
@@ -35,9 +36,10 @@ def predict(checkpoint, video, audio=None, *, top=5, fps=None, num_frames=None) 
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"{what} {path}: no such file")
     # a real data set's own preprocessing; for synthetic (no files) AVE's video conventions
-    base = data if data in REAL_DATASETS else "ave"
+    prepared = dataset_names(PreparedDataset)
+    base = data if data in prepared else "ave"
     options = {}
-    if num_frames or data not in REAL_DATASETS:
+    if num_frames or data not in prepared:
         options["num_frames"] = int(num_frames or model.config.T)
     if fps:
         options["fps"] = float(fps)

@@ -10,6 +10,8 @@ machine kind (README, "Results").
 """
 from __future__ import annotations
 
+from .checks import check_choice
+
 __all__ = ["RECIPES", "DEFAULTS", "recipe"]
 
 # The options every run has; a recipe overrides some of them.
@@ -55,8 +57,7 @@ RECIPES: dict[str, dict] = {
 
 def recipe(name: str) -> dict:
     """DEFAULTS updated by the named recipe (without its ``source``)."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; available: {sorted(RECIPES)}")
+    check_choice("recipe", name, sorted(RECIPES))
     out = dict(DEFAULTS)
     out.update({k: v for k, v in RECIPES[name].items() if k != "source"})
     return out

@@ -28,7 +28,7 @@ import shlex
 import sys
 
 from .checkpoint import load_checkpoint, parse_overrides
-from .data import DATASETS
+from .data import dataset_names
 from .evaluation import evaluate, load_splits, parse_data_options
 from .checks import check_choice
 from .fusion.registry import fusion_modes
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", choices=sorted(RECIPES), help="named preset of the options below "
                     "(explicit options override it; see refsnn/recipes.py)")
-    ap.add_argument("--data", help=f"data set: {', '.join(DATASETS)} (default {DEFAULTS['data']})")
+    ap.add_argument("--data", help=f"data set: {', '.join(dataset_names())} (default {DEFAULTS['data']})")
     ap.add_argument("--root", help="the data set's folder (real data sets)")
     ap.add_argument("--cache", help="where prepared clips are cached (default ~/.cache/refsnn)")
     ap.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",

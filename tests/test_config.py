@@ -1,9 +1,16 @@
 """Config presets and validation (SPEC section 6)."""
 import json
 
+import numpy as np
+
 import pytest
 
+from refsnn.checks import check_choice
+from refsnn.functional.attention import ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD
+from refsnn.functional.lif import SPIKE_FNS, SURROGATES
+from refsnn.fusion import MASK_FROM, RESIDUALS, fusion_modes
 from refsnn.models import CHOICES, Config, config
+from refsnn.nn.attention import QK_MODES
 
 
 @pytest.mark.parametrize("name, dims, tokens", [
@@ -37,10 +44,13 @@ def test_json_round_trip_and_overrides():
 def test_unknown_field_and_value_are_named():
     with pytest.raises(ValueError, match=r"unknown config field\(s\) \['fusionn'\]"):
         config("cpu", fusionn="cmqka")
-    with pytest.raises(ValueError, match="fusion.*allowed values.*cmqka.*concat.*ssa-cross.*mbt.*factorized"):
+    with pytest.raises(ValueError, match=r"config field 'fusion': expected one of \['cmqka', 'concat', "
+                                         r"'ssa-cross', 'mbt', 'factorized'\], got 'late'"):
         config("cpu", fusion="late")
-    with pytest.raises(ValueError, match="unknown config preset 'huge'"):
+    with pytest.raises(ValueError, match=r"config preset: expected one of \['paper', 'cpu', 'tiny'\], got 'huge'"):
         config("huge")
+    with pytest.raises(ValueError, match=r"config field 'mbt_from_stage': expected one of \[1, 2, 3\], got 4"):
+        config("cpu", mbt_from_stage=4)
     with pytest.raises(ValueError, match="heads.*stage 1 width 16 is not divisible by 3"):
         config("cpu", heads=(3, 2, 4))
     with pytest.raises(ValueError, match="'T' must be a positive integer"):
@@ -49,6 +59,28 @@ def test_unknown_field_and_value_are_named():
         config("cpu", tau=1.0)
     with pytest.raises(ValueError, match="unknown config field"):
         Config.from_dict({"name": "x", "bogus": 1})
+
+
+def test_choices_are_the_owners_lists():
+    """Config repeats no option list: each is the very tuple its module defines."""
+    assert CHOICES["cmqka_mask"] is QK_MODES and CHOICES["cmqka_mask_from"] is MASK_FROM
+    assert CHOICES["cmqka_residual"] is RESIDUALS and CHOICES["attention_backend"] is ATTENTION_BACKENDS
+    assert CHOICES["surrogate"] is SURROGATES and CHOICES["spike_fn"] is SPIKE_FNS
+    assert CHOICES["fusion"] == fusion_modes()
+    assert Config().attention_v_threshold == ATTENTION_V_THRESHOLD == 0.5
+    assert set(CHOICES) == {"fusion", "modality", "stage3_attention", "cmqka_mask", "cmqka_mask_from",
+                            "cmqka_residual", "attention_backend", "surrogate", "spike_fn"}
+
+
+def test_check_choice():
+    assert check_choice("mode", "token", ("token", "channel")) == "token"
+    with pytest.raises(ValueError, match=r"^mode: expected one of \['token', 'channel'\], got 'tokens'$"):
+        check_choice("mode", "tokens", ("token", "channel"))
+    with pytest.raises(ValueError, match="got True"):
+        check_choice("stage", True, (1, 2, 3))           # a bool is not the integer 1
+    with pytest.raises(ValueError, match="expected one of"):
+        check_choice("stage", np.array([1, 2]), (1, 2, 3))
+    assert check_choice("stage", np.int64(2), (1, 2, 3)) == 2
 
 
 def test_every_choice_is_accepted():

@@ -22,6 +22,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..checks import check_choice
+
 __all__ = ["FORMAT", "SPEC_VERSION", "TOLERANCES", "ATOL_ONLY", "KINDS", "write_npz", "read_npz", "write_json",
            "sha256_file", "output_spec", "tolerance_for", "case_dir", "MANIFEST_NAME",
            "IntegrityError", "check_integrity", "load_manifest", "case_files"]
@@ -54,8 +56,7 @@ def output_spec(kind: str, *, float32: bool = True, atol_only: bool = False, mar
     mode), compared with ``atol`` alone since it is pure rounding noise. ``margin`` names the
     ``expected.npz`` tensor holding ``H - v_th`` of each spike, reported for flipped spikes.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
     spec: dict = {"kind": kind}
     if kind in ("spikes", "integer"):
         spec["compare"] = "exact"

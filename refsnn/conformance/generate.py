@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..checks import check_choice
 from .format import (FORMAT, MANIFEST_NAME, SPEC_VERSION, case_dir, load_manifest, sha256_file,
                      write_json, write_npz)
 
@@ -36,8 +37,7 @@ SUITES = {
 
 
 def build_suite(suite: str):
-    if suite not in SUITES:
-        raise ValueError(f"suite: expected one of {sorted(SUITES)}, got {suite!r}")
+    check_choice("suite", suite, sorted(SUITES))
     module = importlib.import_module(f"refsnn.conformance.suites.{SUITES[suite]}")
     cases = module.cases()
     names = [c.name for c in cases]
@@ -75,8 +75,7 @@ def generate(out: str, suites: list[str] | None = None, log=print) -> dict:
     """
     selected = list(SUITES) if not suites else list(dict.fromkeys(suites))
     for s in selected:
-        if s not in SUITES:
-            raise ValueError(f"suite: expected one of {sorted(SUITES)}, got {s!r}")
+        check_choice("suite", s, sorted(SUITES))
     manifest_path = os.path.join(out, MANIFEST_NAME)
     old = load_manifest(manifest_path) if (suites and os.path.isfile(manifest_path)) else None
     files: dict[str, str] = {}

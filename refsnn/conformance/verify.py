@@ -30,6 +30,7 @@ import traceback
 
 import numpy as np
 
+from ..checks import check_choice
 from .format import IntegrityError, MANIFEST_NAME, check_integrity, load_manifest, read_npz, tolerance_for
 
 __all__ = ["verify", "compare_tensor", "load_adapter", "select_cases", "VerifyResult"]
@@ -254,8 +255,7 @@ def verify(adapter, vectors: str, *, suites=None, pattern=None, dtype="float64",
     Whatever the adapter raises is recorded against its case; after a KeyboardInterrupt the
     remaining cases are recorded as ``not-run`` and ``result.interrupted`` is set. ``result``:
     an existing VerifyResult to fill (the command line keeps it to write the report)."""
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"--dtype: expected float64 or float32, got {dtype!r}")
+    check_choice("--dtype", dtype, ("float64", "float32"))
     root = os.path.dirname(os.path.abspath(vectors))
     manifest_path = manifest_path or os.path.join(root, MANIFEST_NAME)
     manifest = load_manifest(manifest_path)

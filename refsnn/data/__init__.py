@@ -8,25 +8,28 @@ real AVE, CREMA-D and UrbanSound8K-AV data sets, a seeded batch iterator and aug
 
 Real data sets are decoded once by ``python -m refsnn.data.prepare`` (or
 ``refsnn.data.prepare.prepare``) into a cache; ``load_dataset`` reads that cache. See docs/data.md.
-This package knows no model, and the model knows no data set.
+Each data set is a module registered below by name (``refsnn.data.base``: the two protocols and
+the registry; docs/extending.md: adding one). This package knows no model, and the model knows
+no data set.
 """
 from __future__ import annotations
 
-from .base import SPLITS, Dataset, Item, MediaError
+from . import ave, cremad, synthetic, urbansound8k_av
+from .base import (SPLITS, Dataset, GeneratedDataset, Item, MediaError, PreparedDataset,
+                   dataset_names, dataset_source, register_dataset, unregister_dataset)
 from .batching import Batch, BatchIterator, epoch_order
-from .cache import REAL_DATASETS, default_cache_root, load_cached
+from .cache import cache_params, default_cache_root, load_cached
 
 __all__ = [
-    "DATASETS", "SPLITS", "load_dataset", "Dataset", "Item", "Batch", "BatchIterator", "epoch_order",
-    "MediaError", "default_cache_root",
+    "SPLITS", "load_dataset", "Dataset", "Item", "Batch", "BatchIterator", "epoch_order",
+    "MediaError", "default_cache_root", "PreparedDataset", "GeneratedDataset", "register_dataset",
+    "unregister_dataset", "dataset_names", "check_options",
 ]
-
-DATASETS = ("synthetic", "ave", "cremad", "urbansound8k-av")
 
 
 def load_dataset(name: str, split: str, *, root=None, cache=None, image_size: int = 64, seed: int = 0,
                  **options) -> Dataset:
-    """One split (``train``, ``val`` or ``test``) of data set ``name``.
+    """One split (``train``, ``val`` or ``test``) of the registered data set ``name``.
 
     ``synthetic``: generated in memory from ``seed``; options ``n_train``, ``n_val``, ``n_test``,
     ``num_frames``, ``noise``, ``duration`` (``refsnn.data.synthetic``).
@@ -36,9 +39,24 @@ def load_dataset(name: str, split: str, *, root=None, cache=None, image_size: in
     sets without a validation file. ``root`` is only used to print the prepare command when the
     cache is missing.
     """
-    if name == "synthetic":
-        from . import synthetic
-        return synthetic.load(split, seed=seed, image_size=image_size, **options)
-    if name not in REAL_DATASETS:
-        raise ValueError(f"name: expected one of {list(DATASETS)}, got {name!r}")
+    source = dataset_source(name)
+    if isinstance(source, GeneratedDataset):
+        return source.load(split, seed=seed, image_size=image_size, **options)
     return load_cached(name, split, root=root, cache=cache, image_size=image_size, seed=seed, **options)
+
+
+def check_options(name: str, image_size: int, options: dict) -> dict:
+    """The options of data set ``name`` validated (unknown keys and bad values are errors naming
+    them), with its defaults filled in: a generated data set's ``check_options``, or a prepared
+    one's cache parameters (``refsnn.data.cache.cache_params``)."""
+    source = dataset_source(name)
+    if isinstance(source, GeneratedDataset):
+        return source.check_options(options)
+    return cache_params(name, image_size, **options)
+
+
+# The data sets, one line each (SPEC section 9).
+register_dataset("synthetic", synthetic)
+register_dataset("ave", ave)
+register_dataset("cremad", cremad)
+register_dataset("urbansound8k-av", urbansound8k_av)

@@ -1,4 +1,15 @@
-"""The data set interface shared by the synthetic and the real data sets.
+"""The data set interface shared by the synthetic and the real data sets, and the registry of
+data sets by name.
+
+A data set is a module (or any object) in one of two protocols, registered under its name by
+one ``register_dataset`` line in ``refsnn/data/__init__.py``:
+
+    PreparedDataset   read from files: ``scan`` lists the clips of a folder laid out as
+                      ``LAYOUT``; ``refsnn.data.prepare`` decodes them once into a cache with
+                      the options ``DEFAULTS``; ``VAL_FROM`` says where validation clips come
+                      from (ave, cremad, urbansound8k-av)
+    GeneratedDataset  made in memory: ``load(split, seed=, image_size=, **options)`` returns
+                      the split (synthetic)
 
 A ``Dataset`` holds, for N clips, the audio log-spectrograms ``[N, 1, H, W]`` float32, the
 frames ``[N, F, 3, H, W]`` (uint8 in a cache, converted to float32 in [0, 1] on access), the
@@ -8,16 +19,22 @@ set of rows of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
+from ..checks import check_choice
+
 __all__ = [
-    "MediaError", "Item", "Dataset", "ClipSource", "Manifest", "SPLITS", "validation_split",
-    "check_split",
+    "MediaError", "Item", "Dataset", "ClipSource", "Manifest", "SPLITS", "VAL_SOURCES",
+    "validation_split", "check_split", "PreparedDataset", "GeneratedDataset", "register_dataset",
+    "unregister_dataset", "dataset_names", "dataset_source", "prepared_dataset",
 ]
 
 SPLITS = ("train", "val", "test")
+# Where a prepared data set's validation clips come from: its own split file, or a seeded 10%
+# of its train clips (``validation_split``).
+VAL_SOURCES = ("file", "train")
 
 
 class MediaError(ValueError):
@@ -62,9 +79,7 @@ class Manifest:
 
 
 def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
-    return split
+    return check_choice("split", split, SPLITS)
 
 
 def validation_split(n: int, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -186,3 +201,106 @@ class Dataset:
         idx = self._check_indices(indices)
         return Dataset(self.name, split or self.split, self.class_names, self._audio, self._frames,
                        self._all_labels, self._all_clip_ids, rows=self._rows[idx])
+
+
+# --------------------------------------------------------------------------------------------
+# The two kinds of data set, and the registry
+# --------------------------------------------------------------------------------------------
+
+@runtime_checkable
+class PreparedDataset(Protocol):
+    """A data set read from files, decoded once by ``refsnn.data.prepare`` into a cache that
+    ``refsnn.data.load_dataset`` reads (memory-mapped).
+
+    ``LAYOUT``    the folder layout ``scan`` expects, shown in every error about the files
+    ``DEFAULTS``  its decoding options and their defaults: ``num_frames`` (frames kept per clip)
+                  and, for video, ``fps``; they are hashed into the cache's key
+    ``VAL_FROM``  "file" (the files list a validation split) or "train" (a seeded 10% of train)
+    ``scan(root, params) -> Manifest``  the clips under ``root`` with their split and label,
+                  before decoding; ``params`` are the cache parameters (``DEFAULTS`` filled in,
+                  ``image_size``, ...). Bad files raise an error naming file and line.
+    """
+
+    LAYOUT: str
+    DEFAULTS: dict
+    VAL_FROM: str
+
+    def scan(self, root: str, params: dict) -> Manifest: ...
+
+
+@runtime_checkable
+class GeneratedDataset(Protocol):
+    """A data set made in memory from a seed: no files, no cache.
+
+    ``DEFAULTS``  its options and their defaults
+    ``check_options(options) -> dict``  the options validated, ``DEFAULTS`` filled in; errors
+                  name the option (the command lines check ``--data-option`` with it up front)
+    ``load(split, *, seed, image_size, **options) -> Dataset``  one split, ``split`` in
+                  ``SPLITS``; the same arguments give the same clips
+    """
+
+    DEFAULTS: dict
+
+    def check_options(self, options: dict) -> dict: ...
+
+    def load(self, split: str, *, seed: int, image_size: int, **options) -> Dataset: ...
+
+
+DatasetSource = Union[PreparedDataset, GeneratedDataset]
+_SOURCES: dict[str, DatasetSource] = {}
+
+
+def _missing_members(source, protocol) -> list[str]:
+    members = [*protocol.__annotations__,
+               *(m for m in ("scan", "check_options", "load") if m in dir(protocol))]
+    return [m for m in dict.fromkeys(members) if not hasattr(source, m)]
+
+
+def register_dataset(name: str, source: DatasetSource) -> DatasetSource:
+    """Make ``source`` (a module or object following ``PreparedDataset`` or
+    ``GeneratedDataset``) the data set ``name``; returns ``source``. An incomplete source or a
+    name already registered is an error."""
+    if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
+        raise ValueError(f"name: expected a non-empty data set name without spaces around it or "
+                         f"'/', got {name!r}")
+    if name in _SOURCES:
+        raise ValueError(f"name: data set {name!r} is already registered ({_SOURCES[name]!r})")
+    if not isinstance(source, (PreparedDataset, GeneratedDataset)):
+        raise ValueError(
+            f"source: {source!r} follows neither data set protocol: as a PreparedDataset it lacks "
+            f"{_missing_members(source, PreparedDataset)}, as a GeneratedDataset "
+            f"{_missing_members(source, GeneratedDataset)} (docs/extending.md)")
+    if not isinstance(source.DEFAULTS, dict):
+        raise ValueError(f"source: DEFAULTS must be a dict of options, got {type(source.DEFAULTS).__name__}")
+    if isinstance(source, PreparedDataset):
+        check_choice(f"source: VAL_FROM of data set {name!r}", source.VAL_FROM, VAL_SOURCES)
+        if not isinstance(source.DEFAULTS.get("num_frames"), int):
+            raise ValueError(f"source: DEFAULTS of data set {name!r} must give an integer 'num_frames'")
+    _SOURCES[name] = source
+    return source
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove data set ``name`` (a test's toy data set, say)."""
+    check_choice("name", name, dataset_names())
+    del _SOURCES[name]
+
+
+def dataset_names(kind: type | None = None) -> tuple[str, ...]:
+    """The registered data sets in registration order; ``kind=PreparedDataset`` (or
+    ``GeneratedDataset``) keeps those of that protocol."""
+    return tuple(n for n, s in _SOURCES.items() if kind is None or isinstance(s, kind))
+
+
+def dataset_source(name: str) -> DatasetSource:
+    """The module or object registered as data set ``name``."""
+    return _SOURCES[check_choice("name", name, dataset_names())]
+
+
+def prepared_dataset(name: str) -> PreparedDataset:
+    """The registered ``PreparedDataset`` ``name``; a generated one is an error saying so."""
+    source = dataset_source(name)
+    if not isinstance(source, PreparedDataset):
+        raise ValueError(f"name: {name!r} is generated in memory from a seed; there is nothing to "
+                         f"prepare (data sets with files: {list(dataset_names(PreparedDataset))})")
+    return source

@@ -25,17 +25,15 @@ import numpy as np
 
 from ..atomic import atomic_write, atomic_write_text, temporary_name
 from . import audio as _audio
-from . import ave, cremad, urbansound8k_av
-from .base import Dataset, check_split, validation_split
+from .base import Dataset, check_split, prepared_dataset, validation_split
 from .resize import RESIZE_METHOD
 
 __all__ = [
-    "REAL_DATASETS", "FORMAT_VERSION", "COMMON_DEFAULTS", "default_cache_root", "cache_params",
+    "FORMAT_VERSION", "COMMON_DEFAULTS", "default_cache_root", "cache_params",
     "cache_dir", "load_cached", "prepare_command", "temporary_name", "atomic_write", "atomic_write_text",
     "atomic_save_npz",
 ]
 
-REAL_DATASETS = {"ave": ave, "cremad": cremad, "urbansound8k-av": urbansound8k_av}
 FORMAT_VERSION = 1
 COMMON_DEFAULTS = dict(min_seconds=0.25, silence_threshold=1e-4)
 
@@ -44,15 +42,9 @@ def default_cache_root() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "refsnn")
 
 
-def _module(name: str):
-    if name not in REAL_DATASETS:
-        raise ValueError(f"name: expected one of {sorted(REAL_DATASETS)} (data sets with files to prepare), got {name!r}")
-    return REAL_DATASETS[name]
-
-
 def cache_params(name: str, image_size: int, **options) -> dict:
     """Every parameter that changes what prepare writes, with the data set's defaults filled in."""
-    module = _module(name)
+    module = prepared_dataset(name)
     known = {**COMMON_DEFAULTS, **module.DEFAULTS}
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -89,7 +81,7 @@ def atomic_save_npz(path: str, arrays: dict) -> None:
 
 def prepare_command(name: str, root, cache, params: dict) -> str:
     """The command line that builds the cache ``params`` describe."""
-    module = _module(name)
+    module = prepared_dataset(name)
     parts = ["python -m refsnn.data.prepare", f"--data {name}", f"--root {root or '<path to the data set>'}"]
     if cache is not None:
         parts.append(f"--cache {cache}")
@@ -121,7 +113,7 @@ def check_params_file(directory: str, params: dict) -> None:
 
 
 def _missing_cache_error(name, root, cache, params, directory) -> ValueError:
-    module = _module(name)
+    module = prepared_dataset(name)
     command = prepare_command(name, root, cache, params)
     parent = os.path.dirname(directory)
     others = []
@@ -143,7 +135,7 @@ def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int
                 **options) -> Dataset:
     """One split of a prepared cache (arrays memory-mapped). Errors say how to prepare it."""
     check_split(split)
-    module = _module(name)
+    module = prepared_dataset(name)
     params = cache_params(name, image_size, **options)
     directory = cache_dir(cache, name, params)
     if not os.path.isfile(os.path.join(directory, "params.json")):

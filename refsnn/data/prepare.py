@@ -33,8 +33,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .audio import read_audio, spectrogram_from_waveform
-from .base import ClipSource, MediaError
-from .cache import (COMMON_DEFAULTS, REAL_DATASETS, atomic_save_npz, atomic_write_text,
+from .base import ClipSource, MediaError, PreparedDataset, dataset_names, prepared_dataset
+from .cache import (COMMON_DEFAULTS, atomic_save_npz, atomic_write_text,
                     cache_dir, cache_params, check_params_file, temporary_name)
 from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
 
@@ -180,7 +180,7 @@ def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
     clips_dir = os.path.join(directory, "clips")
     index = {
         "format": params["format"], "name": manifest.name, "class_names": list(manifest.class_names),
-        "val_from": REAL_DATASETS[manifest.name].VAL_FROM,
+        "val_from": prepared_dataset(params["dataset"]).VAL_FROM,
         "clip_ids": [c.clip_id for c in ready], "splits": [c.split for c in ready],
         "labels": [int(c.label) for c in ready],
         "skipped": [{"clip_id": c, "split": s, "reason": r} for c, s, r in skipped],
@@ -225,18 +225,15 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     """
     from ..distributed import SingleProcess
     comm = comm or SingleProcess()
-    if name == "synthetic":
-        raise ValueError("name: 'synthetic' is generated in memory from a seed; there is nothing to prepare")
-    if name not in REAL_DATASETS:
-        raise ValueError(f"name: expected one of {sorted(REAL_DATASETS)}, got {name!r}")
+    source = prepared_dataset(name)
     if root is None:
         raise ValueError(f"root: the folder of the {name} data set is required\n"
-                         f"expected layout:\n{REAL_DATASETS[name].LAYOUT}")
+                         f"expected layout:\n{source.LAYOUT}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
     start = time.perf_counter()
     params = cache_params(name, image_size, **options)
-    manifest = REAL_DATASETS[name].scan(os.fspath(root), params)
+    manifest = source.scan(os.fspath(root), params)
     directory = cache_dir(cache, name, params)
     clips_dir = os.path.join(directory, "clips")
     os.makedirs(clips_dir, exist_ok=True)
@@ -293,7 +290,8 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m refsnn.data.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, choices=sorted(REAL_DATASETS), help="data set name")
+    p.add_argument("--data", required=True, choices=dataset_names(PreparedDataset),
+                   help="data set name")
     p.add_argument("--root", required=True, help="folder of the data set as distributed")
     p.add_argument("--cache", default=None, help="cache root (default ~/.cache/refsnn)")
     p.add_argument("--image-size", type=int, default=64, help="spectrogram and frame side (64 for the cpu "

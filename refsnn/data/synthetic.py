@@ -34,7 +34,7 @@ from .base import Dataset, check_split
 
 __all__ = [
     "AUDIO_EVENTS", "VISUAL_EVENTS", "CLASS_NAMES", "DEFAULTS", "render_audio", "render_frames",
-    "generate", "load",
+    "generate", "load", "check_options",
 ]
 
 AUDIO_EVENTS = ("tone", "chirp", "pulses", "noise-burst")
@@ -150,7 +150,8 @@ def render_frames(kind: int, rng: np.random.Generator, *, image_size: int, num_f
     return np.clip(out, 0.0, 1.0)
 
 
-def _check_options(options: dict) -> dict:
+def check_options(options: dict) -> dict:
+    """``options`` validated, with ``DEFAULTS`` filled in; errors name the option."""
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"synthetic: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -199,7 +200,7 @@ def generate(split: str, *, seed: int = 0, image_size: int = 64, **options):
     Read-only and memoised per arguments (the same call returns the same arrays).
     """
     check_split(split)
-    opts = _check_options(options)
+    opts = check_options(options)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 8:

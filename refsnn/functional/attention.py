@@ -35,17 +35,21 @@ import math
 
 import numpy as np
 
+from ..kernels import BACKENDS
 from ..kernels import qk as _k
 from ..kernels.bitpack import num_words, pack_bits, unpack_bits
-from ..checks import check_array, check_binary, check_finite, check_float_array, check_positive_int
+from ..checks import (check_array, check_binary, check_choice, check_finite, check_float_array,
+                      check_positive_int)
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
 from .lif import lif_backward, lif_forward
 
 __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_channel_backward",
-           "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS"]
+           "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS",
+           "ATTENTION_V_THRESHOLD"]
 
 ATTENTION_BACKENDS = ("packed", "dense")
-_NEURON_DEFAULTS = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True,
+ATTENTION_V_THRESHOLD = 0.5         # the attention LIF's threshold (SPEC section 4)
+_NEURON_DEFAULTS = dict(tau=2.0, v_threshold=ATTENTION_V_THRESHOLD, v_reset=0.0, decay_input=True,
                         detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside")
 
 
@@ -63,8 +67,7 @@ def attention_options(neuron: dict | None) -> dict:
                          f"{sorted(_NEURON_DEFAULTS) + ['backend']}")
     merged = {**_NEURON_DEFAULTS, **neuron}
     backend = merged.pop("backend", "numba")
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"neuron: backend expected 'numba' or 'numpy', got {backend!r}")
+    check_choice("neuron: backend", backend, BACKENDS)
     opts = _lif_options(**merged)
     opts["backend"] = backend
     return opts
@@ -83,8 +86,7 @@ def _check_inputs(arrays: dict, neuron, backend, own_tokens: tuple = ()) -> tupl
     """Validate q, k (, v) and the options; returns (LIF options, compute dtype). Every array
     has the first one's shape, except that those named in ``own_tokens`` may have their own
     token count N (equal among themselves)."""
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"backend: expected one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+    check_choice("backend", backend, ATTENTION_BACKENDS)
     opts = attention_options(neuron)
     smooth = opts["spike_fn"] == "smooth"
     if smooth and backend == "packed":

@@ -28,10 +28,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..kernels import BACKENDS
 from ..kernels import lif as _k
-from ..checks import NonFiniteError, check_finite, check_float_array
+from ..checks import NonFiniteError, check_choice, check_finite, check_float_array
 
-__all__ = ["lif_forward", "lif_backward", "SURROGATES", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
+__all__ = ["lif_forward", "lif_backward", "SURROGATES", "SPIKE_FNS", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
            "NEURON_TYPES", "register_neuron", "lif_options"]
 
 SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
@@ -89,8 +90,7 @@ def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, deta
                 backend="numba") -> dict:
     """The validated options of ``lif_forward`` (same keywords and defaults) as a dict, without
     running a neuron: modules check their options with it at construction."""
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
                        spike_fn, neuron_type)
     options["backend"] = backend
@@ -99,12 +99,9 @@ def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, deta
 
 def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn,
              neuron_type="lif"):
-    if neuron_type not in NEURON_TYPES:
-        raise ValueError(f"neuron_type: expected one of {list(NEURON_TYPES)}, got {neuron_type!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate: expected one of {list(SURROGATES)}, got {surrogate!r}")
-    if spike_fn not in SPIKE_FNS:
-        raise ValueError(f"spike_fn: expected one of {list(SPIKE_FNS)}, got {spike_fn!r}")
+    check_choice("neuron_type", neuron_type, tuple(NEURON_TYPES))
+    check_choice("surrogate", surrogate, SURROGATES)
+    check_choice("spike_fn", spike_fn, SPIKE_FNS)
     for name, value in (("tau", tau), ("v_threshold", v_threshold)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
                 or not math.isfinite(value):

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels import BACKENDS
 from ..kernels import norm as _k
-from ..checks import check_float_array
+from ..checks import check_choice, check_float_array
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache"]
 
@@ -44,8 +45,7 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
         check_float_array(a, name, ndim=1, finite=check)
         if a.shape != (C,):
             raise ValueError(f"{name}: expected shape ({C},) for x with {C} channels, got {a.shape}")
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
     x = np.ascontiguousarray(x)
     if training:
         count = M * P

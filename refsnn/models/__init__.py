@@ -1,5 +1,5 @@
 """Model configurations and the SNNergy hierarchy."""
-from .configs import CHOICES, FUSION_MODES, PRESETS, Config, config
+from .configs import CHOICES, PRESETS, Config, config
 from .snnergy import SNNergy
 
-__all__ = ["Config", "config", "PRESETS", "CHOICES", "FUSION_MODES", "SNNergy"]
+__all__ = ["Config", "config", "PRESETS", "CHOICES", "SNNergy"]

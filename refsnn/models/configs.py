@@ -8,25 +8,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["Config", "config", "PRESETS", "CHOICES", "FUSION_MODES"]
+from ..checks import check_choice
+from ..functional.attention import ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD
+from ..functional.lif import SPIKE_FNS, SURROGATES
+from ..fusion import MASK_FROM, RESIDUALS, fusion_modes
+from ..nn.attention import QK_MODES
 
-FUSION_MODES = ("cmqka", "concat", "ssa-cross", "mbt", "factorized")
+__all__ = ["Config", "config", "PRESETS", "CHOICES", "MODALITIES", "STAGE3_ATTENTIONS"]
 
-# Allowed values of every enumerated field; used for validation and for error messages.
-CHOICES: dict[str, tuple] = {
-    "fusion": FUSION_MODES,
-    "modality": ("av", "audio", "visual"),
-    "stage3_attention": ("qk", "ssa"),
-    "cmqka_mask": ("token", "channel"),
-    "cmqka_mask_from": ("query_modality", "key_modality"),
-    "cmqka_residual": ("scalar", "channel", "fixed"),
-    "attention_backend": ("packed", "dense"),
-    "surrogate": ("sigmoid", "atan", "fast_sigmoid"),
-    "spike_fn": ("heaviside", "smooth"),
-}
+# The options this module owns (the model's own wiring); the others come from their modules.
+MODALITIES = ("av", "audio", "visual")
+STAGE3_ATTENTIONS = ("qk", "ssa")
+
+
+class _Choices(Mapping):
+    """Allowed values of every enumerated field, each list read from the module that owns it.
+    ``fusion`` is read from the fusion registry at each lookup, so a mode registered after
+    import (``refsnn.fusion.register_fusion``) is a valid choice at once."""
+
+    _fixed: dict[str, tuple] = {
+        "modality": MODALITIES,
+        "stage3_attention": STAGE3_ATTENTIONS,
+        "cmqka_mask": QK_MODES,
+        "cmqka_mask_from": MASK_FROM,
+        "cmqka_residual": RESIDUALS,
+        "attention_backend": ATTENTION_BACKENDS,
+        "surrogate": SURROGATES,
+        "spike_fn": SPIKE_FNS,
+    }
+
+    def __getitem__(self, name: str) -> tuple:
+        return fusion_modes() if name == "fusion" else self._fixed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "fusion"
+        yield from self._fixed
+
+    def __len__(self) -> int:
+        return 1 + len(self._fixed)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+CHOICES: Mapping[str, tuple] = _Choices()
 
 
 @dataclass(frozen=True)
@@ -42,14 +71,14 @@ class Config:
         T            simulation time steps
         classes      output classes (the data set overrides it)
     Options (SPEC sections 2, 4, 5, 6, 8, 12)
-        fusion             cmqka | concat | ssa-cross | mbt | factorized
+        fusion             cmqka | concat | ssa-cross | mbt | factorized (refsnn.fusion registry)
         modality           av | audio | visual (unimodal baselines: one stream, no fusion)
         stage3_attention   qk (QKTA in both streams) | ssa (quadratic SSA, as QKFormer)
         cmqka_mask, cmqka_mask_from, cmqka_residual   SPEC section 5
         attention_backend  packed (Numba bit-packed kernels) | dense (NumPy)
         tau, v_threshold, v_reset (None = soft reset), decay_input, detach_reset,
         surrogate, surrogate_alpha (None = the surrogate's default)   the LIF neurons
-        attention_v_threshold   threshold of the attention LIF (0.5)
+        attention_v_threshold   threshold of the attention LIF (0.5, SPEC section 4)
         spike_fn           heaviside | smooth (test-only, SPEC section 12)
         mbt_bottlenecks, mbt_from_stage          the ``mbt`` baseline
         factorized_fusion_tokens, factorized_agg_tokens   the ``factorized`` baseline
@@ -80,7 +109,7 @@ class Config:
     detach_reset: bool = True
     surrogate: str = "sigmoid"
     surrogate_alpha: float | None = None
-    attention_v_threshold: float = 0.5
+    attention_v_threshold: float = ATTENTION_V_THRESHOLD
     spike_fn: str = "heaviside"
     mbt_bottlenecks: int = 4
     mbt_from_stage: int = 1
@@ -172,9 +201,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _validate(c: Config) -> None:
     for name, allowed in CHOICES.items():
-        value = getattr(c, name)
-        if value not in allowed:
-            raise ValueError(f"config field {name!r} = {value!r}; allowed values: {list(allowed)}")
+        check_choice(f"config field {name!r}", getattr(c, name), allowed)
     for name in ("image_size", "classes", "T", "dim", "audio_channels", "visual_channels",
                  "mbt_bottlenecks", "factorized_fusion_tokens", "factorized_agg_tokens"):
         value = getattr(c, name)
@@ -196,8 +223,7 @@ def _validate(c: Config) -> None:
         raise ValueError(f"config field 'mlp_ratio' must be > 0, got {c.mlp_ratio!r}")
     if int(c.mlp_ratio * c.stage_dims[0]) < 1:
         raise ValueError(f"config field 'mlp_ratio' {c.mlp_ratio} gives an empty SMLP hidden layer")
-    if c.mbt_from_stage not in (1, 2, 3):
-        raise ValueError(f"config field 'mbt_from_stage' must be 1, 2 or 3, got {c.mbt_from_stage!r}")
+    check_choice("config field 'mbt_from_stage'", c.mbt_from_stage, (1, 2, 3))
     if c.decay_input and not c.tau > 1.0:
         raise ValueError(f"config field 'tau' must be > 1 with decay_input=True, got {c.tau}")
     if c.surrogate_alpha is not None and not c.surrogate_alpha > 0:
@@ -267,6 +293,5 @@ def config(name: str = "cpu", **overrides) -> Config:
     >>> config("tiny", fusion="concat").fusion
     'concat'
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown config preset {name!r}; available: {sorted(PRESETS)}")
+    check_choice("config preset", name, tuple(PRESETS))
     return config_from(Config(**PRESETS[name]), **overrides)

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..functional.attention import (ATTENTION_BACKENDS, attention_options, qk_channel_backward,
-                                    qk_channel_forward, qk_token_backward, qk_token_forward,
-                                    ssa_backward, ssa_forward)
-from ..checks import check_float_array, check_positive_int
+from ..functional.attention import (ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD, attention_options,
+                                    qk_channel_backward, qk_channel_forward, qk_token_backward,
+                                    qk_token_forward, ssa_backward, ssa_forward)
+from ..checks import check_choice, check_float_array, check_positive_int
 from .layers import LIF, BatchNorm, Conv1x1
 from .counting import CONTAINER, SYNAPSE, SynapseCounts
 from .module import Module
@@ -52,7 +52,7 @@ def attention_neurons(neuron: dict | None, attention_neuron: dict | None) -> tup
                              f"got {type(value).__name__}")
     neuron = dict(neuron or {})
     if attention_neuron is None:
-        attention_neuron = {**neuron, "v_threshold": 0.5}
+        attention_neuron = {**neuron, "v_threshold": ATTENTION_V_THRESHOLD}
     return neuron, dict(attention_neuron)
 
 
@@ -79,8 +79,7 @@ def check_token_map(x, name: str, dim: int, dtype, like: np.ndarray | None = Non
 
 
 def _check_backend(backend, attention_neuron: dict) -> str:
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention_backend: expected one of {list(ATTENTION_BACKENDS)}, got {backend!r}")
+    check_choice("attention_backend", backend, ATTENTION_BACKENDS)
     opts = attention_options(attention_neuron)
     if opts["spike_fn"] == "smooth" and backend == "packed":
         raise ValueError("attention_backend: smooth spikes (spike_fn='smooth', SPEC section 12) "
@@ -106,11 +105,10 @@ class QKCore(Module):
 
     def __init__(self, heads, mode="token", *, neuron=None, backend="packed"):
         super().__init__()
-        if mode not in QK_MODES:
-            raise ValueError(f"mode: expected one of {list(QK_MODES)}, got {mode!r}")
+        check_choice("mode", mode, QK_MODES)
         self.heads = check_positive_int(heads, "heads")
         self.mode = mode
-        self.neuron = {"v_threshold": 0.5} if neuron is None else dict(neuron)
+        self.neuron = {"v_threshold": ATTENTION_V_THRESHOLD} if neuron is None else dict(neuron)
         self.backend = _check_backend(backend, self.neuron)
         self._cache = None
         self.op_counts = {}
@@ -159,7 +157,7 @@ class SSACore(Module):
         super().__init__()
         self.heads = check_positive_int(heads, "heads")
         self.scale = scale
-        self.neuron = {"v_threshold": 0.5} if neuron is None else dict(neuron)
+        self.neuron = {"v_threshold": ATTENTION_V_THRESHOLD} if neuron is None else dict(neuron)
         attention_options(self.neuron)         # validate now, not at the first forward
         self._cache = None
         self.op_counts = {}
