@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..kernels import BACKENDS
 from ..kernels import pool as _k
-from ..checks import check_float_array
+from ..checks import check_choice, check_float_array
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean_pool_backward",
            "MaxPool2dCache", "MeanPoolCache"]
@@ -33,15 +34,14 @@ def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba",
     Ho, Wo = (H + 2 * padding - kernel_size) // stride + 1, (W + 2 * padding - kernel_size) // stride + 1
     if Ho < 1 or Wo < 1:
         raise ValueError(f"x: spatial size {H}x{W} is too small for max pooling {kernel_size}/{stride}/{padding}")
+    check_choice("backend", backend, BACKENDS)
     x3 = np.ascontiguousarray(x).reshape(N * C, H, W)
     if backend == "numba":
         y = np.empty((N * C, Ho, Wo), dtype=x.dtype)
         argmax = np.empty((N * C, Ho, Wo), dtype=np.int64)
         _k.maxpool_forward_kernel(x3, kernel_size, stride, padding, y, argmax)
-    elif backend == "numpy":
-        y, argmax = _k.maxpool_forward_numpy(x3, kernel_size, stride, padding)
     else:
-        raise ValueError(f"backend: expected 'numba' or 'numpy', got {backend!r}")
+        y, argmax = _k.maxpool_forward_numpy(x3, kernel_size, stride, padding)
     return y.reshape(N, C, Ho, Wo), MaxPool2dCache(argmax, x.shape, backend)
 
 
