@@ -214,8 +214,8 @@ def test_interrupted_comparison_continues_and_trains_nothing_twice(tmp_path, mon
 @pytest.mark.parametrize("args, match", [
     (["--modes", "cmqka", "bogus"], "unknown mode(s) ['bogus']"),
     (["--data", "nope"], "unknown data set 'nope'"),
-    (["--config", "huge"], "unknown config preset 'huge'"),
-    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--config", "huge"], "config preset: expected one of ['paper', 'cpu', 'tiny'], got 'huge'"),
+    (["--recipe", "nope"], "recipe: expected one of"),
     (["--set", "fusion=concat"], "use --modes"),
     (["--set", "colour=red"], "colour"),
     (["--reference", "bogus"], "--reference: unknown mode 'bogus'"),
