@@ -14,6 +14,7 @@ from refsnn.fusion import build_fusion, fusion_modes, register_fusion, unregiste
 from refsnn.fusion.base import common_options, check_upstream
 from refsnn.models import CHOICES, SNNergy, config
 from refsnn.nn.layers import LIF, BatchNorm, Conv1x1
+from refsnn.nn.counting import CONTAINER
 from refsnn.nn.module import Module
 from refsnn.train import fit
 
@@ -27,7 +28,11 @@ class CrossGateFusion(Module):
     """Each stream adds spikes computed from the other one (a toy cross-modal fusion)::
 
         y_a = x_a + LIF(BN(Conv1x1(x_v)))        y_v = x_v + LIF(BN(Conv1x1(x_a)))
+
+    Its energy is that of its layers (the additions are free by SPEC section 7's convention).
     """
+
+    energy_role = CONTAINER
 
     def __init__(self, dim, *, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype):
         super().__init__()
