@@ -252,3 +252,19 @@ def test_removed_helpers_are_gone():
     import refsnn.testing
     assert not hasattr(Module, "add_module")
     assert not hasattr(refsnn.energy, "LayerEnergy") and not hasattr(refsnn.testing, "contract")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.complex64, np.uint8])
+def test_load_state_dict_refuses_lossy_casts(dtype):
+    # an int64 weight used to load truncated (a model evaluating at chance); bool and complex too
+    net = Net(np.random.default_rng(6))
+    state = net.state_dict()
+    before = net.state_dict()
+    state["conv.weight"] = state["conv.weight"].astype(dtype)
+    with pytest.raises(ValueError, match=rf"conv.weight: expected a floating array, got dtype {np.dtype(dtype)} "
+                                         r"\(a lossy cast is refused\)"):
+        net.load_state_dict(state)
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.state_dict()[k], v)
+    state = {k: v.astype(np.float64) for k, v in before.items()}     # float64 -> float32 is allowed
+    net.load_state_dict(state)

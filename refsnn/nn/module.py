@@ -169,8 +169,10 @@ class Module:
                 arr = np.asarray(state[k])
                 if arr.shape != ref.shape:
                     problems.append(f"{k}: expected shape {ref.shape}, got {arr.shape}")
-                elif not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-                    problems.append(f"{k}: expected a numeric array, got dtype {arr.dtype}")
+                elif not _castable(arr.dtype, ref.dtype):
+                    # int -> float, bool, complex or text would load a silently wrong model
+                    want = "floating" if ref.dtype.kind == "f" else str(ref.dtype)
+                    problems.append(f"{k}: expected a {want} array, got dtype {arr.dtype} (a lossy cast is refused)")
         if problems:
             raise ValueError("load_state_dict: " + "; ".join(problems))
         for k, p in params.items():
@@ -189,6 +191,15 @@ class Module:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.num_parameters():,} parameters)"
+
+
+def _castable(source: np.dtype, target: np.dtype) -> bool:
+    """Whether ``load_state_dict`` may copy a ``source`` array into a ``target`` one: floats
+    into floats (either precision; a checkpoint moves between float32 and float64 models),
+    integers into integers without loss; nothing else."""
+    if target.kind == "f":
+        return source.kind == "f"
+    return source.kind in "iu" and target.kind in "iu" and np.can_cast(source, target, casting="safe")
 
 
 class ModuleList(Module):
