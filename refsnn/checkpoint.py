@@ -80,11 +80,18 @@ def load_checkpoint(path) -> Checkpoint:
         meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable config or meta entry ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its meta entry is not a JSON object (edited by hand?)")
 
     def part(prefix):
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-    return Checkpoint(path, config, meta, part("model."), part("optim."), part("sched."),
+    model_state = part("model.")
+    for name, a in model_state.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ValueError(f"{path}: parameter {name} contains NaN or inf; this checkpoint cannot be used "
+                             f"(an earlier one, or a new run, can)")
+    return Checkpoint(path, config, meta, model_state, part("optim."), part("sched."),
                       stat=None if st is None else (st.st_mtime_ns, st.st_size))
 
 

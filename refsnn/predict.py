@@ -22,8 +22,20 @@ __all__ = ["predict", "main"]
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+def _check_sampling(top, fps, num_frames) -> None:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"--top: expected a positive integer, got {top!r}")
+    if fps is not None and not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
+        raise ValueError(f"--fps: expected a frame rate > 0, got {fps!r}")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer))
+                                   or num_frames < 1):
+        raise ValueError(f"--frames: expected a positive integer, got {num_frames!r}")
+
+
 def predict(checkpoint, video, audio=None, *, top=5, fps=None, num_frames=None) -> list[tuple[str, float]]:
-    """Top classes ``[(name, probability), ...]`` for one clip."""
+    """Top classes ``[(name, probability), ...]`` for one clip. ``fps`` and ``num_frames``
+    (None: the data set's) change how the clip is sampled."""
+    _check_sampling(top, fps, num_frames)
     from .data.base import ClipSource
     from .data import PreparedDataset, dataset_names
     from .data.cache import cache_params
@@ -39,12 +51,12 @@ def predict(checkpoint, video, audio=None, *, top=5, fps=None, num_frames=None) 
     prepared = dataset_names(PreparedDataset)
     base = data if data in prepared else "ave"
     options = {}
-    if num_frames or data not in prepared:
-        options["num_frames"] = int(num_frames or model.config.T)
-    if fps:
+    if num_frames is not None or data not in prepared:
+        options["num_frames"] = int(model.config.T if num_frames is None else num_frames)
+    if fps is not None:
         options["fps"] = float(fps)
     params = cache_params(base, model.config.image_size, **options)
-    params.setdefault("fps", float(fps or 1.0))
+    params.setdefault("fps", 1.0 if fps is None else float(fps))
     still = video.lower().endswith(_IMAGE_EXT)
     src = ClipSource(clip_id=os.path.basename(video), split="test", label=-1,
                      audio_path=audio or video, audio_kind="file" if audio else "video",

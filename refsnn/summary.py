@@ -96,7 +96,7 @@ def format_summary(s: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m refsnn.summary", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="cpu", choices=sorted(PRESETS))
+    ap.add_argument("--config", choices=sorted(PRESETS), help="model preset (default cpu)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field (repeatable)")
     ap.add_argument("--checkpoint", help="a checkpoint (.npz) written by refsnn.train: its config and weights")
@@ -111,8 +111,14 @@ def main(argv=None) -> int:
     from .checkpoint import load_model, parse_overrides
     try:
         overrides = parse_overrides(args.set)
+        if args.checkpoint and (args.config or overrides):
+            raise ValueError("--checkpoint carries its own config; --config and --set cannot change it "
+                             "(summarise the checkpoint alone, or a preset without --checkpoint)")
         model = load_model(args.checkpoint) if args.checkpoint else None
-        c = model.config if model is not None else config(args.config, **overrides)
+        try:
+            c = model.config if model is not None else config(args.config or "cpu", **overrides)
+        except ValueError as exc:
+            raise ValueError(f"--set: {exc}" if overrides else str(exc)) from None
         ds = None
         if args.data:
             from .data import BatchIterator, load_dataset

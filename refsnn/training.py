@@ -34,6 +34,7 @@ from .checkpoint import Checkpoint, config_differences, load_checkpoint, save_ch
 from .checks import NonFiniteError, check_choice
 from .evaluation import Interrupted, energy_batches, evaluate, load_splits, model_inputs, progress_bar
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
+from .memory import check_step_memory
 from .models.configs import Config
 from .models.snnergy import SNNergy
 from .optim import OPTIMIZERS, CosineSchedule, build_optimizer, clip_grad_norm, grad_norm
@@ -666,6 +667,9 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
     else:
         _check_fresh(rundir, force)
         ck, plan = None, _fresh_plan(config_, dataset, options, data_options, root, cache)
+    warning = check_step_memory(plan.config, plan.opts["batch_size"], eval_batch_size=max(plan.opts["batch_size"], 32))
+    if warning:
+        print(warning, file=sys.stderr)
     splits = plan.splits or load_splits(plan.data_name, image_size=plan.config.image_size, seed=plan.opts["seed"],
                                         progress=progress, **plan.source, **plan.opts["data_options"])
     with rundir.locked():
