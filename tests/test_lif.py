@@ -214,3 +214,18 @@ def test_non_finite_input_is_caught_from_the_final_membrane(v_reset, decay_input
         lif_forward(x, v_reset=v_reset, decay_input=decay_input)
     with pytest.raises(ValueError, match="NaN or inf"):
         lif_forward(x, v_reset=v_reset, decay_input=decay_input, spike_fn="smooth")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_uint8_spikes_equal_float_spikes(backend):
+    x = np.random.default_rng(4).normal(0.8, 1.2, size=(4, 3000)).astype(np.float32)
+    ds = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+    s, c = lif_forward(x, backend=backend)
+    s8, c8 = lif_forward(x, spike_dtype=np.uint8, backend=backend)
+    assert s8.dtype == np.uint8
+    np.testing.assert_array_equal(s8, s)
+    np.testing.assert_array_equal(lif_backward(ds, c8), lif_backward(ds, c))
+    with pytest.raises(ValueError, match="spike_dtype: expected None"):
+        lif_forward(x, spike_dtype=np.int16)
+    with pytest.raises(ValueError, match="spike_dtype: smooth spikes"):
+        lif_forward(x, spike_dtype=np.uint8, spike_fn="smooth")

@@ -137,20 +137,20 @@ WK = np.stack([_rows("110 011 101 111"), _rows("101 110 011 100")])[:, None]
 @pytest.mark.parametrize("backend", ["packed", "dense"])
 def test_worked_example_token(backend):
     z, cache = qk_token_forward(WQ, WK, 2, backend=backend)
-    np.testing.assert_array_equal(cache["a"][:, 0], [[[1, 0, 1], [0, 1, 1]], [[0, 1, 1], [1, 1, 0]]])
+    np.testing.assert_array_equal(cache.a[:, 0], [[[1, 0, 1], [0, 1, 1]], [[0, 1, 1], [1, 1, 0]]])
     np.testing.assert_array_equal(z[0, 0], _rows("100 001 001 011"))
     np.testing.assert_array_equal(z[1, 0], _rows("001 010 010 100"))
     # P = head sums (2,0,1),(0,1,2) then (0,1,2),(1,1,0): the membranes before firing are P/2 at
     # t = 0 and V/2 + P/2 at t = 1 (hard reset to 0 where A fired)
-    np.testing.assert_array_equal(cache["lif"].h.reshape(2, 2, 3),
+    np.testing.assert_array_equal(cache.lif.h.reshape(2, 2, 3),
                                   [[[1, 0, 0.5], [0, 0.5, 1]], [[0, 0.5, 1], [0.5, 0.5, 0]]])
-    assert cache["counts"]["additions"] == WQ.sum() and cache["counts"]["kept"] == z.sum()
+    assert cache.counts["additions"] == WQ.sum() and cache.counts["kept"] == z.sum()
 
 
 @pytest.mark.parametrize("backend", ["packed", "dense"])
 def test_worked_example_channel(backend):
     z, cache = qk_channel_forward(WQ, WK, backend=backend)
-    np.testing.assert_array_equal(cache["a"][:, 0], [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(cache.a[:, 0], [[1, 1, 1, 1], [1, 1, 1, 0]])
     np.testing.assert_array_equal(z[0], WK[0])
     np.testing.assert_array_equal(z[1, 0], _rows("101 110 011 000"))
 
@@ -172,10 +172,10 @@ def test_packed_equals_dense(T, B, heads, d, N, rates, neuron, dtype, seed):
         zp, cp = fwd(q, k, *args, neuron=neuron, backend="packed")
         zd, cd = fwd(q, k, *args, neuron=neuron, backend="dense")
         np.testing.assert_array_equal(zp, zd)
-        np.testing.assert_array_equal(cp["a"], cd["a"])
+        np.testing.assert_array_equal(cp.a, cd.a)
         assert zp.dtype == zd.dtype == dtype
         for name in ("additions", "selects", "kept", "comparisons"):
-            assert cp["counts"][name] == cd["counts"][name]
+            assert cp.counts[name] == cd.counts[name]
         for gp, gd in zip(bwd(dz, cp), bwd(dz, cd)):
             np.testing.assert_array_equal(gp, gd)
             assert gp.dtype == dtype
@@ -217,7 +217,7 @@ def test_ssa_equals_plain_loop(T, B, heads, d, N, Nk, neuron, scale, seed):
     out_ref, *grads_ref = ssa_loop(q, k, v, dout, heads, scale, neuron)
     out, cache = ssa_forward(q, k, v, heads, scale, neuron=neuron)
     np.testing.assert_array_equal(out, out_ref)
-    assert cache["counts"]["macs"] == 2 * T * B * heads * d * N * (Nk or N)
+    assert cache.counts["macs"] == 2 * T * B * heads * d * N * (Nk or N)
     for g, g_ref in zip(ssa_backward(dout, cache), grads_ref):
         np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
 
@@ -268,16 +268,16 @@ def test_counters_report_what_ran(T, B, heads, d, N, seed):
     D = heads * d
     q, k = spikes(rng, (T, B, D, N), 0.3), spikes(rng, (T, B, D, N), 0.5)
     z, c = qk_token_forward(q, k, heads)
-    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
+    assert c.counts == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
                                comparisons=T * B * heads * N,
                                popcount_words=T * B * heads * num_words(d) * N,
                                and_words=T * B * heads * num_words(d) * N)
     z, c = qk_channel_forward(q, k)
-    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
+    assert c.counts == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(),
                                comparisons=T * B * D, popcount_words=T * B * D * num_words(N),
                                and_words=T * B * D * num_words(N))
     z, c = qk_channel_forward(q, k, backend="dense")
-    assert c["counts"] == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(), comparisons=T * B * D)
+    assert c.counts == dict(additions=q.sum(), selects=k.sum(), kept=z.sum(), comparisons=T * B * D)
 
 
 def test_ssa_macs_grow_four_times_when_tokens_double():
@@ -285,9 +285,9 @@ def test_ssa_macs_grow_four_times_when_tokens_double():
     q, k, v = (spikes(rng, (2, 1, 8, 24)) for _ in range(3))
     _, c1 = ssa_forward(q, k, v, 2)
     _, c2 = ssa_forward(*(np.concatenate([x, x], axis=3) for x in (q, k, v)), 2)
-    assert c1["counts"]["macs"] == 2 * 2 * 1 * 8 * 24 * 24
-    assert c2["counts"]["macs"] == 4 * c1["counts"]["macs"]
-    assert c2["counts"]["comparisons"] == 2 * c1["counts"]["comparisons"]
+    assert c1.counts["macs"] == 2 * 2 * 1 * 8 * 24 * 24
+    assert c2.counts["macs"] == 4 * c1.counts["macs"]
+    assert c2.counts["comparisons"] == 2 * c1.counts["comparisons"]
 
 
 # ------------------------------------------------------------------ dtypes, purity, checks
@@ -356,7 +356,7 @@ def test_argument_checks():
     z, cache = qk_token_forward(WQ, WK, 2)
     with pytest.raises(ValueError, match=r"dz: expected shape"):
         qk_token_backward(z[:1], cache)
-    with pytest.raises(ValueError, match="cache: expected the cache returned by qk_channel_forward"):
+    with pytest.raises(ValueError, match="cache: expected the QKChannelCache returned by qk_channel_forward"):
         qk_channel_backward(z, cache)
     with pytest.raises(ValueError, match="dz: expected dtype float32 or float64"):
         qk_token_backward(z.astype(np.int32), cache)

@@ -118,3 +118,70 @@ def test_channel_backward_kernel_equals_twin(T, B, D, N, rate, dtype, parallel, 
     dk_ref, da_ref = K.qk_channel_backward_dense(k, a, dz)
     np.testing.assert_array_equal(dk.reshape(dk_ref.shape), dk_ref)
     np.testing.assert_array_equal(da.reshape(da_ref.shape), da_ref)
+
+
+# ------------------------------------------------------------------ fused kernels (unpacked maps)
+
+from refsnn.kernels import qk_fused as F  # noqa: E402
+
+# (spike maps, LIF, Z) dtypes as the public ops combine them; few, each one a compilation
+DTYPES = st.sampled_from([(np.float32, np.float32, np.float32), (np.float64, np.float64, np.float64),
+                          (np.uint8, np.float32, np.uint8), (np.uint8, np.float32, np.float32),
+                          (np.int64, np.float32, np.float32)])
+ATTENTION_LIF = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True)
+
+
+@settings(deadline=None, max_examples=40)
+@given(T=st.integers(1, 3), G=st.integers(1, 3), d=st.sampled_from([1, 7, 64, 65, 130]),
+       N=st.sampled_from([1, 5, 64, 1030]), rate_q=RATES, rate_k=RATES, opts=LIF_OPTIONS,
+       dtypes=DTYPES, seed=st.integers(0, 2**16))
+def test_fused_token_kernel_equals_twin(T, G, d, N, rate_q, rate_k, opts, dtypes, seed):
+    in_dtype, lif_dtype, z_dtype = dtypes
+    q, k = _pair(seed, (T, G, d, N), rate_q, rate_k, in_dtype)
+    lif = _typed(opts, lif_dtype)
+    z, kw, a, h, counts, bad = F.qk_token_fused(q, k, lif, z_dtype)
+    ref = F.qk_token_fused_numpy(q, k, lif, z_dtype)
+    assert not bad and z.dtype == z_dtype
+    for got, want in zip((z, kw, a, h), ref[:4]):
+        np.testing.assert_array_equal(got, want)
+    assert counts == ref[4]
+    # and the packed kernel on the same bits gives the same A, H and packed K
+    qw = pack_bits(q, axis=2)
+    zw, a2, h2, counts2 = K.qk_token_packed(qw, kw, lif)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(h, h2)
+    assert counts == counts2
+
+
+@settings(deadline=None, max_examples=40)
+@given(T=st.integers(1, 3), G=st.integers(1, 4), N=st.sampled_from([1, 5, 64, 65, 200]),
+       rate_q=RATES, rate_k=RATES, opts=LIF_OPTIONS, dtypes=DTYPES, seed=st.integers(0, 2**16))
+def test_fused_channel_kernel_equals_twin(T, G, N, rate_q, rate_k, opts, dtypes, seed):
+    in_dtype, lif_dtype, z_dtype = dtypes
+    q, k = _pair(seed, (T, G, N), rate_q, rate_k, in_dtype)
+    lif = _typed(opts, lif_dtype)
+    z, kw, a, h, counts, bad = F.qk_channel_fused(q, k, lif, z_dtype)
+    zr, kwr, ar, hr, countsr = F.qk_channel_fused_numpy(q, k, lif, z_dtype)
+    assert not bad and z.dtype == z_dtype
+    for got, want in ((z, zr), (kw, kwr), (a, ar), (h, hr)):
+        np.testing.assert_array_equal(got, want)
+    assert counts == countsr
+    zw, a2, h2, counts2 = K.qk_channel_packed(pack_bits(q, axis=2), kw, lif)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(h, h2)
+
+
+@settings(deadline=None, max_examples=30)
+@given(mode=st.sampled_from(["token", "channel"]), which=st.sampled_from(["q", "k"]),
+       value=st.sampled_from([2.0, 0.5, -1.0, np.nan, np.inf, 1e-45]), pos=st.integers(0, 10**6),
+       seed=st.integers(0, 2**16))
+def test_fused_kernels_flag_non_binary_values(mode, which, value, pos, seed):
+    shape = (2, 3, 5, 70) if mode == "token" else (2, 3, 70)
+    q, k = _pair(seed, shape, 0.3, 0.3, np.float32)
+    x = q if which == "q" else k
+    x.reshape(-1)[pos % x.size] = value
+    run = F.qk_token_fused if mode == "token" else F.qk_channel_fused
+    assert run(q, k, _typed(ATTENTION_LIF, np.float32), np.float32)[-1]
+    q8, k8 = (a.astype(np.uint8) for a in _pair(seed, shape, 0.3, 0.3, np.float32))
+    (q8 if which == "q" else k8).reshape(-1)[pos % q8.size] = 2
+    assert run(q8, k8, _typed(ATTENTION_LIF, np.float32), np.uint8)[-1]

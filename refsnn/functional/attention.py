@@ -7,24 +7,32 @@
                                     explicit N x N map (quadratic in N; the reference to beat);
                                     k, v may hold another token count Nk (cross-attention)
 
-q, k, v are ``[T, B, D, N]`` binary spike maps of any real or integer dtype (checked binary,
-never cast). Outputs and gradients are float: float64 if an input is float64, else float32.
+q, k, v are ``[T, B, D, N]`` binary spike maps of any real or integer dtype, or bool (checked
+binary, never cast). Outputs and gradients are float: float64 if an input is float64, else
+float32; the Q-K ops take ``z_dtype=np.uint8`` for a consumer that reads Z as spikes.
 
 Options (keyword-only, beyond the SPEC section 11 signatures):
     neuron   keyword arguments of ``lif_forward`` for the attention LIF; they update the
              defaults ``{"v_threshold": 0.5}`` (``Config.attention_neuron_kwargs()`` gives the
              model's). ``spike_fn="smooth"`` (SPEC section 12) lets q, k, v be real-valued and
              needs ``backend="dense"``.
-    backend  "packed" (default; bit-packed Numba kernels, ``refsnn.kernels.qk``) or "dense"
-             (NumPy on unpacked arrays). Both give identical spikes, Z and gradients.
+    backend  "packed" (default; Numba kernels: one pass over the unpacked maps that sums Q,
+             runs the attention LIF, writes Z and packs K to bits for the backward,
+             ``refsnn.kernels.qk_fused``; the backward reads K packed, ``refsnn.kernels.qk``)
+             or "dense" (NumPy on unpacked arrays). Both give identical spikes, Z and gradients.
+    z_dtype  (Q-K ops) the dtype of Z: None (the float rule above) or numpy.uint8. A model
+             whose neurons emit uint8 spikes (``lif_forward(..., spike_dtype=np.uint8)``)
+             and whose consumer of Z reads spikes keeps the whole op at a byte per spike.
 
-Every cache holds ``counts`` (str -> int), what the op executed on its input:
+Caches are NamedTuples (``QKTokenCache``, ``QKChannelCache``, ``SSACache``); each holds
+``counts`` (str -> int), what the op executed on its input:
     additions        Q spikes summed into P (one accumulate each)
     selects          K spikes the mask was applied to
     kept             K spikes kept (= spikes of Z; SPEC section 7 counts one AC each)
     comparisons      threshold comparisons of the attention LIF (one per attention neuron and
                      time step: T*B*h*N for QKTA, T*B*D for QKCA, T*B*D*N for SSA)
-    popcount_words   uint64 words of Q popcounted (packed backend only)
+    popcount_words   uint64 words of Q in the bit-packed form (packed backend only: the
+                     popcounts a binary core executes; the fused kernel sums the same bits)
     and_words        uint64 words of K ANDed with the mask (packed backend only)
     macs             SSA only: multiply-accumulates of Q Kᵀ and (Q Kᵀ) V, 2*T*B*D*N*Nk
                      (2*T*B*D*N² for self-attention)
@@ -32,12 +40,14 @@ Every cache holds ``counts`` (str -> int), what the op executed on its input:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ..kernels import BACKENDS
 from ..kernels import qk as _k
-from ..kernels.bitpack import num_words, pack_bits, unpack_bits
+from ..kernels import qk_fused as _f
+from ..kernels.bitpack import num_words
 from ..checks import (check_array, check_binary, check_choice, check_finite, check_float_array,
                       check_positive_int)
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
@@ -45,7 +55,7 @@ from .lif import lif_backward, lif_forward
 
 __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_channel_backward",
            "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS",
-           "ATTENTION_V_THRESHOLD"]
+           "ATTENTION_V_THRESHOLD", "QKTokenCache", "QKChannelCache", "SSACache"]
 
 ATTENTION_BACKENDS = ("packed", "dense")
 ATTENTION_V_THRESHOLD = 0.5         # the attention LIF's threshold (SPEC section 4)
@@ -120,93 +130,126 @@ def _check_heads(heads, D: int) -> int:
     return heads
 
 
-def _check_cache(cache, op: str) -> dict:
-    if not isinstance(cache, dict) or cache.get("op") != op:
-        raise ValueError(f"cache: expected the cache returned by {op}_forward, got "
-                         f"{type(cache).__name__}" + (f" of {cache.get('op')}_forward"
-                                                      if isinstance(cache, dict) else ""))
+def _check_cache(cache, kind: type, op: str):
+    if not isinstance(cache, kind):
+        raise ValueError(f"cache: expected the {kind.__name__} returned by {op}_forward, got "
+                         f"{type(cache).__name__}")
     return cache
 
 
-def _check_grad(dy, name: str, cache: dict) -> np.ndarray:
+def _check_grad(dy, name: str, shape: tuple, dtype, backend: str) -> np.ndarray:
     """dy: float, the forward output's shape. Finiteness is checked here on the dense paths;
     the packed backward kernels find an inf or NaN while they read dy (no extra scan)."""
-    check_float_array(dy, name, ndim=4, finite=cache.get("backend") != "packed")
-    if dy.shape != cache["shape"]:
-        raise ValueError(f"{name}: expected shape {cache['shape']} (the forward's output), got {dy.shape}")
-    return np.ascontiguousarray(dy, dtype=cache["dtype"])
+    check_float_array(dy, name, ndim=4, finite=backend != "packed")
+    if dy.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (the forward's output), got {dy.shape}")
+    return np.ascontiguousarray(dy, dtype=dtype)
 
 
-def _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a) -> None:
-    """Fill a Q-K cache after the packed kernel: K stays packed; the attention LIF's cache is
-    built from the membranes the kernel wrote, for ``lif_backward``."""
-    counts.update(popcount_words=int(qw.size), and_words=int(kw.size),
-                  comparisons=int(np.prod(shape_a)))
-    cache.update(kw=kw, a=a.reshape(shape_a), counts=counts,
-                 lif=LIFCache(h.reshape(shape_a[0], -1), dict(opts), shape_a))
+def _z_dtype(z_dtype, dtype: np.dtype) -> np.dtype:
+    if z_dtype is None:
+        return dtype
+    if np.dtype(z_dtype) not in (np.dtype(np.uint8), dtype):
+        raise ValueError(f"z_dtype: expected None, numpy.uint8 or {dtype} (the op's float dtype), "
+                         f"got {z_dtype!r}")
+    return np.dtype(z_dtype)
 
 
-def _dense_core(cache, q, k, opts, sums, mask) -> np.ndarray:
-    """The dense Q-K core: A = LIF(sums(Q)), Z = mask(A, K); fills ``cache``, returns Z."""
-    dtype = cache["dtype"]
+def _spike_view(x: np.ndarray) -> np.ndarray:
+    """C-contiguous, bool viewed as uint8 (the kernels read any numeric dtype as it is)."""
+    x = np.ascontiguousarray(x)
+    return x.view(np.uint8) if x.dtype == np.bool_ else x
+
+
+def _fused_core(name, run, q, k, shape, lif, z_dtype):
+    """Run a fused kernel on q, k viewed as ``shape``; if it met a value other than 0 and 1,
+    name the first one (in q's and k's own indices)."""
+    z, kw, a, h, counts, bad = run(_spike_view(q).reshape(shape), _spike_view(k).reshape(shape),
+                                   lif, z_dtype)
+    if bad:
+        check_binary(q, "q")
+        check_binary(k, "k")
+        raise AssertionError(f"{name}: the kernel flagged a value that check_binary accepts")
+    return z, kw, a, h, counts
+
+
+def _packed_counts(counts: dict, q_words: int, k_words: int, comparisons: int) -> dict:
+    counts.update(popcount_words=int(q_words), and_words=int(k_words), comparisons=int(comparisons))
+    return counts
+
+
+def _dense_core(q, k, opts, dtype, z_dtype, sums, mask):
+    """The dense Q-K core: A = LIF(sums(Q)), Z = mask(A, K). Returns (z, k, a, LIF cache, counts)."""
     kf = np.ascontiguousarray(k, dtype=dtype)
     a, lif_cache = lif_forward(sums(np.asarray(q, dtype=dtype)), **_lif_kwargs(opts))
     z = mask(a, kf)
     counts = _k.dense_counts(q, k, z)
     counts["comparisons"] = int(a.size)
-    cache.update(k=kf, a=a, lif=lif_cache, counts=counts)
-    return z
+    return z.astype(z_dtype, copy=False), kf, a, lif_cache, counts
 
 
 # --------------------------------------------------------------------------------------------
 # QKTA
 # --------------------------------------------------------------------------------------------
 
-def qk_token_forward(q, k, heads, *, neuron=None, backend="packed"):
+class QKTokenCache(NamedTuple):
+    """What ``qk_token_backward`` needs. ``k``: K packed ``[T, B*h, Wd, N]`` uint64 (packed
+    backend) or K ``[T, B, D, N]`` float (dense); ``a`` ``[T, B, h, N]``; ``lif`` the attention
+    LIF's cache."""
+    backend: str
+    shape: tuple
+    dtype: np.dtype
+    heads: int
+    k: np.ndarray
+    a: np.ndarray
+    lif: LIFCache
+    counts: dict
+
+
+def qk_token_forward(q, k, heads, *, neuron=None, backend="packed", z_dtype=None):
     """Token attention: z ``[T, B, D, N]`` = A[head(c), n] * K[c, n], A = LIF(sum_{c in head} Q).
 
-    Returns ``(z, cache)``; ``cache["counts"]`` as in the module docstring.
+    Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
     opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
     T, B, D, N = q.shape
     heads = _check_heads(heads, D)
+    zt = _z_dtype(z_dtype, dtype)
     d = D // heads
     shape_a = (T, B, heads, N)
-    cache = dict(op="qk_token", backend=backend, shape=q.shape, dtype=dtype, heads=heads)
     if backend == "packed":
-        # each head's d channels are packed separately: word w of head i holds its channels
-        # 64w .. 64w+63, so a head's popcount never reads another head's bits
-        qw = pack_bits(q.reshape(T, B, heads, d, N), axis=3, name="q")
-        kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3, name="k")
-        Wd = qw.shape[3]
-        qw = qw.reshape(T, B * heads, Wd, N)
-        kw = kw.reshape(T, B * heads, Wd, N)
-        zw, a, h, counts = _k.qk_token_packed(qw, kw, _lif_typed_args(opts, dtype))
-        z = unpack_bits(zw.reshape(T * B * heads, Wd, N), d, axis=1, dtype=dtype).reshape(T, B, D, N)
-        _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a)
+        # a head's d channels are one [d, N] slab; K is packed per head, word w holding its
+        # channels 64w .. 64w+63, so the backward never reads another head's bits
+        z, kc, a, h, counts = _fused_core("qk_token", _f.qk_token_fused, q, k,
+                                          (T, B * heads, d, N), _lif_typed_args(opts, dtype), zt)
+        z = z.reshape(T, B, D, N)
+        a = a.reshape(shape_a)
+        words = T * B * heads * num_words(d) * N
+        counts = _packed_counts(counts, words, words, np.prod(shape_a))
+        lif_cache = LIFCache(h.reshape(T, -1), dict(opts), shape_a)
     else:
-        z = _dense_core(cache, q, k, opts, lambda x: _k.token_sums(x, heads), _k.token_mask)
-    return z, cache
+        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype, zt,
+                                                  lambda x: _k.token_sums(x, heads), _k.token_mask)
+    return z, QKTokenCache(backend, q.shape, dtype, heads, kc, a, lif_cache, counts)
 
 
 def qk_token_backward(dz, cache):
     """Returns ``(dq, dk)``, each ``[T, B, D, N]``: dK = A * dZ; dA = the head's channel sum of
     K * dZ; dP = the attention LIF's backward of dA; dQ = dP broadcast over the head's channels.
     Never mutates ``dz``."""
-    cache = _check_cache(cache, "qk_token")
-    dz = _check_grad(dz, "dz", cache)
-    T, B, D, N = cache["shape"]
-    heads = cache["heads"]
+    backend, shape, dtype, heads, k, a, lif_cache, _ = _check_cache(cache, QKTokenCache, "qk_token")
+    dz = _check_grad(dz, "dz", shape, dtype, backend)
+    T, B, D, N = shape
     d = D // heads
-    if cache["backend"] == "packed":
-        dk, da, finite = _k.qk_token_backward_packed(cache["kw"], cache["a"].reshape(T, B * heads, N),
+    if backend == "packed":
+        dk, da, finite = _k.qk_token_backward_packed(k, a.reshape(T, B * heads, N),
                                                      dz.reshape(T, B * heads, d, N))
         if not finite:
             check_finite(dz, "dz")
         dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, heads, N)
     else:
-        dk, da = _k.qk_token_backward_dense(cache["k"], cache["a"], dz)
-    dp = lif_backward(da, cache["lif"])
+        dk, da = _k.qk_token_backward_dense(k, a, dz)
+    dp = lif_backward(da, lif_cache)
     dq = np.repeat(dp[:, :, :, None, :], d, axis=3).reshape(T, B, D, N)
     return dq, dk
 
@@ -215,42 +258,55 @@ def qk_token_backward(dz, cache):
 # QKCA
 # --------------------------------------------------------------------------------------------
 
-def qk_channel_forward(q, k, *, neuron=None, backend="packed"):
+class QKChannelCache(NamedTuple):
+    """What ``qk_channel_backward`` needs. ``k``: K packed ``[T, B*D, WN]`` uint64 (packed) or
+    K ``[T, B, D, N]`` float (dense); ``a`` ``[T, B, D]``."""
+    backend: str
+    shape: tuple
+    dtype: np.dtype
+    k: np.ndarray
+    a: np.ndarray
+    lif: LIFCache
+    counts: dict
+
+
+def qk_channel_forward(q, k, *, neuron=None, backend="packed", z_dtype=None):
     """Channel attention: z ``[T, B, D, N]`` = A[c] * K[c, n], A = LIF(sum_n Q[c, n]).
 
-    Returns ``(z, cache)``; ``cache["counts"]`` as in the module docstring.
+    Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
     opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
     T, B, D, N = q.shape
+    zt = _z_dtype(z_dtype, dtype)
     shape_a = (T, B, D)
-    cache = dict(op="qk_channel", backend=backend, shape=q.shape, dtype=dtype)
     if backend == "packed":
-        WN = num_words(N)
-        qw = pack_bits(q, axis=3, name="q").reshape(T, B * D, WN)
-        kw = pack_bits(k, axis=3, name="k").reshape(T, B * D, WN)
-        zw, a, h, counts = _k.qk_channel_packed(qw, kw, _lif_typed_args(opts, dtype))
-        z = unpack_bits(zw.reshape(T, B, D, WN), N, axis=3, dtype=dtype)
-        _packed_cache(cache, qw, kw, a, h, counts, opts, shape_a)
+        z, kc, a, h, counts = _fused_core("qk_channel", _f.qk_channel_fused, q, k,
+                                          (T, B * D, N), _lif_typed_args(opts, dtype), zt)
+        z = z.reshape(T, B, D, N)
+        a = a.reshape(shape_a)
+        words = T * B * D * num_words(N)
+        counts = _packed_counts(counts, words, words, np.prod(shape_a))
+        lif_cache = LIFCache(h.reshape(T, -1), dict(opts), shape_a)
     else:
-        z = _dense_core(cache, q, k, opts, _k.channel_sums, _k.channel_mask)
-    return z, cache
+        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype, zt, _k.channel_sums,
+                                                  _k.channel_mask)
+    return z, QKChannelCache(backend, q.shape, dtype, kc, a, lif_cache, counts)
 
 
 def qk_channel_backward(dz, cache):
     """Returns ``(dq, dk)``: dK = A * dZ; dA = the token sum of K * dZ; dP = the attention
     LIF's backward of dA; dQ = dP broadcast over tokens. Never mutates ``dz``."""
-    cache = _check_cache(cache, "qk_channel")
-    dz = _check_grad(dz, "dz", cache)
-    T, B, D, N = cache["shape"]
-    if cache["backend"] == "packed":
-        dk, da, finite = _k.qk_channel_backward_packed(cache["kw"], cache["a"].reshape(T, B * D),
-                                                       dz.reshape(T, B * D, N))
+    backend, shape, dtype, k, a, lif_cache, _ = _check_cache(cache, QKChannelCache, "qk_channel")
+    dz = _check_grad(dz, "dz", shape, dtype, backend)
+    T, B, D, N = shape
+    if backend == "packed":
+        dk, da, finite = _k.qk_channel_backward_packed(k, a.reshape(T, B * D), dz.reshape(T, B * D, N))
         if not finite:
             check_finite(dz, "dz")
         dk, da = dk.reshape(T, B, D, N), da.reshape(T, B, D)
     else:
-        dk, da = _k.qk_channel_backward_dense(cache["k"], cache["a"], dz)
-    dp = lif_backward(da, cache["lif"])
+        dk, da = _k.qk_channel_backward_dense(k, a, dz)
+    dp = lif_backward(da, lif_cache)
     dq = np.ascontiguousarray(np.broadcast_to(dp[:, :, :, None], (T, B, D, N)))
     return dq, dk
 
@@ -265,6 +321,20 @@ def _ssa_slices(x: np.ndarray, heads: int) -> np.ndarray:
     return x.reshape(T * B * heads, D // heads, N)
 
 
+class SSACache(NamedTuple):
+    """What ``ssa_backward`` needs: q, k, v as float (the map is recomputed from them), the
+    LIF's cache, the scale; ``shape`` is q's."""
+    shape: tuple
+    dtype: np.dtype
+    heads: int
+    scale: float
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    lif: LIFCache
+    counts: dict
+
+
 def ssa_forward(q, k, v, heads, scale=0.125, *, neuron=None):
     """Spiking self-attention with an explicit map: per head, attn = Q Kᵀ ``[N, Nk]``, then
     out = LIF_0.5((attn V) * scale), ``[T, B, D, N]``.
@@ -274,7 +344,7 @@ def ssa_forward(q, k, v, heads, scale=0.125, *, neuron=None):
     baselines). Evaluated in this order on purpose (the N·Nk cost is the point of the
     comparison; without a softmax Q (Kᵀ V) would be linear). One (time, sample, head) slice at
     a time, so at most one N x Nk map is alive; the backward recomputes it instead of caching
-    T*B*h of them. ``cache["counts"]``: ``macs`` = 2·T·B·D·N·Nk, ``comparisons`` = T·B·D·N.
+    T*B*h of them. ``cache.counts``: ``macs`` = 2·T·B·D·N·Nk, ``comparisons`` = T·B·D·N.
     """
     opts, dtype = _check_inputs({"q": q, "k": k, "v": v}, neuron, "dense", own_tokens=("k", "v"))
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) \
@@ -295,22 +365,19 @@ def ssa_forward(q, k, v, heads, scale=0.125, *, neuron=None):
     x *= dtype.type(scale)
     out, lif_cache = lif_forward(x, **_lif_kwargs(opts))
     counts = dict(macs=int(2 * T * B * D * N * Nk), comparisons=int(x.size))
-    cache = dict(op="ssa", shape=q.shape, dtype=dtype, heads=heads, scale=float(scale),
-                 q=qf, k=kf, v=vf, lif=lif_cache, counts=counts)
-    return out, cache
+    return out, SSACache(q.shape, dtype, heads, float(scale), qf, kf, vf, lif_cache, counts)
 
 
 def ssa_backward(dout, cache):
     """Returns ``(dq, dk, dv)`` with the shapes of q, k, v. Never mutates ``dout``."""
-    cache = _check_cache(cache, "ssa")
-    dout = _check_grad(dout, "dout", cache)
-    dtype, heads = cache["dtype"], cache["heads"]
-    dx = lif_backward(dout, cache["lif"])
-    dx *= dtype.type(cache["scale"])
-    qs, ks, vs = (_ssa_slices(cache[n], heads) for n in ("q", "k", "v"))
+    shape, dtype, heads, scale, q, k, v, lif_cache, _ = _check_cache(cache, SSACache, "ssa")
+    dout = _check_grad(dout, "dout", shape, dtype, "dense")
+    dx = lif_backward(dout, lif_cache)
+    dx *= dtype.type(scale)
+    qs, ks, vs = (_ssa_slices(x, heads) for x in (q, k, v))
     dxs = _ssa_slices(dx, heads)
-    dq = np.empty(cache["q"].shape, dtype=dtype)
-    dk, dv = (np.empty(cache["k"].shape, dtype=dtype) for _ in range(2))
+    dq = np.empty(q.shape, dtype=dtype)
+    dk, dv = (np.empty(k.shape, dtype=dtype) for _ in range(2))
     dqs, dks, dvs = (_ssa_slices(g, heads) for g in (dq, dk, dv))
     attn = np.empty((dq.shape[3], dk.shape[3]), dtype=dtype)
     dattn = np.empty_like(attn)

@@ -38,6 +38,8 @@ __all__ = ["lif_forward", "lif_backward", "SURROGATES", "SPIKE_FNS", "DEFAULT_AL
 SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
 DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
 SPIKE_FNS = ("heaviside", "smooth")
+# spike dtypes besides the input's: bytes for a consumer that reads spikes (the Q-K ops)
+SPIKE_DTYPES = (np.uint8,)
 
 
 class NeuronType(NamedTuple):
@@ -87,12 +89,25 @@ class LIFCache(NamedTuple):
 
 def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
                 surrogate="sigmoid", alpha=None, spike_fn="heaviside", neuron_type="lif",
-                backend="numba") -> dict:
+                spike_dtype=None, backend="numba") -> dict:
     """The validated options of ``lif_forward`` (same keywords and defaults) as a dict, without
     running a neuron: modules check their options with it at construction."""
     check_choice("backend", backend, BACKENDS)
     options = _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha,
                        spike_fn, neuron_type)
+    if spike_dtype is not None:
+        try:
+            known = np.dtype(spike_dtype) in SPIKE_DTYPES
+        except TypeError:
+            known = False
+        if not known:
+            raise ValueError(f"spike_dtype: expected None (the input's dtype) or one of "
+                             f"{[np.dtype(t).name for t in SPIKE_DTYPES]}, got {spike_dtype!r}")
+        if spike_fn != "heaviside":
+            raise ValueError("spike_dtype: smooth spikes (spike_fn='smooth') are not 0/1; "
+                             "leave spike_dtype None")
+        spike_dtype = np.dtype(spike_dtype)
+    options["spike_dtype"] = spike_dtype
     options["backend"] = backend
     return options
 
@@ -134,18 +149,21 @@ def _typed_args(options, dtype):
 
 def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                 detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside",
-                neuron_type="lif", backend="numba"):
+                neuron_type="lif", spike_dtype=None, backend="numba"):
     """Run LIF neurons (or another ``neuron_type`` of ``NEURON_TYPES``) over time.
 
     x: ``[T, ...]`` float32 or float64 input current, time first, T >= 1.
-    Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values).
+    Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values), or
+    ``spike_dtype`` (numpy.uint8: a byte per spike, for a consumer that reads spikes, such as
+    the Q-K ops; written by the kernel directly, no conversion pass).
     """
     check_float_array(x, "x", min_ndim=1, finite=False)      # non-finite input: see below
     if x.shape[0] == 0:
         raise ValueError("x: expected T >= 1 time steps on axis 0, got T = 0")
     options = lif_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
                           decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate,
-                          alpha=alpha, spike_fn=spike_fn, neuron_type=neuron_type, backend=backend)
+                          alpha=alpha, spike_fn=spike_fn, neuron_type=neuron_type,
+                          spike_dtype=spike_dtype, backend=backend)
     T = x.shape[0]
     x2 = np.ascontiguousarray(x).reshape(T, -1)
     a = _typed_args(options, x.dtype)
@@ -153,7 +171,7 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
             a["alpha"], SPIKE_FNS.index(spike_fn))
     neuron = NEURON_TYPES[neuron_type]
     if backend == "numba":
-        spikes = np.empty_like(x2)
+        spikes = np.empty(x2.shape, dtype=options["spike_dtype"] or x.dtype)
         h = np.empty_like(x2)
         v_last = np.empty(x2.shape[1], dtype=x.dtype)
         consts = (x.dtype.type(1.0), x.dtype.type(math.pi))
@@ -163,6 +181,7 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
             _k.neuron_forward_kernel(x2, spikes, h, v_last, *args, *consts, neuron.charge)
     else:
         spikes, h, v_last = _k.lif_forward_numpy(x2, *args, charge=neuron.charge.py_func)
+        spikes = spikes.astype(options["spike_dtype"] or x.dtype, copy=False)
     # any NaN or inf in x leaves the final membrane non-finite: one check of M values instead
     # of a scan of all T * M inputs (the scan runs only to name the first bad index)
     if not np.isfinite(v_last).all():

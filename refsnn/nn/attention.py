@@ -119,7 +119,7 @@ class QKCore(Module):
         else:
             z, cache = qk_channel_forward(q, k, neuron=self.neuron, backend=self.backend)
         self._cache = cache
-        self.op_counts = dict(cache["counts"])
+        self.op_counts = dict(cache.counts)
         if self.counter is not None:
             self._q_read = (int(q.size), int(q.shape[0]))
         return z
@@ -165,7 +165,7 @@ class SSACore(Module):
     def forward(self, q, k, v):
         out, cache = ssa_forward(q, k, v, self.heads, self.scale, neuron=self.neuron)
         self._cache = cache
-        self.op_counts = dict(cache["counts"])
+        self.op_counts = dict(cache.counts)
         if self.counter is not None:
             self._spikes_read = (int(np.count_nonzero(q)), int(q.size), int(np.count_nonzero(v)),
                                  int(v.size), int(q.shape[0]))

@@ -49,13 +49,13 @@ def qk_case(name, kind, description, *, shape=None, heads=1, density=0.5, neuron
     if kind == "token":
         z, cache = qk_token_forward(q, k, heads, neuron=kw)
         dq, dk = qk_token_backward(dz, cache)
-        h = cache["lif"].h.reshape(T, B, heads, N)
+        h = cache.lif.h.reshape(T, B, heads, N)
         gap_z = np.repeat(h - neuron["v_threshold"], D // heads, axis=2)
         op, a_layout = "qk_token", "[T, B, heads, N]"
     else:
         z, cache = qk_channel_forward(q, k, neuron=kw)
         dq, dk = qk_channel_backward(dz, cache)
-        h = cache["lif"].h.reshape(T, B, D)
+        h = cache.lif.h.reshape(T, B, D)
         gap_z = np.repeat((h - neuron["v_threshold"])[..., None], N, axis=3)
         op, a_layout = "qk_channel", "[T, B, D]"
     params = {"neuron": neuron}
@@ -68,7 +68,7 @@ def qk_case(name, kind, description, *, shape=None, heads=1, density=0.5, neuron
         layout={"q": TOK, "k": TOK, "dout": TOK, "z": TOK, "dq": TOK, "dk": TOK,
                 "reference.a": a_layout, "margin.z": TOK},
         inputs={"q": q, "k": k, "dout": dz},
-        expected={"z": z, "dq": dq, "dk": dk, "reference.a": cache["a"].astype(np.float64),
+        expected={"z": z, "dq": dq, "dk": dk, "reference.a": cache.a.astype(np.float64),
                   "margin.z": gap_z},
         outputs={"z": spikes_out(margin="margin.z"), "dq": grad_out(), "dk": grad_out()},
         seed=seed, spike_margin=_margin_note(gap_z))
@@ -82,7 +82,7 @@ def ssa_case(name, description, *, shape, heads, density=0.5, scale=0.125, neuro
     dout = rng.normal(0, 1, shape)
     out, cache = ssa_forward(q, k, v, heads, scale, neuron=lif_kwargs(neuron))
     dq, dk, dv = ssa_backward(dout, cache)
-    gap = cache["lif"].h.reshape(shape) - neuron["v_threshold"]
+    gap = cache.lif.h.reshape(shape) - neuron["v_threshold"]
     params = {"heads": heads, "scale": scale, "neuron": neuron,
               "order": "per head: attn = Q_h^T K_h ([N, N], attn[n, m] = sum_c Q[c, n] K[c, m]); "
                        "x[c, n] = sum_m attn[n, m] V[c, m]; out = LIF(x * scale)"}
