@@ -21,8 +21,8 @@ __all__ = ["main", "run"]
 
 def run(checkpoint, data=None, *, split="test", root=None, cache=None, batch_size=32, energy_batches=4,
         seed=None, data_options=None, progress=True) -> dict:
-    """Evaluate ``checkpoint`` on a split. The data set, its options and the seed default to
-    those the checkpoint was trained with."""
+    """Evaluate ``checkpoint`` on a split. The data set, its options, root, cache and the seed
+    default to those the checkpoint was trained with."""
     model = load_model(checkpoint)
     meta = model.checkpoint_meta
     trained = meta.get("options", {})
@@ -30,6 +30,9 @@ def run(checkpoint, data=None, *, split="test", root=None, cache=None, batch_siz
     options = dict(trained.get("data_options", {})) if data == meta.get("data") else {}
     options.update(data_options or {})
     seed = trained.get("seed", 0) if seed is None else seed
+    source = meta.get("source") if isinstance(meta.get("source"), dict) and data == meta.get("data") else {}
+    root = source.get("root") if root is None else root          # where the run found its data
+    cache = source.get("cache") if cache is None else cache
     splits = load_splits(data, image_size=model.config.image_size, seed=seed, root=root, cache=cache,
                          progress=progress, **options)
     dataset = splits[split]

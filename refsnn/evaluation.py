@@ -61,8 +61,11 @@ def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=N
                 raise ValueError(f"--root {root}: no such folder") from None
             if "prepare" not in str(exc):
                 raise
+            from .data.integrity import CacheDamaged
             from .data.prepare import prepare
-            print(f"no prepared cache for {name} at this image size; preparing it from {root}", file=sys.stderr)
+            why = (f"the cache of {name} is damaged or stale ({str(exc).splitlines()[0]}); repairing it"
+                   if isinstance(exc, CacheDamaged) else f"no prepared cache for {name} at this image size; preparing it")
+            print(f"{why} from {root}", file=sys.stderr)
             rep = prepare(name, root, cache, image_size=image_size, progress=progress, **options)
             print(rep.summary() if hasattr(rep, "summary") else rep, file=sys.stderr)
     return {split: load_dataset(name, split, root=root, cache=cache, image_size=image_size, seed=seed,

@@ -26,6 +26,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_text, temporary_name
 from . import audio as _audio
 from .base import Dataset, check_split, prepared_dataset, validation_split
+from .integrity import CacheDamaged, changed_sources, first_non_finite_row, read_json
 from .resize import RESIZE_METHOD
 
 __all__ = [
@@ -94,8 +95,7 @@ def prepare_command(name: str, root, cache, params: dict) -> str:
 
 
 def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, os.path.basename(path))
 
 
 def _differences(found: dict, wanted: dict) -> list[str]:
@@ -133,29 +133,73 @@ def _missing_cache_error(name, root, cache, params, directory) -> ValueError:
 
 def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int = 64, seed: int = 0,
                 **options) -> Dataset:
-    """One split of a prepared cache (arrays memory-mapped). Errors say how to prepare it."""
+    """One split of a prepared cache (arrays memory-mapped). Errors say how to prepare it; a
+    damaged or stale cache (``refsnn.data.integrity``) is a CacheDamaged error naming the file
+    and the command that repairs it."""
     check_split(split)
-    module = prepared_dataset(name)
     params = cache_params(name, image_size, **options)
     directory = cache_dir(cache, name, params)
+    command = prepare_command(name, root, cache, params)
     if not os.path.isfile(os.path.join(directory, "params.json")):
         raise _missing_cache_error(name, root, cache, params, directory)
-    check_params_file(directory, params)
-    index_path = os.path.join(directory, "index.json")
-    if not os.path.isfile(index_path):
-        raise ValueError(f"{name}: the cache {directory} is incomplete (prepare was interrupted); run again "
-                         f"(it resumes):\n  {prepare_command(name, root, cache, params)}")
-    index = _read_json(index_path)
-    audio = np.load(os.path.join(directory, "audio.npy"), mmap_mode="r", allow_pickle=False)
-    frames = np.load(os.path.join(directory, "frames.npy"), mmap_mode="r", allow_pickle=False)
+    try:
+        check_params_file(directory, params)
+        index_path = os.path.join(directory, "index.json")
+        if not os.path.isfile(index_path):
+            raise ValueError(f"{name}: the cache {directory} is incomplete (prepare was interrupted); run again "
+                             f"(it resumes):\n  {command}")
+        index = read_json(index_path, "index")
+        audio, frames = _open_arrays(directory, index, params)
+        _check_skipped_sources(index)
+        rows = _split_rows(name, split, directory, index, seed)
+        row = first_non_finite_row(audio, rows)
+        if row is not None:
+            raise CacheDamaged(f"{os.path.join(directory, 'audio.npy')}: row {row} (clip "
+                               f"{index['clip_ids'][row]}) holds NaN or inf")
+    except CacheDamaged as exc:
+        raise CacheDamaged(f"{name}: {exc}\nrepair it with (prepare decodes what is damaged or stale again):\n"
+                           f"  {command}") from None
     labels = np.asarray(index["labels"], dtype=np.int64)
+    return Dataset(name, split, index["class_names"], audio, frames, labels, index["clip_ids"], rows=rows)
+
+
+def _open_arrays(directory: str, index: dict, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """audio.npy and frames.npy memory-mapped, after their sizes are compared with index.json's."""
+    recorded = index.get("arrays") or {}
+    out = []
+    for fname in ("audio.npy", "frames.npy"):
+        path = os.path.join(directory, fname)
+        rec = recorded.get(fname)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if rec is not None and size != rec.get("bytes"):
+            raise CacheDamaged(f"{path}: {'missing' if size is None else f'{size} bytes'}, prepare wrote "
+                               f"{rec.get('bytes')} (truncated or replaced)")
+        try:
+            out.append(np.load(path, mmap_mode="r", allow_pickle=False))
+        except (ValueError, OSError, EOFError) as exc:
+            raise CacheDamaged(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    audio, frames = out
     n = len(index["clip_ids"])
     s, f = params["image_size"], params["num_frames"]
-    if audio.shape != (n, 1, s, s) or frames.shape != (n, f, 3, s, s) or labels.shape != (n,):
-        raise ValueError(f"{name}: the cache {directory} is inconsistent (arrays {audio.shape}, {frames.shape}, "
-                         f"{labels.shape} for {n} clips); delete it and prepare again")
+    if audio.shape != (n, 1, s, s) or frames.shape != (n, f, 3, s, s) or len(index["labels"]) != n:
+        raise CacheDamaged(f"{directory}: inconsistent (arrays {audio.shape}, {frames.shape} for {n} clips)")
+    return audio, frames
+
+
+def _check_skipped_sources(index: dict) -> None:
+    """A clip skipped by prepare whose source changed since (fixed?) makes the cache stale."""
+    if not os.path.isdir(index.get("root") or ""):
+        return                                    # the data set is not here: nothing to compare with
+    for entry in index.get("skipped", []):
+        changed = changed_sources(entry.get("source") or [])
+        if changed:
+            raise CacheDamaged(f"clip {entry['clip_id']} was skipped by prepare ({entry.get('reason')}) but its "
+                               f"source {changed[0]} has changed since; the cache is stale")
+
+
+def _split_rows(name: str, split: str, directory: str, index: dict, seed: int) -> np.ndarray:
     splits = np.asarray(index["splits"])
-    if split in ("train", "val") and module.VAL_FROM == "train":
+    if split in ("train", "val") and prepared_dataset(name).VAL_FROM == "train":
         train_rows = np.nonzero(splits == "train")[0]
         keep, held_out = validation_split(len(train_rows), seed)
         rows = train_rows[keep if split == "train" else held_out]
@@ -165,4 +209,4 @@ def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int
         skipped = [s_ for s_ in index.get("skipped", []) if s_.get("split") == split]
         raise ValueError(f"{name}: the {split} split is empty in {directory} ({len(skipped)} of its clips were "
                          f"skipped during prepare; see report.json there)")
-    return Dataset(name, split, index["class_names"], audio, frames, labels, index["clip_ids"], rows=rows)
+    return rows

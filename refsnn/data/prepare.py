@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +37,7 @@ from .audio import read_audio, spectrogram_from_waveform
 from .base import ClipSource, MediaError, PreparedDataset, dataset_names, prepared_dataset
 from .cache import (COMMON_DEFAULTS, atomic_save_npz, atomic_write_text,
                     cache_dir, cache_params, check_params_file, temporary_name)
+from .integrity import CacheDamaged, array_file_ok, clip_file_ok, file_record, read_json, source_fingerprint
 from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
 
 __all__ = ["PrepareReport", "PrepareError", "prepare", "decode_clip", "main"]
@@ -134,7 +136,10 @@ def _remove_stale_temporaries(folder: str) -> None:
 
 def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
     audio, frames = decode_clip(src, params)
-    atomic_save_npz(path, {"audio": audio, "frames": frames})
+    try:
+        atomic_save_npz(path, {"audio": audio, "frames": frames})
+    except OSError as exc:
+        raise ValueError(f"--cache: cannot write {path} ({exc.strerror}); give a writable --cache") from None
 
 
 def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name, stop=lambda: False):
@@ -175,43 +180,92 @@ def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name, s
     return sorted(skipped, key=lambda s: order[s[0]])
 
 
-def _consolidate(directory, manifest, ready, params, skipped, notes) -> dict:
-    """Stack the per-clip files of ``ready`` clips into the arrays training reads; index.json last."""
+def _write_params(directory: str, params: dict) -> None:
+    """params.json: checked against ``params``, written when missing or damaged (the folder's name
+    is the hash of ``params``, so they are what it holds)."""
+    path = os.path.join(directory, "params.json")
+    if os.path.isfile(path):
+        try:
+            check_params_file(directory, params)
+            return
+        except CacheDamaged:
+            pass
+    atomic_write_text(path, json.dumps(params, sort_keys=True, indent=1))
+
+
+def _clip_file_present(path: str) -> bool:
+    """A clip file that is there and a zip archive counts as decoded; a damaged one is deleted
+    (decoded again). Its content is checked when the arrays are stacked."""
+    if not os.path.isfile(path):
+        return False
+    if zipfile.is_zipfile(path):
+        return True
+    os.remove(path)
+    return False
+
+
+def _write_report(directory: str, report: PrepareReport) -> None:
+    """report.json; in a cache that cannot be written (read-only, complete) it is left as it is."""
+    try:
+        atomic_write_text(os.path.join(directory, "report.json"), json.dumps(report.to_dict(), indent=1))
+    except OSError as exc:
+        print(f"note: {directory} is not writable ({exc.strerror}); the cache is complete, report.json "
+              f"was not updated", file=sys.stderr)
+
+
+def _index_is_current(directory: str, index: dict) -> bool:
+    """The cache already holds ``index`` (checksums of its arrays included)."""
+    try:
+        found = read_json(os.path.join(directory, "index.json"), "index")
+    except (CacheDamaged, OSError):
+        return False
+    if not isinstance(found, dict) or {k: v for k, v in found.items() if k != "arrays"} != index:
+        return False
+    records = found.get("arrays") or {}
+    return all(array_file_ok(os.path.join(directory, f), records.get(f), checksum=True)
+               for f in ("audio.npy", "frames.npy"))
+
+
+def _consolidate(directory, manifest, ready, params, skipped, notes, root) -> list:
+    """Stack the per-clip files of ``ready`` clips into the arrays training reads; index.json
+    last, with the arrays' sizes and checksums and the skipped clips' source fingerprints.
+    Returns the clips whose files were not usable (deleted; nothing is written then)."""
     clips_dir = os.path.join(directory, "clips")
     index = {
         "format": params["format"], "name": manifest.name, "class_names": list(manifest.class_names),
-        "val_from": prepared_dataset(params["dataset"]).VAL_FROM,
+        "val_from": prepared_dataset(params["dataset"]).VAL_FROM, "root": os.path.abspath(os.fspath(root)),
         "clip_ids": [c.clip_id for c in ready], "splits": [c.split for c in ready],
         "labels": [int(c.label) for c in ready],
-        "skipped": [{"clip_id": c, "split": s, "reason": r} for c, s, r in skipped],
+        "skipped": [{"clip_id": c, "split": s, "reason": r, "source": src} for c, s, r, src in skipped],
         "notes": [{"clip_id": c, "text": t} for c, t in notes],
     }
+    if _index_is_current(directory, index):
+        return []
     index_path = os.path.join(directory, "index.json")
-    names = ("audio.npy", "frames.npy")
-    if os.path.isfile(index_path) and all(os.path.isfile(os.path.join(directory, f)) for f in names):
-        with open(index_path, encoding="utf-8") as f:
-            if json.load(f) == index:
-                return index
+    if os.path.exists(index_path):
         os.remove(index_path)                    # readers see "incomplete" until the new one is in place
-    n, s, fr = len(ready), params["image_size"], params["num_frames"]
+    s, fr = params["image_size"], params["num_frames"]
+    bad = [src for src in ready if not clip_file_ok(_clip_path(clips_dir, src.clip_id), s, fr)]
+    if bad:
+        for src in bad:
+            os.remove(_clip_path(clips_dir, src.clip_id))
+        return bad
+    names = ("audio.npy", "frames.npy")
     tmp = {f: temporary_name(os.path.join(directory, f)) for f in names}
-    audio = np.lib.format.open_memmap(tmp["audio.npy"], mode="w+", dtype=np.float32, shape=(n, 1, s, s))
-    frames = np.lib.format.open_memmap(tmp["frames.npy"], mode="w+", dtype=np.uint8, shape=(n, fr, 3, s, s))
+    audio = np.lib.format.open_memmap(tmp["audio.npy"], mode="w+", dtype=np.float32, shape=(len(ready), 1, s, s))
+    frames = np.lib.format.open_memmap(tmp["frames.npy"], mode="w+", dtype=np.uint8,
+                                       shape=(len(ready), fr, 3, s, s))
     for i, src in enumerate(ready):
-        path = _clip_path(clips_dir, src.clip_id)
-        with np.load(path, allow_pickle=False) as arrays:
-            a, f_ = arrays.get("audio"), arrays.get("frames")
-        if a is None or f_ is None or a.shape != (1, s, s) or a.dtype != np.float32 \
-                or f_.shape != (fr, 3, s, s) or f_.dtype != np.uint8:
-            raise ValueError(f"{path}: not a clip of this cache (delete the file and run prepare again)")
-        audio[i], frames[i] = a, f_
+        with np.load(_clip_path(clips_dir, src.clip_id), allow_pickle=False) as arrays:
+            audio[i], frames[i] = arrays["audio"], arrays["frames"]
     audio.flush()
     frames.flush()
     del audio, frames
     for f in names:
         os.replace(tmp[f], os.path.join(directory, f))
+    index["arrays"] = {f: file_record(os.path.join(directory, f)) for f in names}
     atomic_write_text(index_path, json.dumps(index))
-    return index
+    return []
 
 
 def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool = False,
@@ -236,17 +290,17 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     manifest = source.scan(os.fspath(root), params)
     directory = cache_dir(cache, name, params)
     clips_dir = os.path.join(directory, "clips")
-    os.makedirs(clips_dir, exist_ok=True)
-    params_path = os.path.join(directory, "params.json")
+    try:
+        os.makedirs(clips_dir, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--cache {directory}: cannot create the cache folder ({exc.strerror}); give a writable "
+                         f"--cache") from None
     error, done = None, None
     if comm.is_root:          # one writer; other nodes' temporaries look stale by pid, so one cleaner
         try:
-            if os.path.isfile(params_path):
-                check_params_file(directory, params)
-            else:
-                atomic_write_text(params_path, json.dumps(params, sort_keys=True, indent=1))
+            _write_params(directory, params)
             _remove_stale_temporaries(directory)
-            done = {c.clip_id for c in manifest.clips if os.path.isfile(_clip_path(clips_dir, c.clip_id))}
+            done = {c.clip_id for c in manifest.clips if _clip_file_present(_clip_path(clips_dir, c.clip_id))}
         except ValueError as exc:
             error = exc
     comm.agree(error)
@@ -278,10 +332,21 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     error = None
     if comm.is_root:
         try:
-            _consolidate(directory, manifest, ready, params,
-                         [(c, split_of[c], r) for c, r in skipped], manifest.notes)
+            by_id = {c.clip_id: c for c in manifest.clips}
+            skipped_rows = [(c, split_of[c], r, source_fingerprint(by_id[c])) for c, r in skipped]
+            bad = _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
+            if bad:                  # damaged clip files: deleted by _consolidate, decoded again here
+                with threadpool_limits(limits=1, user_api="blas"):
+                    again = _run_decoding(bad, params, clips_dir, strict=False, progress=False, workers=workers,
+                                          name=name)
+                if again:
+                    raise ValueError(f"{name}: the cached file of clip {again[0][0]} was damaged and the clip no "
+                                     f"longer decodes ({again[0][1]}); run prepare again to leave it out")
+                _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
+                report.decoded += len(bad)
+                report.reused -= len(bad)
             report.seconds = time.perf_counter() - start
-            atomic_write_text(os.path.join(directory, "report.json"), json.dumps(report.to_dict(), indent=1))
+            _write_report(directory, report)
         except ValueError as exc:
             error = exc
     comm.agree(error)                                     # no rank returns before the cache is complete
