@@ -159,6 +159,28 @@ def test_conv_chunks_run_once_each_and_failures_surface():
         assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
 
 
+def test_conv_chunks_in_a_forked_child():
+    """A child forked after the chunk pool started gets its own pool (the parent's threads do
+    not exist there) instead of waiting forever."""
+    import multiprocessing
+    from threadpoolctl import threadpool_limits
+    from refsnn.kernels.conv_chunked import _run_chunks
+    with threadpool_limits(2, user_api="blas"):
+        _run_chunks(4, lambda i: None)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            assert pool.apply_async(_sum_of_chunks_under_two_threads).get(timeout=120) == 45
+
+
+def _sum_of_chunks_under_two_threads():
+    from threadpoolctl import threadpool_limits
+    from refsnn.kernels.conv_chunked import _run_chunks
+    seen = []
+    with threadpool_limits(2, user_api="blas"):
+        _run_chunks(10, seen.append)
+    return sum(seen)
+
+
 @settings(**FD)
 @given(M=st.integers(1, 3), C=st.integers(1, 4), O=st.integers(1, 4), N=st.integers(1, 5),
        bias=st.booleans(), seed=st.integers(0, 2**16))

@@ -19,6 +19,7 @@ gradients are summed in chunk order, so results are the same with any number of 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +47,7 @@ def chunk_bounds(N: int, P: int) -> list[tuple[int, int]]:
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 _blas = None
 
 
@@ -63,7 +65,7 @@ def _run_chunks(count: int, task) -> None:
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
     has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS as
     configured."""
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     libs = _blas_libraries()
     before = [lib.num_threads for lib in libs]
     workers = min(count, before[0] if before else 1)
@@ -72,11 +74,13 @@ def _run_chunks(count: int, task) -> None:
             task(i)
         return
     with _lock:
-        if _pool is None or _pool_size < workers - 1:
-            if _pool is not None:
+        # a forked child inherits the pool object but not its threads: make a new one there
+        if _pool is None or _pool_size < workers - 1 or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="refsnn-conv")
             _pool_size = workers - 1
+            _pool_pid = os.getpid()
         pool = _pool
     next_chunk = itertools.count()      # next() on it is atomic under the GIL
     failed = []
