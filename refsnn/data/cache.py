@@ -12,7 +12,7 @@ others do is an error that lists how they differ.
                           frames.npy       [N,F,3,S,S] uint8   end of prepare
                           index.json       class names and, per row, clip id, split, label; the skipped
                                            clips with their reasons (written last: marks completeness)
-                          report.json      the last prepare report
+                          report.json      the report of the last prepare that changed the cache
 ```
 """
 from __future__ import annotations
@@ -157,10 +157,25 @@ def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int
             raise CacheDamaged(f"{os.path.join(directory, 'audio.npy')}: row {row} (clip "
                                f"{index['clip_ids'][row]}) holds NaN or inf")
     except CacheDamaged as exc:
+        if root is None:                          # the data set folder prepare recorded, so the command runs
+            command = prepare_command(name, _recorded_root(directory), cache, params)
         raise CacheDamaged(f"{name}: {exc}\nrepair it with (prepare decodes what is damaged or stale again):\n"
                            f"  {command}") from None
     labels = np.asarray(index["labels"], dtype=np.int64)
     return Dataset(name, split, index["class_names"], audio, frames, labels, index["clip_ids"], rows=rows)
+
+
+def _recorded_root(directory: str) -> str | None:
+    """The data set folder the cache was prepared from (index.json, else report.json), or None."""
+    for file in ("index.json", "report.json"):
+        try:
+            with open(os.path.join(directory, file), encoding="utf-8") as f:
+                root = json.load(f).get("root")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(root, str) and root:
+            return root
+    return None
 
 
 def _open_arrays(directory: str, index: dict, params: dict) -> tuple[np.ndarray, np.ndarray]:

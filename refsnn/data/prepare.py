@@ -40,11 +40,30 @@ from .cache import (COMMON_DEFAULTS, atomic_save_npz, atomic_write_text,
 from .integrity import CacheDamaged, array_file_ok, clip_file_ok, file_record, read_json, source_fingerprint
 from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
 
-__all__ = ["PrepareReport", "PrepareError", "prepare", "decode_clip", "main"]
+__all__ = ["PrepareReport", "PrepareError", "CacheWriteError", "prepare", "decode_clip", "main"]
 
 
 class PrepareError(ValueError):
     """``--strict``: a clip could not be decoded."""
+
+
+class CacheWriteError(ValueError):
+    """``prepare`` has to write in the cache and cannot (a read-only folder, ``--cache`` naming a
+    file, a full disk). A complete cache in which nothing changed is only read."""
+
+
+def _writing(path: str, write, *args) -> None:
+    """``write(*args)``, whose ``OSError`` becomes a ``CacheWriteError`` naming ``path``."""
+    try:
+        write(*args)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: str, exc: OSError) -> CacheWriteError:
+    return CacheWriteError(f"cannot write in the cache: {path}: {exc.strerror or exc}. --cache must name a "
+                           f"writable folder (a complete cache can be read from a read-only one: training, "
+                           f"evaluation and prepare only read it)")
 
 
 @dataclass
@@ -60,6 +79,7 @@ class PrepareReport:
     notes: list = field(default_factory=list)
     split_counts: dict = field(default_factory=dict)
     seconds: float = 0.0
+    root: str = ""                               # the data set folder (absolute)
 
     @property
     def prepared(self) -> int:
@@ -131,15 +151,15 @@ def _remove_stale_temporaries(folder: str) -> None:
             except PermissionError:
                 alive = True
             if not alive:
-                os.remove(os.path.join(dirpath, name))
+                try:
+                    os.remove(os.path.join(dirpath, name))
+                except OSError:                  # a read-only cache: the file is never read, leave it
+                    pass
 
 
 def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
     audio, frames = decode_clip(src, params)
-    try:
-        atomic_save_npz(path, {"audio": audio, "frames": frames})
-    except OSError as exc:
-        raise ValueError(f"--cache: cannot write {path} ({exc.strerror}); give a writable --cache") from None
+    _writing(path, atomic_save_npz, path, {"audio": audio, "frames": frames})
 
 
 def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name, stop=lambda: False):
@@ -190,7 +210,7 @@ def _write_params(directory: str, params: dict) -> None:
             return
         except CacheDamaged:
             pass
-    atomic_write_text(path, json.dumps(params, sort_keys=True, indent=1))
+    _writing(path, atomic_write_text, path, json.dumps(params, sort_keys=True, indent=1))
 
 
 def _clip_file_present(path: str) -> bool:
@@ -200,7 +220,7 @@ def _clip_file_present(path: str) -> bool:
         return False
     if zipfile.is_zipfile(path):
         return True
-    os.remove(path)
+    _writing(path, os.remove, path)
     return False
 
 
@@ -226,10 +246,12 @@ def _index_is_current(directory: str, index: dict) -> bool:
                for f in ("audio.npy", "frames.npy"))
 
 
-def _consolidate(directory, manifest, ready, params, skipped, notes, root) -> list:
+def _consolidate(directory, manifest, ready, params, skipped, notes, root) -> tuple[list, bool]:
     """Stack the per-clip files of ``ready`` clips into the arrays training reads; index.json
     last, with the arrays' sizes and checksums and the skipped clips' source fingerprints.
-    Returns the clips whose files were not usable (deleted; nothing is written then)."""
+    Returns the clips whose files were not usable (deleted; nothing is written then) and whether
+    the cache changed (a cache that already holds all this is only read). A write that fails is
+    a ``CacheWriteError`` naming the file."""
     clips_dir = os.path.join(directory, "clips")
     index = {
         "format": params["format"], "name": manifest.name, "class_names": list(manifest.class_names),
@@ -240,7 +262,16 @@ def _consolidate(directory, manifest, ready, params, skipped, notes, root) -> li
         "notes": [{"clip_id": c, "text": t} for c, t in notes],
     }
     if _index_is_current(directory, index):
-        return []
+        return [], False
+    try:
+        return _restack(directory, ready, params, index), True
+    except OSError as exc:
+        raise _cannot_write(directory, exc) from None
+
+
+def _restack(directory, ready, params, index) -> list:
+    """The writing half of ``_consolidate`` (same return)."""
+    clips_dir = os.path.join(directory, "clips")
     index_path = os.path.join(directory, "index.json")
     if os.path.exists(index_path):
         os.remove(index_path)                    # readers see "incomplete" until the new one is in place
@@ -275,7 +306,8 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     ``options``: ``num_frames``, ``fps`` (video data sets), ``min_seconds``, ``silence_threshold``.
     ``comm``: a ``refsnn.distributed`` communicator to share the decoding among its ranks (the
     command line passes ``world()``; default: this process alone). Every rank returns the report
-    (also printed by the command line and saved as ``report.json``).
+    (also printed by the command line and saved as ``report.json`` when the cache changed: a
+    complete cache in which nothing changed is only read, so it may be read-only).
     """
     from ..distributed import SingleProcess
     comm = comm or SingleProcess()
@@ -293,8 +325,8 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     try:
         os.makedirs(clips_dir, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"--cache {directory}: cannot create the cache folder ({exc.strerror}); give a writable "
-                         f"--cache") from None
+        raise CacheWriteError(f"--cache {directory}: cannot create the cache folder ({exc.strerror}); give a "
+                              f"writable --cache") from None
     error, done = None, None
     if comm.is_root:          # one writer; other nodes' temporaries look stale by pid, so one cleaner
         try:
@@ -312,7 +344,7 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
         with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
             skipped = _run_decoding(share, params, clips_dir, strict=strict, progress=progress and comm.is_root,
                                     workers=workers, name=name, stop=comm.peer_failed)
-    except PrepareError as exc:
+    except (PrepareError, CacheWriteError) as exc:
         error = exc
         comm.announce_failure()
     comm.agree(error)
@@ -328,13 +360,14 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     for c in ready:
         counts[c.split] = counts.get(c.split, 0) + 1
     report = PrepareReport(name, directory, len(manifest.clips), len(todo) - len(skipped), len(done),
-                           skipped, list(manifest.notes), counts, time.perf_counter() - start)
+                           skipped, list(manifest.notes), counts, time.perf_counter() - start,
+                           os.path.abspath(os.fspath(root)))
     error = None
     if comm.is_root:
         try:
             by_id = {c.clip_id: c for c in manifest.clips}
             skipped_rows = [(c, split_of[c], r, source_fingerprint(by_id[c])) for c, r in skipped]
-            bad = _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
+            bad, changed = _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
             if bad:                  # damaged clip files: deleted by _consolidate, decoded again here
                 with threadpool_limits(limits=1, user_api="blas"):
                     again = _run_decoding(bad, params, clips_dir, strict=False, progress=False, workers=workers,
@@ -346,7 +379,8 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
                 report.decoded += len(bad)
                 report.reused -= len(bad)
             report.seconds = time.perf_counter() - start
-            _write_report(directory, report)
+            if changed or report.decoded or not os.path.isfile(os.path.join(directory, "report.json")):
+                _write_report(directory, report)          # a cache that only was read keeps its report
         except ValueError as exc:
             error = exc
     comm.agree(error)                                     # no rank returns before the cache is complete
