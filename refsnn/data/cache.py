@@ -26,7 +26,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_text, temporary_name
 from . import audio as _audio
 from .base import Dataset, check_split, prepared_dataset, validation_split
-from .integrity import CacheDamaged, changed_sources, first_non_finite_row, read_json
+from .integrity import CacheDamaged, changed_sources, first_non_finite_row, read_json, replaced_sources
 from .resize import RESIZE_METHOD
 
 __all__ = [
@@ -150,7 +150,7 @@ def load_cached(name: str, split: str, *, root=None, cache=None, image_size: int
                              f"(it resumes):\n  {command}")
         index = read_json(index_path, "index")
         audio, frames = _open_arrays(directory, index, params)
-        _check_skipped_sources(index)
+        _check_sources(index)
         rows = _split_rows(name, split, directory, index, seed)
         row = first_non_finite_row(audio, rows)
         if row is not None:
@@ -201,10 +201,17 @@ def _open_arrays(directory: str, index: dict, params: dict) -> tuple[np.ndarray,
     return audio, frames
 
 
-def _check_skipped_sources(index: dict) -> None:
-    """A clip skipped by prepare whose source changed since (fixed?) makes the cache stale."""
+def _check_sources(index: dict) -> None:
+    """A clip skipped by prepare whose source changed since (fixed?), or a decoded clip whose
+    source was replaced since (``integrity.replaced_sources``), makes the cache stale."""
     if not os.path.isdir(index.get("root") or ""):
         return                                    # the data set is not here: nothing to compare with
+    rows = index.get("sources")
+    for clip_id, recorded in zip(index["clip_ids"], rows if isinstance(rows, list) else ()):
+        replaced = replaced_sources(recorded or [])
+        if replaced:
+            raise CacheDamaged(f"clip {clip_id}: its source {replaced[0]} was replaced since prepare decoded it; "
+                               f"the cache is stale")
     for entry in index.get("skipped", []):
         changed = changed_sources(entry.get("source") or [])
         if changed:

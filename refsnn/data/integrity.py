@@ -6,6 +6,10 @@
 - The sources of the clips ``prepare`` skipped: each file's size and modification time, so that a
   clip fixed at the source after it was skipped is noticed by ``train`` (which then names the
   clip and the command that picks it up) and decoded by the next ``prepare``.
+- The sources of the clips it decoded, fingerprinted before decoding (in the clip file, as
+  ``sources``, and per row in ``index.json``): a source replaced since (another size or
+  modification time) makes the entry stale; ``prepare`` decodes it again. A source that is gone
+  is no change for a decoded clip (the cache keeps what it decoded; the data set may have moved).
 - A per-clip file (``clips/<id>.npz``) that is not a readable clip of the cache is deleted and
   decoded again by ``prepare``.
 """
@@ -19,7 +23,7 @@ import zipfile
 import numpy as np
 
 __all__ = ["CacheDamaged", "file_record", "array_file_ok", "source_fingerprint", "changed_sources",
-           "read_json", "clip_file_ok", "first_non_finite_row"]
+           "replaced_sources", "read_json", "clip_file_ok", "clip_file_sources", "first_non_finite_row"]
 
 
 class CacheDamaged(ValueError):
@@ -70,6 +74,27 @@ def source_fingerprint(src) -> list:
 def changed_sources(recorded: list) -> list[str]:
     """The paths of a recorded fingerprint whose file changed (or appeared, or went) since."""
     return [path for path, size, mtime in recorded if _stat(path)[1:] != [size, mtime]]
+
+
+def replaced_sources(recorded: list) -> list[str]:
+    """The paths of a decoded clip's recorded fingerprint whose file is there with another size or
+    modification time (a file that is gone is no change: the cache keeps the clip)."""
+    out = []
+    for path, size, mtime in recorded:
+        now = _stat(path)[1:]
+        if now[0] is not None and now != [size, mtime]:
+            out.append(path)
+    return out
+
+
+def clip_file_sources(path: str) -> list:
+    """The source fingerprint stored in a clip file (``[]`` for a file written before they were
+    recorded, or one that cannot be read: its content is checked elsewhere)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["sources"])) if "sources" in z.files else []
+    except Exception:                        # BadZipFile, KeyError, ValueError, ...
+        return []
 
 
 def clip_file_ok(path: str, size: int, frames: int) -> bool:

@@ -37,7 +37,8 @@ from .audio import read_audio, spectrogram_from_waveform
 from .base import ClipSource, MediaError, PreparedDataset, dataset_names, prepared_dataset
 from .cache import (COMMON_DEFAULTS, atomic_save_npz, atomic_write_text,
                     cache_dir, cache_params, check_params_file, temporary_name)
-from .integrity import CacheDamaged, array_file_ok, clip_file_ok, file_record, read_json, source_fingerprint
+from .integrity import (CacheDamaged, array_file_ok, clip_file_ok, clip_file_sources, file_record, read_json,
+                        replaced_sources, source_fingerprint)
 from .video import decode_audio_track, decode_frames, frames_to_input, read_image, read_image_folder
 
 __all__ = ["PrepareReport", "PrepareError", "CacheWriteError", "prepare", "decode_clip", "main"]
@@ -158,8 +159,10 @@ def _remove_stale_temporaries(folder: str) -> None:
 
 
 def _decode_and_store(src: ClipSource, params: dict, path: str) -> None:
+    sources = source_fingerprint(src)            # before decoding: a change made meanwhile is noticed later
     audio, frames = decode_clip(src, params)
-    _writing(path, atomic_save_npz, path, {"audio": audio, "frames": frames})
+    arrays = {"audio": audio, "frames": frames, "sources": np.array(json.dumps(sources))}
+    _writing(path, atomic_save_npz, path, arrays)
 
 
 def _run_decoding(todo, params, clips_dir, *, strict, progress, workers, name, stop=lambda: False):
@@ -214,11 +217,12 @@ def _write_params(directory: str, params: dict) -> None:
 
 
 def _clip_file_present(path: str) -> bool:
-    """A clip file that is there and a zip archive counts as decoded; a damaged one is deleted
-    (decoded again). Its content is checked when the arrays are stacked."""
+    """A clip file that is there and a zip archive counts as decoded; a damaged one, or a stale
+    one (a source replaced since it was decoded), is deleted (decoded again). Its content is
+    checked when the arrays are stacked."""
     if not os.path.isfile(path):
         return False
-    if zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path) and not replaced_sources(clip_file_sources(path)):
         return True
     _writing(path, os.remove, path)
     return False
@@ -260,6 +264,7 @@ def _consolidate(directory, manifest, ready, params, skipped, notes, root) -> tu
         "labels": [int(c.label) for c in ready],
         "skipped": [{"clip_id": c, "split": s, "reason": r, "source": src} for c, s, r, src in skipped],
         "notes": [{"clip_id": c, "text": t} for c, t in notes],
+        "sources": [clip_file_sources(_clip_path(clips_dir, c.clip_id)) for c in ready],   # per row
     }
     if _index_is_current(directory, index):
         return [], False

@@ -147,3 +147,24 @@ def test_a_list_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"Annotations.txt:3: not UTF-8 text \(byte 0xe9 at column 8\); "
                                          r"save the file as UTF-8"):
         prepare("ave", root, str(tmp_path / "cache"), progress=False, **OPTS)
+
+
+def test_a_decoded_clip_whose_source_was_replaced_is_stale_and_decoded_again(tmp_path):
+    root = fac.make_ave(tmp_path / "ave", SPLITS)
+    cache = str(tmp_path / "cache")
+    prepare("ave", root, cache, progress=False, **OPTS)
+    moved = os.path.join(root, "AVE", "bell1.mp4")
+    os.replace(moved, moved + ".away")                      # gone: no change, the cache keeps the clip
+    assert load(root, cache).clip_ids == ["bell1", "dog1", "truck1"]
+    os.replace(moved + ".away", moved)
+    video = os.path.join(root, "AVE", "truck2.mp4")
+    fac.write_mp4(video, colour="blue", tone=440.0)         # replaced: same id, other content
+    with pytest.raises(CacheDamaged, match=rf"clip truck2: its source {video} was replaced since prepare decoded "
+                                           r"it; the cache is stale(.|\n)*python -m refsnn.data.prepare"):
+        load(root, cache, "test")
+    report = prepare("ave", root, cache, progress=False, **OPTS)
+    assert (report.decoded, report.reused) == (1, 5)
+    frames = load(root, cache, "test")[0].frames
+    assert frames[:, 2].mean() > 0.6 and frames[:, 1].mean() < 0.2   # the blue video now
+    again = prepare("ave", root, cache, progress=False, **OPTS)
+    assert (again.decoded, again.reused) == (0, 6)
