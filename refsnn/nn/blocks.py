@@ -138,7 +138,10 @@ class Block(Module):
 
 
 class Stage(Module):
-    """A patch embedding followed by Q-K blocks: feature map in, token map ``[T, B, C, N]`` out."""
+    """A patch embedding followed by Q-K blocks: feature map in, token map ``[T, B, C, N]`` out.
+
+    ``steps`` (forward) and ``need_dx`` (backward) go to the embedding when given: the first
+    stage's ``PatchEmbedInit`` takes them (an input repeated over time; data needs no dx)."""
 
     energy_role = CONTAINER
 
@@ -149,7 +152,7 @@ class Stage(Module):
         self._spatial = None
 
     def forward(self, x, steps: int | None = None):
-        y = self.embed.forward(x, steps) if isinstance(self.embed, PatchEmbedInit) else self.embed.forward(x)
+        y = self.embed.forward(x) if steps is None else self.embed.forward(x, steps)
         T, B, C, H, W = y.shape
         self._spatial = (H, W)
         tokens = y.reshape(T, B, C, H * W)
@@ -161,11 +164,9 @@ class Stage(Module):
     def spatial(self):
         return self._spatial
 
-    def backward(self, dtokens, need_dx=True):
+    def backward(self, dtokens, need_dx: bool | None = None):
         for block in reversed(list(self.blocks)):
             dtokens = block.backward(dtokens)
         T, B, C, N = dtokens.shape
         dy = dtokens.reshape(T, B, C, *self._spatial)
-        if isinstance(self.embed, PatchEmbedInit):
-            return self.embed.backward(dy, need_dx=need_dx)
-        return self.embed.backward(dy)
+        return self.embed.backward(dy) if need_dx is None else self.embed.backward(dy, need_dx=need_dx)
