@@ -26,6 +26,8 @@ same numbers (summed over their cores). Energy: the cores are synapses that comp
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..functional.attention import (ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD, attention_options,
@@ -91,6 +93,21 @@ def _check_backend(backend, attention_neuron: dict) -> str:
 # Cores: no parameters; the layers whose op counts energy accounting reads (``*.qk``)
 # --------------------------------------------------------------------------------------------
 
+class QKRead(NamedTuple):
+    """What a Q-K core read in its last forward with a counter attached."""
+    q_elements: int
+    steps: int
+
+
+class SSARead(NamedTuple):
+    """What an SSA core read in its last forward with a counter attached."""
+    q_spikes: int
+    q_elements: int
+    v_spikes: int
+    v_elements: int
+    steps: int
+
+
 class QKCore(Module):
     """The Q-K attention core: ``forward(q, k) -> z``; ``backward(dz) -> (dq, dk)``.
 
@@ -101,7 +118,7 @@ class QKCore(Module):
 
     energy_role = SYNAPSE
     op_kind = "attention"
-    _q_read: tuple | None = None        # (elements of Q, time steps) while counted
+    _q_read: "QKRead | None" = None     # what the last counted forward read
 
     def __init__(self, heads, mode="token", *, neuron=None, backend="packed"):
         super().__init__()
@@ -121,7 +138,7 @@ class QKCore(Module):
         self._cache = cache
         self.op_counts = dict(cache.counts)
         if self.counter is not None:
-            self._q_read = (int(q.size), int(q.shape[0]))
+            self._q_read = QKRead(int(q.size), int(q.shape[0]))
         return z
 
     def backward(self, dz):
@@ -133,7 +150,7 @@ class QKCore(Module):
         if self._q_read is None or not self.op_counts:
             return None
         c = self.op_counts
-        q_elements, steps = float(self._q_read[0]), self._q_read[1]
+        q_elements, steps = float(self._q_read.q_elements), self._q_read.steps
         return SynapseCounts("ac", 0.0, float(c["additions"] + c["kept"]), 2.0 * q_elements / steps,
                              c["additions"], int(q_elements), c.get("popcount_words", 0),
                              c.get("and_words", 0))
@@ -151,7 +168,7 @@ class SSACore(Module):
 
     energy_role = SYNAPSE
     op_kind = "attention"
-    _spikes_read: tuple | None = None   # (Q spikes, Q elements, V spikes, V elements, steps)
+    _spikes_read: "SSARead | None" = None   # what the last counted forward read
 
     def __init__(self, heads, *, scale=0.125, neuron=None):
         super().__init__()
@@ -167,8 +184,8 @@ class SSACore(Module):
         self._cache = cache
         self.op_counts = dict(cache.counts)
         if self.counter is not None:
-            self._spikes_read = (int(np.count_nonzero(q)), int(q.size), int(np.count_nonzero(v)),
-                                 int(v.size), int(q.shape[0]))
+            self._spikes_read = SSARead(int(np.count_nonzero(q)), int(q.size),
+                                        int(np.count_nonzero(v)), int(v.size), int(q.shape[0]))
         return out
 
     def backward(self, dout):
