@@ -81,10 +81,9 @@ class Synapse:
         self.reads = reads
 
     def _note_input(self, x: np.ndarray, steps: int, output_shape: tuple) -> None:
-        """While a counter is attached: the input's events, elements and time steps."""
-        if self.counter is not None:
-            events = None if self.reads == "analog" else self._input_events(x)
-            self._read = InputRead(events, int(x.size), int(steps), tuple(map(int, output_shape)))
+        """Called while a counter is attached: the input's events, elements and time steps."""
+        events = None if self.reads == "analog" else self._input_events(x)
+        self._read = InputRead(events, int(x.size), int(steps), tuple(map(int, output_shape)))
 
     @property
     def last_read(self) -> InputRead | None:
@@ -110,7 +109,8 @@ class TimeFolded(Module):
     BatchNorm, ``need_dx`` of Conv2d; ``backward_folded`` may return None for no dx).
 
     Subclasses set ``input_ndim`` (rank of ``[T, B, ...]``; None: at least 3) and, when the
-    channel axis is checked, ``in_channels``; ``last_steps`` is ``(T, B)`` of the last forward.
+    channel axis is checked, ``in_channels``. ``backward`` takes T and B from ``dy``
+    (``[T, B, ...]`` like the forward's output).
     """
 
     input_ndim: int | None = None
@@ -125,13 +125,13 @@ class TimeFolded(Module):
             _check_channels(x, self.in_channels)
         T, B = x.shape[:2]
         y = self.forward_folded(x.reshape((T * B,) + x.shape[2:]), **options)
-        self.last_steps = TimeBatch(T, B)
         y = y.reshape((T, B) + y.shape[1:])
-        self._after_forward(x, y)
+        if self.counter is not None:
+            self._note_input(x, T, y.shape)
         return y
 
     def backward(self, dy, **options):
-        T, B = self.last_steps
+        T, B = dy.shape[:2]
         dx = self.backward_folded(dy.reshape((T * B,) + dy.shape[2:]), **options)
         return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
 
@@ -141,13 +141,8 @@ class TimeFolded(Module):
     def backward_folded(self, dy, **options):
         raise NotImplementedError
 
-    def _after_forward(self, x, y) -> None:
-        """Hook with the unfolded input and output (energy counting)."""
-
-
-class TimeBatch(NamedTuple):
-    T: int
-    B: int
+    def _note_input(self, x, steps: int, output_shape: tuple) -> None:
+        """While an EventCounter is attached: what the input carried (synapses record it)."""
 
 
 class Conv2d(Synapse, TimeFolded):
@@ -181,8 +176,6 @@ class Conv2d(Synapse, TimeFolded):
         _accumulate(self, dw, db)
         return dx
 
-    def _after_forward(self, x, y):
-        self._note_input(x, self.last_steps.T, y.shape)
 
 
 class Conv1x1(Synapse, TimeFolded):
@@ -211,8 +204,6 @@ class Conv1x1(Synapse, TimeFolded):
         _accumulate(self, dw, db)
         return dx
 
-    def _after_forward(self, x, y):
-        self._note_input(x, self.last_steps.T, y.shape)
 
 
 def _accumulate(layer, dweight, dbias) -> None:
@@ -239,7 +230,8 @@ class Linear(Synapse, Module):
         y, cache = F.linear_forward(x, self.weight.value, None if self.bias is None else self.bias.value,
                                     check=False)
         self._cache = cache
-        self._note_input(x, 1, y.shape)
+        if self.counter is not None:
+            self._note_input(x, 1, y.shape)
         return y
 
     def backward(self, dy):
