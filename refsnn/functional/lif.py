@@ -176,7 +176,7 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         v_last = np.empty(x2.shape[1], dtype=x.dtype)
         consts = (x.dtype.type(1.0), x.dtype.type(math.pi))
         if neuron_type == "lif":        # the compiled, disk-cached kernel
-            _k.lif_forward_kernel(x2, spikes, h, v_last, *args, *consts)
+            _k.forward_kernel(args[-1])(x2, spikes, h, v_last, *args, *consts)
         else:
             _k.neuron_forward_kernel(x2, spikes, h, v_last, *args, *consts, neuron.charge)
     else:
@@ -209,7 +209,7 @@ def lif_backward(dspikes, cache: LIFCache, *, check=True):
         dx = np.empty_like(ds)
         consts = (dtype.type(1.0), dtype.type(math.pi))
         if o["neuron_type"] == "lif":
-            _k.lif_backward_kernel(ds, h, dx, *args, *consts)
+            _k.backward_kernel(args[-1], args[-3])(ds, h, dx, *args, *consts)
         else:
             _k.neuron_backward_kernel(ds, h, dx, *args, *consts, neuron.charge_backward)
     else:

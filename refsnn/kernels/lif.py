@@ -23,7 +23,9 @@ from .fastmath import fexp
 
 __all__ = ["SURROGATE_CODES", "lif_charge", "lif_charge_backward", "spike", "surrogate_grad",
            "reset", "reset_grad", "neuron_step", "neuron_step_backward", "lif_forward_kernel",
-           "lif_backward_kernel", "neuron_forward_kernel", "neuron_backward_kernel",
+           "lif_forward_smooth_kernel", "lif_backward_sigmoid_kernel", "lif_backward_atan_kernel",
+           "lif_backward_fast_sigmoid_kernel", "lif_backward_smooth_kernel", "forward_kernel",
+           "backward_kernel", "neuron_forward_kernel", "neuron_backward_kernel",
            "lif_forward_numpy", "lif_backward_numpy"]
 
 SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "fast_sigmoid": 2}
@@ -149,14 +151,8 @@ def _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, de
     v[:] = v_reset if hard_reset else one - one
     for t in range(T):
         xs, hs, ss = x[t, start:start + n], h[t, start:start + n], spikes[t, start:start + n]
-        # a literal spike_fn (the inlining propagates it) leaves a branch-free loop that
-        # vectorises; smooth spikes (tests only) take the general loop
-        if spike_fn == 0:
-            _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input,
-                          surrogate, alpha, 0, one, pi, charge)
-        else:
-            _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input,
-                          surrogate, alpha, spike_fn, one, pi, charge)
+        _forward_loop(xs, hs, ss, v, n, tau, v_th, v_reset, hard_reset, decay_input,
+                      surrogate, alpha, spike_fn, one, pi, charge)
     v_last[start:start + n] = v
 
 
@@ -181,44 +177,90 @@ def _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_i
     dv = np.zeros(n, dtype=dx.dtype)
     for t in range(T - 1, -1, -1):
         ds, hs, dxs = dspikes[t, start:start + n], h[t, start:start + n], dx[t, start:start + n]
-        # literal surrogate and spike_fn: one branch-free, vectorised loop per surrogate (the
-        # reset and charge options are selects, which vectorise too)
-        if spike_fn == 0 and surrogate == 0:
-            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
-                           detach_reset, 0, alpha, 0, one, pi, charge_backward)
-        elif spike_fn == 0 and surrogate == 1:
-            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
-                           detach_reset, 1, alpha, 0, one, pi, charge_backward)
-        elif spike_fn == 0:
-            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
-                           detach_reset, 2, alpha, 0, one, pi, charge_backward)
-        else:
-            _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
-                           detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward)
+        _backward_loop(ds, hs, dxs, dv, n, tau, v_th, v_reset, hard_reset, decay_input,
+                       detach_reset, surrogate, alpha, spike_fn, one, pi, charge_backward)
 
+
+# One kernel per spike function (and, backward, per surrogate), each compiled on first use:
+# the options are literals inside it, so its loop has no branches and vectorises (1.2-1.6x
+# faster than one kernel with the options as runtime values), and a model compiles only the
+# kernels of its own options (the Heaviside forward and one surrogate's backward: 3 of the
+# 12 CPU seconds that compiling every option took, issue 13's time to first step).
 
 @nb.njit(parallel=True, cache=True)
 def lif_forward_kernel(x, spikes, h, v_last, tau, v_th, v_reset, hard_reset, decay_input,
                        surrogate, alpha, spike_fn, one, pi):
-    """Fill ``spikes`` and ``h`` ([T, M], x's dtype) from ``x``, and ``v_last`` ([M]) with the
-    membrane after the last step. Float scalars have x's dtype.
+    """Fill ``spikes`` and ``h`` ([T, M], x's dtype; spikes may be uint8) from ``x``, and
+    ``v_last`` ([M]) with the membrane after the last step; Heaviside spikes (``spike_fn`` is
+    ignored: ``forward_kernel`` picks). Float scalars have x's dtype.
 
     A NaN or inf anywhere in a neuron's input leaves its final membrane non-finite (NaN stays
     NaN; +inf fires and resets to inf * 0 = NaN, or inf - v_th; -inf stays -inf or meets +inf
     in the next charge), so checking ``v_last`` replaces a scan of all of x."""
     for blk in nb.prange((x.shape[1] + _BLOCK - 1) // _BLOCK):
         _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                       0, alpha, 0, one, pi, lif_charge)
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_forward_smooth_kernel(x, spikes, h, v_last, tau, v_th, v_reset, hard_reset, decay_input,
+                              surrogate, alpha, spike_fn, one, pi):
+    """``lif_forward_kernel`` for smooth spikes (SPEC section 12; tests only)."""
+    for blk in nb.prange((x.shape[1] + _BLOCK - 1) // _BLOCK):
+        _forward_block(x, spikes, h, v_last, blk, tau, v_th, v_reset, hard_reset, decay_input,
                        surrogate, alpha, spike_fn, one, pi, lif_charge)
 
 
 @nb.njit(parallel=True, cache=True)
-def lif_backward_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
-                        detach_reset, surrogate, alpha, spike_fn, one, pi):
-    """Fill ``dx`` ([T, M]) by backpropagation through time (SPEC section 2). The spikes are
-    recomputed from ``h`` with the forward's own expression (identical values, fewer bytes)."""
+def lif_backward_sigmoid_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                                detach_reset, surrogate, alpha, spike_fn, one, pi):
+    """Fill ``dx`` ([T, M]) by backpropagation through time (SPEC section 2), Heaviside spikes
+    and the sigmoid surrogate. The spikes are recomputed from ``h`` with the forward's own
+    expression (identical values, fewer bytes)."""
+    for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
+        _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, 0, alpha, 0, one, pi, lif_charge_backward)
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_backward_atan_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                             detach_reset, surrogate, alpha, spike_fn, one, pi):
+    """``lif_backward_sigmoid_kernel`` with the atan surrogate."""
+    for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
+        _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, 1, alpha, 0, one, pi, lif_charge_backward)
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_backward_fast_sigmoid_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                                     detach_reset, surrogate, alpha, spike_fn, one, pi):
+    """``lif_backward_sigmoid_kernel`` with the fast-sigmoid surrogate."""
+    for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
+        _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
+                        detach_reset, 2, alpha, 0, one, pi, lif_charge_backward)
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_backward_smooth_kernel(dspikes, h, dx, tau, v_th, v_reset, hard_reset, decay_input,
+                               detach_reset, surrogate, alpha, spike_fn, one, pi):
+    """The backward for smooth spikes, any surrogate (tests only)."""
     for blk in nb.prange((dspikes.shape[1] + _BLOCK - 1) // _BLOCK):
         _backward_block(dspikes, h, dx, blk, tau, v_th, v_reset, hard_reset, decay_input,
                         detach_reset, surrogate, alpha, spike_fn, one, pi, lif_charge_backward)
+
+
+_BACKWARD_KERNELS = (lif_backward_sigmoid_kernel, lif_backward_atan_kernel,
+                     lif_backward_fast_sigmoid_kernel)
+
+
+def forward_kernel(spike_fn: int):
+    """The LIF forward kernel for a spike function code (all share one signature)."""
+    return lif_forward_kernel if spike_fn == 0 else lif_forward_smooth_kernel
+
+
+def backward_kernel(spike_fn: int, surrogate: int):
+    """The LIF backward kernel for a spike function and surrogate code."""
+    return _BACKWARD_KERNELS[surrogate] if spike_fn == 0 else lif_backward_smooth_kernel
 
 
 # Kernels of any neuron type: its charge and charge_backward are arguments (Numba compiles one
