@@ -255,7 +255,10 @@ def test_smooth_mode_finite_differences(T, heads, d, N, op, neuron, seed):
         return float(np.sum(run()[0] * dout))
 
     for x, g in zip(inputs, grads):
-        assert gradient_error(g, numerical_gradient(loss, x)) < 1e-6
+        g_fd = numerical_gradient(loss, x)
+        # gradients of ~1e-5 (a weak smooth spike) meet the central differences' own rounding
+        # (~1e-11 absolute) at a relative 1e-6: then the absolute agreement is what is checked
+        assert gradient_error(g, g_fd) < 1e-6 or np.abs(g - g_fd).max() < 1e-9
 
 
 # ------------------------------------------------------------------ counters

@@ -90,6 +90,14 @@ def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
 
 
 @nb.njit(cache=True, inline="always")
+def _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, hard_reset, decay_input):
+    """One time step of the attention LIF over a row of m sums (hrow holds P; gets H)."""
+    for j in range(m):
+        hrow[j], arow[j], v[j] = neuron_step(v[j], hrow[j], tau, v_th, v_reset, hard_reset,
+                                             decay_input, 0, 0, one, one, one, lif_charge)
+
+
+@nb.njit(cache=True, inline="always")
 def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one):
     """QKTA forward of unit u: group g (sample and head), a block of TOKEN_BLOCK tokens.
 
@@ -144,9 +152,15 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
         for j in range(m):
             adds += acc[j]
             hrow[j] = acc[j]       # the sum P, exact in the LIF dtype (below 2**24 / 2**53)
-        for j in range(m):
-            hrow[j], arow[j], v[j] = neuron_step(v[j], hrow[j], tau, v_th, v_reset, hard_reset,
-                                                 decay_input, 0, 0, one, one, one, lif_charge)
+        # literal option flags, as for one-word heads: a branch-free loop per option
+        if hard_reset and decay_input:
+            _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, True, True)
+        elif hard_reset:
+            _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, True, False)
+        elif decay_input:
+            _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, False, True)
+        else:
+            _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, False, False)
         for j in range(m):
             mask[j] = _ALL_ONES if arow[j] != zero else np.uint64(0)
         for w in range(Wd):
