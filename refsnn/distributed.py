@@ -66,12 +66,14 @@ def exit_code_of(kind: str) -> int:
 class RankFailure(RuntimeError):
     """Some rank's step failed; raised on every rank by ``Communicator.agree``.
 
-    ``rank``: the first failing rank; ``kind``: its exception's class name; ``message``: its text.
+    ``rank``: the first failing rank, or None when every rank failed with the same message (a
+    diverged step: the gradients are the same everywhere); ``kind``: its exception's class
+    name; ``message``: its text.
     """
 
-    def __init__(self, rank: int, size: int, kind: str, message: str):
+    def __init__(self, rank: int | None, size: int, kind: str, message: str):
         self.rank, self.size, self.kind, self.message = rank, size, kind, message
-        super().__init__(f"rank {rank} of {size}: {message}" if size > 1 else message)
+        super().__init__(f"rank {rank} of {size}: {message}" if size > 1 and rank is not None else message)
 
     @property
     def exit_code(self) -> int:
@@ -119,17 +121,25 @@ class Communicator:
         None on any rank (the lowest such rank's message); otherwise returns whether any rank
         asked to ``stop``. Every rank must call it at the same point. In one process ``error``
         itself is raised."""
+        return self.exchange(error, stop)[0]
+
+    def exchange(self, error: BaseException | None = None, stop: bool = False, payload=None) -> tuple[bool, list]:
+        """``agree``, also handing every rank the list of all ranks' ``payload`` (rank order)."""
         if self.size == 1:
             if error is not None:
                 raise error
-            return bool(stop)
+            return bool(stop), [payload]
         statuses = self.allgather((None if error is None else _describe(error), bool(stop),
-                                   error is not None and self._announced))
+                                   error is not None and self._announced, payload))
         self._collect_announcements(statuses)
-        for rank, (failure, _, _) in enumerate(statuses):
-            if failure is not None:
-                raise RankFailure(rank, self.size, *failure) from (error if rank == self.rank else None)
-        return any(s for _, s, _ in statuses)
+        failures = [(rank, s[0]) for rank, s in enumerate(statuses) if s[0] is not None]
+        if failures:
+            cause = error if error is not None else None
+            if len(failures) == self.size and len({f for _, f in failures}) == 1:
+                raise RankFailure(None, self.size, *failures[0][1]) from cause     # the same on all ranks
+            rank, failure = failures[0]
+            raise RankFailure(rank, self.size, *failure) from (cause if rank == self.rank else None)
+        return any(s[1] for s in statuses), [s[3] for s in statuses]
 
     # a rank that fails in the middle of long independent work (prepare's decoding) tells the
     # others at once, so they stop early and meet it in ``agree``
@@ -210,7 +220,7 @@ class MPICommunicator(Communicator):
 
     def _collect_announcements(self, statuses) -> None:
         # receive exactly the announcements that were sent, so none is left pending at exit
-        for r, (_, _, announced) in enumerate(statuses):
+        for r, (_, _, announced, _) in enumerate(statuses):
             if announced and r != self.rank:
                 self.comm.recv(source=r, tag=_FAILURE_TAG)
 
@@ -268,7 +278,7 @@ def world() -> Communicator:
             try:
                 import mpi4py  # noqa: F401
             except ImportError:
-                raise RuntimeError(
+                raise ValueError(
                     f"this process was started by an MPI launcher with {n} ranks, but mpi4py is not "
                     f"installed: install it with  pip install -e \".[mpi]\"  (or start one process "
                     f"without mpiexec; REFSNN_DISTRIBUTED=0 makes every rank train alone)") from None

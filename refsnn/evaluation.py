@@ -63,11 +63,15 @@ def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=N
                 raise
             from .data.integrity import CacheDamaged
             from .data.prepare import prepare
+            from .distributed import world
+            comm = world()                      # under mpiexec the ranks share the decoding
             why = (f"the cache of {name} is damaged or stale ({str(exc).splitlines()[0]}); repairing it"
                    if isinstance(exc, CacheDamaged) else f"no prepared cache for {name} at this image size; preparing it")
-            print(f"{why} from {root}", file=sys.stderr)
-            rep = prepare(name, root, cache, image_size=image_size, progress=progress, **options)
-            print(rep.summary() if hasattr(rep, "summary") else rep, file=sys.stderr)
+            if comm.is_root:
+                print(f"{why} from {root}", file=sys.stderr)
+            rep = prepare(name, root, cache, image_size=image_size, progress=progress, comm=comm, **options)
+            if comm.is_root:
+                print(rep.summary() if hasattr(rep, "summary") else rep, file=sys.stderr)
     return {split: load_dataset(name, split, root=root, cache=cache, image_size=image_size, seed=seed,
                                 **options) for split in ("train", "val", "test")}
 
@@ -86,11 +90,17 @@ def progress_bar(iterable, enabled: bool, **kwargs):
 
 
 def evaluate(model, dataset, *, batch_size: int = 32, progress: bool = False, desc: str = "eval",
-             stop=None) -> dict:
+             stop=None, comm=None) -> dict:
     """Loss (no smoothing), accuracy, per-class accuracy and confusion matrix (rows: true
     class, columns: predicted) of ``model`` in eval mode on ``dataset``. ``stop()``, checked
-    before every batch, ends it early with ``Interrupted`` when it returns true."""
+    before every batch, ends it early with ``Interrupted`` when it returns true.
+
+    ``comm``: a ``refsnn.distributed`` communicator of several ranks shares the batches (batch
+    i on rank i mod K) and returns the same dict on every rank, equal to one process's: the
+    batches are the same, and the losses are summed in batch order."""
     from .data import BatchIterator
+    if comm is not None and comm.size > 1:
+        return _evaluate_sharded(model, dataset, batch_size, progress, desc, stop, comm)
     K = model.config.classes
     was_training = model.training
     model.eval()
@@ -110,9 +120,56 @@ def evaluate(model, dataset, *, batch_size: int = 32, progress: bool = False, de
         it.close()
         model.clear_cache()
         model.train(was_training)
+    return _result(confusion, loss_sum, n)
+
+
+def _result(confusion, loss_sum, n) -> dict:
+    K = confusion.shape[0]
     per_class = [float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None for k in range(K)]
     return {"loss": loss_sum / n, "accuracy": float(np.trace(confusion) / n),
             "per_class_accuracy": per_class, "confusion": confusion.tolist(), "samples": n}
+
+
+def _evaluate_sharded(model, dataset, batch_size, progress, desc, stop, comm) -> dict:
+    """``evaluate`` on ranks: in round j rank r runs batch j*K + r (if there is one); a status
+    check per round stops every rank together on an error or a stop."""
+    from .data import BatchIterator
+    E = min(batch_size, len(dataset))
+    count = -(-len(dataset) // E)
+    mine = list(range(comm.rank, count, comm.size))
+    rows = [np.arange(i * E, min((i + 1) * E, len(dataset))) for i in mine]
+    it = BatchIterator(dataset.subset(np.concatenate(rows)), E, shuffle=False) if rows else iter(())
+    was_training = model.training
+    model.eval()
+    results, done = {}, 0
+    try:
+        for j in progress_bar(range(-(-count // comm.size)), progress and comm.is_root, desc=desc):
+            error = None
+            try:
+                if j < len(mine):
+                    batch = next(it)
+                    logits = model.forward(*model_inputs(batch, model.dtype))
+                    loss, _ = cross_entropy_forward(logits, batch.labels)
+                    results[mine[j]] = (loss * len(batch), batch.labels, logits.argmax(axis=1))
+            except Exception as exc:        # noqa: BLE001 - every rank learns of it below
+                error = exc
+            if comm.agree(error, stop is not None and bool(stop())):
+                raise Interrupted(f"{desc} stopped after {done} of {len(dataset)} clips")
+            done = min(len(dataset), (j + 1) * comm.size * E)
+    finally:
+        if rows:
+            it.close()
+        model.clear_cache()
+        model.train(was_training)
+    merged = {i: r for part in comm.allgather(results) for i, r in part.items()}
+    confusion = np.zeros((model.config.classes,) * 2, dtype=np.int64)
+    loss_sum, n = 0.0, 0
+    for i in range(count):                      # batch order: the single-process sum
+        part_loss, labels, predicted = merged[i]
+        loss_sum += part_loss
+        n += len(labels)
+        np.add.at(confusion, (labels, predicted), 1)
+    return _result(confusion, loss_sum, n)
 
 
 def energy_batches(dataset, dtype, *, batch_size: int, count: int) -> list:

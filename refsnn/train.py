@@ -13,6 +13,10 @@ accuracy, samples/s), validates (SPEC section 9 says which split), writes ``last
 (accuracy, per-class accuracy, confusion matrix, energy, firing rates, wall time, config,
 versions). The run directory is locked while a run works in it.
 
+Data-parallel on K processes or machines: ``mpiexec -n K python -m refsnn.train ...`` (or
+``srun``); ``--batch-size`` stays the global batch, ``--accumulate M`` splits each rank's share
+into M micro-batches (README: "Training on a cluster").
+
 ``--resume`` restores every option from the checkpoint; options given with it must agree, except
 ``--epochs``, which may grow (the cosine schedule is then recomputed for the new total). With
 the same thread count, a run stopped and resumed continues bit for bit. Ctrl-C finishes the
@@ -43,7 +47,7 @@ __all__ = ["fit", "evaluate", "load_splits", "TrainingError", "main"]
 # the training options of the command line (dest names = fit's option names)
 _OPTION_ARGS = ("data", "config", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
                 "min_lr", "label_smoothing", "grad_clip", "crop", "flip", "specaugment", "mixup", "eval_every",
-                "energy_batches", "seed", "threads")
+                "energy_batches", "seed", "threads", "accumulate")
 
 
 # ------------------------------------------------------------------------------- command line
@@ -64,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--fusion", help=f"fusion mode: {', '.join(fusion_modes())}")
     ap.add_argument("--modality", choices=CHOICES["modality"])
     ap.add_argument("--epochs", type=int, help="epochs in all; with --resume, more than the run had extends it")
-    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--batch-size", type=int, help="clips per optimizer step, over all ranks (the global batch)")
+    ap.add_argument("--accumulate", type=int, metavar="M",
+                    help="split each rank's share of a batch into M micro-batches and average their gradients "
+                         "(less memory; BatchNorm statistics per micro-batch; default 1)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--weight-decay", type=float)
@@ -87,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="delete the run in --out (checkpoints, metrics, report, plots) and start over")
     ap.add_argument("--eval-every", type=int, help="validate every N epochs (and after the last)")
     ap.add_argument("--energy-batches", type=int, help="test batches measured for the energy report")
-    ap.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
+    ap.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores; under MPI the "
+                    "cores divided by the ranks on the node)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -125,7 +133,10 @@ def _train(args) -> tuple[dict, str]:
         out = _default_out(data, config(preset or DEFAULTS["config"], **overrides), opts.get("seed"))
     cfg = _model_config(preset, overrides, RunDir(out) if args.resume else None)
     data_options = parse_data_options(args.data_option) if args.data_option or not args.resume else None
-    resume_cmd = f"python -m refsnn.train --out {shlex.quote(out)} --resume"
+    from .distributed import world
+    size = world().size
+    launcher = f"mpiexec -n {size} " if size > 1 else ""
+    resume_cmd = f"{launcher}python -m refsnn.train --out {shlex.quote(out)} --resume"
     rep = fit(cfg, data, out=out, resume=args.resume, force=args.force, progress=not args.no_progress,
               root=args.root, cache=args.cache, data_options=data_options, resume_command=resume_cmd, **opts)
     return rep, out
@@ -145,11 +156,13 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if rep["status"] == "finished" and "test" in rep:
+    from .distributed import world
+    if rep["status"] == "finished" and "test" in rep and world().is_root:
         print(json.dumps({"test_accuracy": rep["test"]["accuracy"], "run": out,
                           "energy_mJ_per_sample": rep["energy"]["totals"]["snn_mJ"]}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .distributed import run_main
+    sys.exit(run_main(main))

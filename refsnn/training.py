@@ -32,6 +32,8 @@ import numpy as np
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, config_differences, load_checkpoint, save_checkpoint, versions
 from .checks import NonFiniteError, check_choice
+from .distributed import (Communicator, GradientAccumulator, SingleProcess, check_divisible, micro_batches,
+                          rank_threads, thread_summary, world)
 from .evaluation import Interrupted, energy_batches, evaluate, load_splits, model_inputs, progress_bar
 from .functional.loss import cross_entropy_backward, cross_entropy_forward
 from .memory import check_step_memory
@@ -50,7 +52,7 @@ RUN_OPTIONS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momen
                "warmup_epochs", "min_lr", "label_smoothing", "grad_clip", "crop", "flip",
                "specaugment", "mixup", "seed", "data", "data_options")
 # options of ``fit`` beyond the recipes' DEFAULTS (``data`` and ``config`` are fit's arguments)
-_EXTRA_OPTIONS = {"seed": 0, "threads": None}
+_EXTRA_OPTIONS = {"seed": 0, "threads": None, "accumulate": 1}
 _FLAGS = {"warmup_epochs": "--warmup", "data_options": "--data-option"}
 
 
@@ -87,6 +89,8 @@ def check_options(options: dict) -> dict:
             raise ValueError(f"{option_flag(key)}: expected a positive integer, got {opts[key]!r}")
     if not (_is_int(opts["seed"]) and opts["seed"] >= 0):
         raise ValueError(f"--seed: expected an integer >= 0, got {opts['seed']!r}")
+    if not (_is_int(opts["accumulate"]) and opts["accumulate"] >= 1):
+        raise ValueError(f"--accumulate: expected a positive integer, got {opts['accumulate']!r}")
     if opts["threads"] is not None and not (_is_int(opts["threads"]) and opts["threads"] >= 1):
         raise ValueError(f"--threads: expected a positive integer, got {opts['threads']!r}")
     check_choice("--optimizer", opts["optimizer"], OPTIMIZERS)
@@ -223,21 +227,34 @@ class Run:
     dir: RunDir
     source: dict                    # root and cache of a real data set (for --resume alone)
     state: RunState = field(default_factory=RunState)
+    comm: Communicator = field(default_factory=SingleProcess)      # the ranks (refsnn.distributed)
+    accumulator: GradientAccumulator | None = None                  # when a step has micro-batches
 
     @property
     def params(self) -> dict:
         return self.optimizer.params
 
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per optimizer step over all ranks (ranks x --accumulate)."""
+        return self.comm.size * self.opts["accumulate"]
+
     def meta(self) -> dict:
         seed = self.opts["seed"]
+        draws = (f"PCG64([seed={seed}, epoch, batch, 1])" if self.micro_batches == 1
+                 else f"PCG64([seed={seed}, epoch, batch, 1, micro-batch])")
         return {"state": self.state.to_dict(), "options": self.opts, "data": self.data_name,
                 "source": self.source, "class_names": [str(n) for n in self.class_names],
                 "versions": versions(), "steps_per_epoch": self.steps_per_epoch,
+                "world_size": self.comm.size, "accumulate": self.opts["accumulate"],
                 "rng": {"batch_order": f"PCG64([seed={seed}, epoch])",
-                        "augmentation": f"PCG64([seed={seed}, epoch, batch, 1])", "init": f"PCG64({seed})"}}
+                        "augmentation": draws, "init": f"PCG64({seed})"}}
 
     def save(self, path=None) -> None:
-        """``last.npz`` with optimizer and schedule (or, given a path, the weights alone)."""
+        """``last.npz`` with optimizer and schedule (or, given a path, the weights alone).
+        Every rank holds the same state; rank 0 alone writes."""
+        if not self.comm.is_root:
+            return
         if path is None:
             save_checkpoint(self.dir.last, self.model, optimizer=self.optimizer, schedule=self.schedule,
                             meta=self.meta())
@@ -252,9 +269,10 @@ def build_schedule(optimizer, opts: dict, steps_per_epoch: int) -> CosineSchedul
 
 
 def build_run(config_: Config, data_name: str, splits: dict, opts: dict, rundir: RunDir,
-              source: dict | None = None) -> Run:
+              source: dict | None = None, comm: Communicator | None = None) -> Run:
     """Model, optimizer and schedule for ``opts`` on ``splits``; the head has the data set's
-    classes."""
+    classes. ``comm``: the ranks training together (default this process alone); every rank
+    builds the same model from the seed."""
     train_set = splits["train"]
     class_names = list(getattr(train_set, "class_names", range(config_.classes)))
     c = config_.replace(classes=len(class_names))
@@ -265,10 +283,15 @@ def build_run(config_: Config, data_name: str, splits: dict, opts: dict, rundir:
     optimizer = build_optimizer(model.parameters(), opts["optimizer"], lr=opts["lr"],
                                 weight_decay=opts["weight_decay"], momentum=opts["momentum"])
     steps_per_epoch = len(train_set) // opts["batch_size"]
-    return Run(config=c, opts=opts, data_name=data_name, splits=splits, class_names=class_names, model=model,
-               optimizer=optimizer, schedule=build_schedule(optimizer, opts, steps_per_epoch),
-               transform=build_transform(opts), steps_per_epoch=steps_per_epoch, dir=rundir,
-               source=dict(source or {}))
+    comm = comm or SingleProcess()
+    check_divisible(opts["batch_size"], comm.size, opts["accumulate"])
+    run = Run(config=c, opts=opts, data_name=data_name, splits=splits, class_names=class_names, model=model,
+              optimizer=optimizer, schedule=build_schedule(optimizer, opts, steps_per_epoch),
+              transform=build_transform(opts), steps_per_epoch=steps_per_epoch, dir=rundir,
+              source=dict(source or {}), comm=comm)
+    if run.micro_batches > 1:
+        run.accumulator = GradientAccumulator(model, comm, opts["accumulate"])
+    return run
 
 
 def restore(run: Run, ck: Checkpoint) -> None:
@@ -295,7 +318,22 @@ def restore(run: Run, ck: Checkpoint) -> None:
     run.schedule.retarget(fresh.total_steps, fresh.warmup_steps)
     run.state = state
     history = state.history or [x for x in run.dir.read_metrics() if x.get("epoch", 0) <= state.epoch]
-    run.dir.write_metrics(history)
+    if run.comm.is_root:
+        run.dir.write_metrics(history)
+    _note_reshard(run, ck)
+
+
+def _note_reshard(run: Run, ck: Checkpoint) -> None:
+    """Say how a run saved with another number of ranks or --accumulate continues."""
+    size, acc = ck.meta.get("world_size", 1), ck.meta.get("accumulate", 1)
+    if (size, acc) == (run.comm.size, run.opts["accumulate"]) or not run.comm.is_root:
+        return
+    before, now = size * acc, run.micro_batches
+    how = ("the same micro-batches per step, so it continues exactly as it would have" if before == now else
+           f"the same global batches, now in {now} micro-batches instead of {before}: BatchNorm statistics and "
+           f"augmentation draws are per micro-batch, so from here it is not bit for bit the run it would have been")
+    print(f"resuming a run of {size} rank(s) x --accumulate {acc} with {run.comm.size} rank(s) x --accumulate "
+          f"{run.opts['accumulate']}: {how}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------- the step
@@ -350,14 +388,51 @@ def train_step(run: Run, batch) -> tuple[np.ndarray, float]:
     return logits, loss
 
 
+def micro_step(run: Run, micro: list, stop: "StopControl") -> tuple[float, int, int]:
+    """One optimizer step on this rank's micro-batches of the global batch (``--accumulate``
+    and/or several ranks): forward and backward of each, the mean of the gradients and
+    BatchNorm statistics over every micro-batch of every rank, then ``update`` (the same on
+    every rank). Returns the global batch's (mean loss, correct, clips).
+
+    A failure on any rank, and a Ctrl-C on any rank, reach every rank in the status check
+    before the reduction, so all ranks stop at the same step."""
+    acc, comm = run.accumulator, run.comm
+    error, local = None, []
+    acc.begin()
+    try:
+        for batch in micro:
+            logits, loss, loss_cache = forward(run, batch)
+            run.model.zero_grad()
+            backward(run, loss_cache)
+            acc.add()
+            local.append((loss * len(batch), int((logits.argmax(axis=1) == batch.labels).sum()), len(batch)))
+    except Exception as exc:            # noqa: BLE001 - every rank learns of it in the status check
+        error = exc
+    stopping, parts = comm.exchange(error, stop.requested, local)
+    stop.requested = stop.requested or stopping
+    acc.finish()
+    error = None
+    try:
+        update(run)                     # the same gradients everywhere: all ranks fail alike
+    except TrainingError as exc:
+        error = exc
+    comm.agree(error)
+    loss_sum, correct, n = 0.0, 0, 0
+    for part in parts:                  # micro-batch order: the same sums for any ranks x accumulate
+        for part_loss, part_correct, part_n in part:
+            loss_sum, correct, n = loss_sum + part_loss, correct + part_correct, n + part_n
+    return loss_sum / n, correct, n
+
+
 # ------------------------------------------------------------------------------- the epoch
 
 class StopControl:
     """Set by Ctrl-C (SIGINT) or after ``after_steps`` steps: finish the step, save, stop.
     During the final test a Ctrl-C stops the test; a second Ctrl-C aborts at once."""
 
-    def __init__(self, after_steps: int | None = None):
+    def __init__(self, after_steps: int | None = None, quiet: bool = False):
         self.requested = False
+        self.quiet = quiet                      # ranks other than 0 under MPI: rank 0 speaks
         self.after_steps = after_steps
         self.steps = 0
         self.stage = "train"
@@ -378,7 +453,8 @@ class StopControl:
         self.requested = True
         what = ("stopping the final test; report.json is written without it" if self.stage == "test"
                 else "finishing the current step, then saving")
-        print(f"\ninterrupt: {what} (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        if not self.quiet:
+            print(f"\ninterrupt: {what} (Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -387,24 +463,29 @@ class StopControl:
 
 
 def run_epoch(run: Run, stop: StopControl, progress: bool) -> bool:
-    """Train the rest of the current epoch; False (after saving last.npz) when stopped inside it."""
-    from .data import BatchIterator
+    """Train the rest of the current epoch; False (after saving last.npz) when stopped inside it.
+    With several ranks or ``--accumulate``, each step is this rank's micro-batches of the
+    global batch (``refsnn.distributed.micro_batches``)."""
     s, o = run.state, run.opts
-    it = BatchIterator(run.splits["train"], o["batch_size"], shuffle=True, seed=o["seed"], epoch=s.epoch,
-                       drop_last=True, start_batch=s.batch, transform=run.transform)
+    it = micro_batches(run.splits["train"], o["batch_size"], comm=run.comm, accumulate=o["accumulate"],
+                       seed=o["seed"], epoch=s.epoch, start_batch=s.batch, transform=run.transform)
+    progress = progress and run.comm.is_root
     bar = progress_bar(it, progress, desc=f"epoch {s.epoch + 1}/{o['epochs']}", total=run.steps_per_epoch,
                        initial=s.batch, unit="batch")
     t_epoch = time.perf_counter()
     run.model.train()
     try:
-        for batch in bar:
+        for micro in bar:
             t0 = time.perf_counter()
-            logits, loss = train_step(run, batch)
-            s.record(loss, int((logits.argmax(axis=1) == batch.labels).sum()), len(batch))
+            if run.accumulator is None:
+                logits, loss = train_step(run, micro[0])
+                s.record(loss, int((logits.argmax(axis=1) == micro[0].labels).sum()), len(micro[0]))
+            else:
+                s.record(*micro_step(run, micro, stop))
             stop.steps += 1
             if progress:
                 bar.set_postfix(loss=f"{s.loss_sum / s.seen:.3f}", acc=f"{s.correct / s.seen:.3f}",
-                                sps=f"{len(batch) / (time.perf_counter() - t0):.1f}", refresh=False)
+                                sps=f"{o['batch_size'] / (time.perf_counter() - t0):.1f}", refresh=False)
             if stop.due and s.batch < run.steps_per_epoch:
                 break
     finally:
@@ -413,9 +494,20 @@ def run_epoch(run: Run, stop: StopControl, progress: bool) -> bool:
             bar.close()
         s.epoch_time += time.perf_counter() - t_epoch
     if s.batch < run.steps_per_epoch:
-        run.save()
+        on_root(run.comm, run.save)
         return False
     return True
+
+
+def on_root(comm: Communicator, fn, *args):
+    """``fn(*args)`` on rank 0 alone (files); every rank learns whether it failed."""
+    error = None
+    if comm.is_root:
+        try:
+            fn(*args)
+        except Exception as exc:        # noqa: BLE001 - every rank stops with rank 0's message
+            error = exc
+    comm.agree(error)
 
 
 def end_of_epoch(run: Run, progress: bool, verbose: bool, on_epoch_end=None) -> dict:
@@ -429,21 +521,25 @@ def end_of_epoch(run: Run, progress: bool, verbose: bool, on_epoch_end=None) -> 
         line["schedule"] = s.schedule_change
     val = run.splits.get("val")
     if val is not None and (epoch % o["eval_every"] == 0 or epoch == o["epochs"]):
-        v = evaluate(run.model, val, batch_size=max(o["batch_size"], 32), progress=progress, desc="validate")
+        v = evaluate(run.model, val, batch_size=max(o["batch_size"], 32), progress=progress and run.comm.is_root,
+                     desc="validate", comm=run.comm)
         line.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
     improved = line["val_accuracy"] is not None and (s.best_val is None or line["val_accuracy"] > s.best_val)
     s.finish_epoch(line, improved)
-    run.save()                                  # the checkpoint first: it holds the line too
-    if improved or (val is None and epoch == o["epochs"]):
-        run.save(run.dir.best)
-    run.dir.append_metrics(line)
-    if verbose:
+
+    def write():
+        run.save()                              # the checkpoint first: it holds the line too
+        if improved or (val is None and epoch == o["epochs"]):
+            run.save(run.dir.best)
+        run.dir.append_metrics(line)
+    on_root(run.comm, write)
+    if verbose and run.comm.is_root:
         print(f"epoch {epoch}/{o['epochs']}: train loss {line['train_loss']:.4f} acc {line['train_accuracy']:.3f}"
               + (f" | val loss {line['val_loss']:.4f} acc {line['val_accuracy']:.3f}"
                  if line["val_accuracy"] is not None else "")
               + f" | {line['samples_per_s']:.1f} samples/s", file=sys.stderr)
     if on_epoch_end is not None:
-        on_epoch_end(epoch, dict(line))
+        on_root(run.comm, on_epoch_end, epoch, dict(line))
     return line
 
 
@@ -466,8 +562,9 @@ def _resume_hint(run: Run, resume_command: str | None) -> str:
 def interrupted_report(run: Run, resume_command: str | None) -> dict:
     cmd = _resume_hint(run, resume_command)
     s = run.state
-    print(f"stopped after step {s.step} (epoch {s.epoch + 1}, batch {s.batch}); saved {run.dir.last}\n"
-          f"resume with: {cmd}", file=sys.stderr)
+    if run.comm.is_root:
+        print(f"stopped after step {s.step} (epoch {s.epoch + 1}, batch {s.batch}); saved {run.dir.last}\n"
+              f"resume with: {cmd}", file=sys.stderr)
     return {"status": "interrupted", "checkpoint": run.dir.last, "step": s.step, "resume": cmd}
 
 
@@ -475,9 +572,11 @@ def _test(run: Run, test_set, stop: StopControl, progress: bool) -> dict:
     """Accuracy, per class, confusion, energy and firing rates on the test split."""
     from .energy import report as energy_report
     o = run.opts
-    result = evaluate(run.model, test_set, batch_size=max(o["batch_size"], 32), progress=progress, desc="test",
-                      stop=lambda: stop.requested)
+    result = evaluate(run.model, test_set, batch_size=max(o["batch_size"], 32), progress=progress and run.comm.is_root,
+                      desc="test", stop=lambda: stop.requested, comm=run.comm)
     result["class_names"] = [str(n) for n in run.class_names]
+    if not run.comm.is_root:                    # rank 0 measures the energy and writes the report
+        return {"test": result}
     batches = energy_batches(test_set, run.model.dtype, batch_size=o["batch_size"], count=o["energy_batches"])
     e = energy_report(run.model, batches)
     run.model.clear_cache()
@@ -502,8 +601,12 @@ def final_report(run: Run, stop: StopControl, t_start: float, progress: bool, ve
         except Interrupted:
             rep.update(status="interrupted", stage="test", test=None, resume=_resume_hint(run, resume_command))
     rep.update(wall_time_s=time.perf_counter() - t_start, config=run.model.config.to_dict(), options=run.opts,
-               data=run.data_name, versions=versions())
-    atomic_write_text(run.dir.report, _json(rep))
+               data=run.data_name, versions=versions(), world_size=run.comm.size)
+    on_root(run.comm, atomic_write_text, run.dir.report, _json(rep))
+    if run.comm.distributed:                    # every rank returns rank 0's report
+        rep = run.comm.bcast(rep)
+    if not run.comm.is_root:
+        return rep
     if rep["status"] == "interrupted":
         print(f"the final test was stopped; {run.dir.report} written without it. The training is complete; "
               f"to test, run: {rep['resume']}", file=sys.stderr)
@@ -644,7 +747,10 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
     prepared from ``root`` when missing; ``data_options`` go to ``load_dataset``, e.g.
     ``{"n_train": 400}``) or a dict ``{"train": Dataset, "val": ..., "test": ...}``.
     ``options``: the keys of ``refsnn.recipes.DEFAULTS`` (but ``data`` and ``config``) plus
-    ``seed`` and ``threads``.
+    ``seed``, ``threads`` and ``accumulate`` (micro-batches per step, their gradients averaged).
+    Under ``mpiexec -n K`` (``refsnn.distributed.world()``) the K ranks train one run
+    data-parallel: ``batch_size`` is the global batch, each rank takes its share of every
+    batch, rank 0 alone writes files, and every rank returns the report.
     ``out``: the run directory (locked while fit works in it). ``force`` deletes a run already
     there and starts over. ``resume`` continues the run in ``out`` from last.npz: ``config_``,
     ``dataset`` (may be None) and every option default to the checkpoint's; those given must
@@ -658,30 +764,96 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
     Returns the report, with ``"status"``: ``"finished"`` or ``"interrupted"``.
     """
     t_start = time.perf_counter()
+    comm = world()
+    rundir, ck, plan = _collective(comm, _plan, out, config_, dataset, options, data_options, root, cache,
+                                   resume, force)
+    warning = _collective(comm, _memory_check, plan, comm)
+    if warning and comm.is_root:
+        print(warning, file=sys.stderr)
+    splits = plan.splits or _collective(comm, lambda: load_splits(
+        plan.data_name, image_size=plan.config.image_size, seed=plan.opts["seed"], progress=progress and comm.is_root,
+        **plan.source, **plan.opts["data_options"]))
+    with _locked_on_root(rundir, comm):
+        run = _collective(comm, _start, rundir, ck, force, plan, splits, comm)
+        threads = rank_threads(comm, run.opts["threads"])
+        if comm.distributed:
+            line = thread_summary(comm, threads)
+            if verbose and comm.is_root:
+                print(line, file=sys.stderr)
+        with _threads(threads), StopControl(stop_after_steps, quiet=not comm.is_root) as stop:
+            train_epochs(run, stop, progress, verbose, on_epoch_end)
+            if run.state.epoch < run.opts["epochs"]:
+                return interrupted_report(run, resume_command)
+            return final_report(run, stop, t_start, progress, verbose, resume_command)
+
+
+def _collective(comm: Communicator, fn, *args):
+    """``fn(*args)`` on every rank; an error on any rank stops all of them (in one process the
+    error itself is raised)."""
+    result, error = None, None
+    try:
+        result = fn(*args)
+    except Exception as exc:            # noqa: BLE001 - every rank learns of it
+        error = exc
+    comm.agree(error)
+    return result
+
+
+@contextlib.contextmanager
+def _locked_on_root(rundir: RunDir, comm: Communicator):
+    """The run directory's lock, held by rank 0 (the only writer) for the ``with`` block."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if comm.is_root:
+            try:
+                stack.enter_context(rundir.locked())
+            except Exception as exc:    # noqa: BLE001 - every rank learns of it
+                error = exc
+        comm.agree(error)
+        yield
+
+
+def _memory_check(plan: "_Plan", comm: Communicator) -> str | None:
+    """``check_step_memory`` of one micro-batch, with the node's memory shared by its ranks."""
+    batch = plan.opts["batch_size"]
+    micro = batch // (comm.size * plan.opts["accumulate"]) or batch
+    available = None
+    if comm.local_size > 1:
+        from .memory import available_memory
+        total = available_memory()
+        available = None if total is None else total / comm.local_size
+    return check_step_memory(plan.config, micro, eval_batch_size=max(batch, 32), available=available)
+
+
+def _plan(out, config_, dataset, options, data_options, root, cache, resume, force):
     rundir = _run_folder(out, config_, dataset, options)
     if resume:
         if not rundir.holds_run():
             raise ValueError(f"--resume: nothing to resume in {rundir.path} (no last.npz)")
         ck = load_checkpoint(rundir.last)
-        plan = _resumed_plan(ck, config_, dataset, options, data_options, root, cache)
-    else:
-        _check_fresh(rundir, force)
-        ck, plan = None, _fresh_plan(config_, dataset, options, data_options, root, cache)
-    warning = check_step_memory(plan.config, plan.opts["batch_size"], eval_batch_size=max(plan.opts["batch_size"], 32))
-    if warning:
-        print(warning, file=sys.stderr)
-    splits = plan.splits or load_splits(plan.data_name, image_size=plan.config.image_size, seed=plan.opts["seed"],
-                                        progress=progress, **plan.source, **plan.opts["data_options"])
-    with rundir.locked():
+        return rundir, ck, _resumed_plan(ck, config_, dataset, options, data_options, root, cache)
+    _check_fresh(rundir, force)
+    return rundir, None, _fresh_plan(config_, dataset, options, data_options, root, cache)
+
+
+def _start(rundir, ck, force, plan, splits, comm) -> Run:
+    """Under the lock: the run built (and restored) on every rank, the same everywhere."""
+    if comm.is_root:
         _begin(rundir, ck, force)
-        run = build_run(plan.config, plan.data_name, splits, plan.opts, rundir, plan.source)
-        if ck is not None:
-            restore(run, ck)
-        with _threads(run.opts["threads"]), StopControl(stop_after_steps) as stop:
-            train_epochs(run, stop, progress, verbose, on_epoch_end)
-            if run.state.epoch < run.opts["epochs"]:
-                return interrupted_report(run, resume_command)
-            return final_report(run, stop, t_start, progress, verbose, resume_command)
+    run = build_run(plan.config, plan.data_name, splits, plan.opts, rundir, plan.source, comm)
+    if ck is not None:
+        restore(run, ck)
+    if comm.distributed:
+        mine = (_json({"options": run.opts, "config": run.config.to_dict(), "train": len(splits["train"]),
+                       "step": run.state.step}), float(sum(float(np.sum(p.value, dtype=np.float64))
+                                                           for p in run.params.values())))
+        everyone = comm.allgather(mine)
+        if any(x != everyone[0] for x in everyone):
+            bad = [r for r, x in enumerate(everyone) if x != everyone[0]]
+            raise ValueError(f"ranks {bad} start from other options, data or weights than rank 0 (different "
+                             f"command lines, files or refsnn versions on the nodes?); every rank must run the "
+                             f"same command on the same files")
+    return run
 
 
 def _begin(rundir: RunDir, ck: Checkpoint | None, force: bool) -> None:

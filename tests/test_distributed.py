@@ -75,7 +75,7 @@ def test_a_launcher_without_mpi4py_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setattr(dist, "_WORLD", None)
     monkeypatch.setitem(sys.modules, "mpi4py", None)             # import fails
-    with pytest.raises(RuntimeError, match=r"MPI launcher with 2 ranks.*pip install -e \"\.\[mpi\]\""):
+    with pytest.raises(ValueError, match=r"MPI launcher with 2 ranks.*pip install -e \"\.\[mpi\]\""):
         dist.world()
     monkeypatch.setenv("REFSNN_DISTRIBUTED", "0")
     assert isinstance(dist.world(), SingleProcess)
