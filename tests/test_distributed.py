@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -280,3 +281,168 @@ def test_a_bad_clip_under_strict_on_one_rank_stops_both(factory, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("error: rank 1 of 2: ave: clip bad (train): corrupt video") == 1, proc.stderr
     assert time.monotonic() - t0 < TIMEOUT
+
+
+# ------------------------------------------------------------------------------- 2 ranks: training
+
+FIT = dict(epochs=1, batch_size=8, lr=2e-3, warmup_epochs=0.5, energy_batches=1)
+FIT_SCRIPT = os.path.join(HERE, "mpi_fit.py")
+
+
+def fit_ranks(n=2, timeout=TIMEOUT, **spec):
+    """``tests/mpi_fit.py`` on n ranks (n=1: one process without mpiexec, 1 thread)."""
+    args = [FIT_SCRIPT, json.dumps({**FIT, **spec})]
+    if n == 1:
+        return subprocess.run([sys.executable] + args, cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=timeout)
+    return mpirun(args, n=n, timeout=timeout)
+
+
+def _state(path):
+    from refsnn.checkpoint import load_checkpoint
+    return load_checkpoint(path)
+
+
+def assert_same_weights(a, b):
+    """Weights, BatchNorm statistics and optimizer state of two checkpoints, bit for bit."""
+    ca, cb = _state(a), _state(b)
+    for part in ("model_state", "optim_state", "sched_state"):
+        x, y = getattr(ca, part), getattr(cb, part)
+        assert set(x) == set(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{part} {k}")
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_with_accumulate_two_bit_for_bit(tmp_path):
+    """Acceptance: 2 ranks with --batch-size 8 == 1 process with --batch-size 8 --accumulate 2,
+    after 3 steps at tiny, exactly: both sum the same two float32 gradients (and BatchNorm
+    statistics) in float64 in the same order, with the same micro-batches and draws."""
+    _ok(fit_ranks(2, out=str(tmp_path / "ranks"), stop_after_steps=3, crop=True, flip=True))
+    _ok(fit_ranks(1, out=str(tmp_path / "acc"), stop_after_steps=3, crop=True, flip=True, accumulate=2, threads=1))
+    _ok(fit_ranks(1, out=str(tmp_path / "plain"), stop_after_steps=3, crop=True, flip=True, threads=1))
+    assert_same_weights(tmp_path / "ranks" / "last.npz", tmp_path / "acc" / "last.npz")
+    ranks, plain = _state(tmp_path / "ranks" / "last.npz"), _state(tmp_path / "plain" / "last.npz")
+    assert ranks.meta["world_size"] == 2 and ranks.meta["accumulate"] == 1 and ranks.meta["state"]["step"] == 3
+    assert _state(tmp_path / "acc" / "last.npz").meta["state"]["loss_sum"] == ranks.meta["state"]["loss_sum"]
+    # one batch of 8 is another computation (BatchNorm over 8 clips): the comparison can fail
+    assert any(not np.array_equal(v, plain.model_state[k]) for k, v in ranks.model_state.items())
+    assert sorted(os.listdir(tmp_path / "ranks")) == ["last.npz"]          # rank 0 alone wrote
+
+
+@needs_mpi
+def test_the_same_ranks_give_the_same_bits_run_after_run(tmp_path):
+    for name in ("a", "b"):
+        _ok(fit_ranks(2, out=str(tmp_path / name), stop_after_steps=2, batch_size=16, accumulate=2))
+    assert_same_weights(tmp_path / "a" / "last.npz", tmp_path / "b" / "last.npz")
+
+
+@needs_mpi
+def test_a_nan_on_one_rank_stops_both_with_its_message(tmp_path):
+    """Acceptance: rank 1's loss becomes NaN at its second batch; both ranks stop at that step,
+    rank 0 prints rank 1's message once, the exit code is 1, nothing hangs (TIMEOUT)."""
+    t0 = time.monotonic()
+    proc = fit_ranks(2, out=str(tmp_path / "run"), nan_on=[1, 2])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.count("error: rank 1 of 2: ") == 1, proc.stderr
+    assert "at step 2 (epoch 1, batch 2)" in proc.stderr and ("the loss became nan" in proc.stderr
+                                                              or "non-finite values" in proc.stderr)
+    assert not (tmp_path / "run" / "last.npz").exists()        # no checkpoint of a diverged step
+    assert time.monotonic() - t0 < TIMEOUT
+
+
+@needs_mpi
+def test_an_unexpected_error_on_one_rank_aborts_every_rank(tmp_path):
+    """An exception outside the status checks (here rank 1's data fails between steps) ends
+    every rank through MPI_Abort, with that rank's message and a non-zero exit."""
+    proc = fit_ranks(2, out=str(tmp_path / "run"), crash_on=[1, 3], epochs=2)
+    assert proc.returncode != 0
+    assert "error: rank 1 of 2: injected: the disk holding the data went away; stopping every rank" in proc.stderr
+
+
+@needs_mpi
+def test_resume_with_the_same_ranks_continues_exactly(tmp_path):
+    """Acceptance: 2 ranks stopped after 2 steps and resumed on 2 ranks give the weights of an
+    uninterrupted 2-rank epoch; resumed on one process with --accumulate 2 (the same 2
+    micro-batches per step) too."""
+    _ok(fit_ranks(2, out=str(tmp_path / "straight"), stop_after_steps=5))
+    _ok(fit_ranks(2, out=str(tmp_path / "resumed"), stop_after_steps=2))
+    shutil.copytree(tmp_path / "resumed", tmp_path / "one")
+    _ok(fit_ranks(2, out=str(tmp_path / "resumed"), resume=True, stop_after_steps=3))
+    assert_same_weights(tmp_path / "straight" / "last.npz", tmp_path / "resumed" / "last.npz")
+    proc = _ok(fit_ranks(1, out=str(tmp_path / "one"), resume=True, stop_after_steps=3, accumulate=2, threads=1))
+    assert "the same micro-batches per step, so it continues exactly" in proc.stderr
+    assert_same_weights(tmp_path / "straight" / "last.npz", tmp_path / "one" / "last.npz")
+
+
+@needs_mpi
+def test_resume_with_other_ranks_reshards_or_names_the_fix(tmp_path):
+    """A 2-rank run resumed by one process (one micro-batch per step) continues the same
+    global batches and finishes; a global batch the new ranks cannot split is a clear error."""
+    _ok(fit_ranks(2, out=str(tmp_path / "run"), stop_after_steps=2, batch_size=6))
+    bad = fit_ranks(2, out=str(tmp_path / "run"), resume=True, accumulate=2, batch_size=6)
+    assert bad.returncode == 2 and bad.stderr.count("--batch-size 6 is the global batch") == 1, bad.stderr
+    assert "2 ranks x --accumulate 2 = 4 equal micro-batches; use --batch-size 4 or 8" in bad.stderr
+    proc = _ok(fit_ranks(1, out=str(tmp_path / "run"), resume=True, threads=1, batch_size=6))
+    assert "now in 1 micro-batches instead of 2" in proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["status"] == "finished"
+    ck = _state(tmp_path / "run" / "last.npz")
+    assert ck.meta["world_size"] == 1 and ck.meta["state"]["epoch"] == 1
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_finished_two_rank_run_validates_and_tests_like_one_process(tmp_path):
+    """Sharded validation and test (batch i on rank i mod 2, losses summed in batch order)
+    report what one process reports on the same weights: 2 ranks against --accumulate 2."""
+    sizes = {"n_train": 32, "n_val": 40, "n_test": 40}        # 40 clips: batches of 32 and 8
+    _ok(fit_ranks(2, out=str(tmp_path / "ranks"), sizes=sizes))
+    _ok(fit_ranks(1, out=str(tmp_path / "one"), sizes=sizes, accumulate=2, threads=1))
+    assert_same_weights(tmp_path / "ranks" / "best.npz", tmp_path / "one" / "best.npz")
+    a, b = (json.load(open(tmp_path / d / "report.json")) for d in ("ranks", "one"))
+    assert a["world_size"] == 2 and b["world_size"] == 1
+    assert a["test"] == b["test"] and a["test"]["samples"] == 40
+    assert a["energy"]["totals"] == b["energy"]["totals"]
+    ma, mb = (json.loads(open(tmp_path / d / "metrics.jsonl").read()) for d in ("ranks", "one"))
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert ma[key] == mb[key], key
+    assert sorted(os.listdir(tmp_path / "ranks")) == ["best.npz", "last.npz", "metrics.jsonl", "report.json"]
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_ctrl_c_on_mpiexec_saves_last_once_and_resumes(tmp_path):
+    """Ctrl-C on mpiexec reaches every rank; they agree to stop after the same step, rank 0
+    saves last.npz once, every rank exits 0, and --resume continues."""
+    out = tmp_path / "run"
+    args = [FIT_SCRIPT, json.dumps({**FIT, "out": str(out), "sizes": {"n_train": 1200, "n_val": 8, "n_test": 8},
+                                    "verbose": True})]
+    proc = subprocess.Popen(["mpiexec", "-n", "2", sys.executable] + args, cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        line = ""
+        while "threads per rank" not in line:            # rank 0 prints it before the first step
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "mpiexec ended before training started"
+            assert time.monotonic() < deadline
+        time.sleep(8)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    step = re.findall(r'"step": (\d+)', stdout)[0]
+    assert stderr.count("stopped after step") == 1 and stderr.count("interrupt: finishing the current step") == 1
+    # both ranks stopped after the same step (their lines may interleave in mpiexec's output)
+    assert sorted(re.findall(r'"status": "(\w+)", "step": (\d+)', stdout)) == [("interrupted", step)] * 2
+    ck = _state(out / "last.npz")
+    assert str(ck.meta["state"]["step"]) == step and ck.meta["world_size"] == 2
+    resumed = _ok(fit_ranks(2, out=str(out), resume=True, stop_after_steps=1))
+    assert _state(out / "last.npz").meta["state"]["step"] == ck.meta["state"]["step"] + 1, resumed.stderr
