@@ -291,7 +291,8 @@ def world() -> Communicator:
 def rank_threads(comm: Communicator, requested: int | None) -> int | None:
     """Threads for this rank's Numba and BLAS: ``requested`` if given; in one process None
     (the libraries' default, all cores); under MPI the cores this rank may use divided by the
-    ranks on its node (the cores bound to it, if the launcher bound it to fewer than all)."""
+    ranks on its node (the cores bound to it, if the launcher bound it to fewer than all), at
+    most ``NUMBA_NUM_THREADS``."""
     if requested:
         return int(requested)
     if comm.size == 1:
@@ -302,8 +303,11 @@ def rank_threads(comm: Communicator, requested: int | None) -> int | None:
     except AttributeError:
         allowed = cores
     if allowed < cores:                 # bound by the launcher: these cores are this rank's own
-        return max(1, allowed)
-    return max(1, cores // max(1, comm.local_size))
+        share = allowed
+    else:
+        share = cores // max(1, comm.local_size)
+    import numba                        # no more than Numba's pool (NUMBA_NUM_THREADS) holds
+    return max(1, min(share, numba.config.NUMBA_NUM_THREADS))
 
 
 def thread_summary(comm: Communicator, threads: int | None) -> str:
