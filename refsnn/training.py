@@ -8,6 +8,11 @@ A training step is four calls, as in llm.c: ``forward`` (logits and loss), ``zer
 lives in a ``RunState`` (epoch, batch, step, the epoch's running sums, best validation accuracy,
 the metrics history), which every checkpoint stores in its meta.
 
+With ``--accumulate M`` or several MPI ranks (``mpiexec -n K``, ``refsnn.distributed``) a step
+is ``micro_step``: forward and backward of each of this rank's micro-batches, a status check
+across ranks, the reproducible mean of gradients and BatchNorm statistics, then ``update``.
+Rank 0 alone writes the run directory; validation and test are shared among the ranks.
+
 Exact resume: the batch order and the augmentation draws are pure functions of (seed, epoch,
 batch), and the checkpoint holds weights, BatchNorm statistics, optimizer and schedule state,
 the epoch's running sums and the RNG descriptions. With the same thread count, a run stopped and
