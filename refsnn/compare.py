@@ -656,6 +656,7 @@ def measure(plan: Plan, log) -> dict:
         train = load_dataset(plan.data, "train", seed=plan.seeds[0], **source)
         steps = step_times(configs, train, plan.options, repeat=plan.repeat, rounds=TIMING_ROUNDS)
         growth = {m: fusion_growth(configs[m], repeat=plan.repeat) for m in plan.modes}
+        blas = _blas()                             # the threads the measurements ran with
     summary = summarise(evaluated, plan.reference, resamples=plan.resamples, level=plan.level,
                         bootstrap_seed=plan.bootstrap_seed)
     for m, row in summary["rows"].items():
@@ -664,7 +665,7 @@ def measure(plan: Plan, log) -> dict:
             "modes": list(plan.modes), "seeds": list(plan.seeds), "options": plan.options, "test_clips": len(test),
             "bootstrap": {"resamples": plan.resamples, "level": plan.level, "seed": plan.bootstrap_seed},
             "timing": {"rounds": TIMING_ROUNDS, "repeat": plan.repeat}, "summary": summary,
-            "command": plan.command, "machine": _machine(), "blas": _blas(), "versions": versions(),
+            "command": plan.command, "machine": _machine(), "blas": blas, "versions": versions(),
             "per_run": {m: [{k: v for k, v in r.items() if k not in ("correct", "clip_ids")} for r in runs]
                         for m, runs in evaluated.items()}}
 
