@@ -530,7 +530,8 @@ def plot(result: dict, path: str) -> None:
         ax.annotate(r["mode"] + (" (ceiling)" if single else ""), (r["energy_mJ"], r["accuracy_mean"]),
                     textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -13), fontsize=8)
     ax.set_xlabel("energy per test sample (mJ, SPEC section 7)")
-    ax.set_ylabel(f"test accuracy (mean ± sd over {len(result['seeds'])} seeds)")
+    n = len(result["seeds"])
+    ax.set_ylabel(f"test accuracy (mean ± sd over {n} seed{'s' if n > 1 else ''})")
     ax.set_title(f"Fusion modes on {result['data']}, {result['config']['name']} preset")
     ax.grid(alpha=0.3)
     fig.tight_layout()
