@@ -737,6 +737,8 @@ def _run_folder(out, config_, dataset, options) -> RunDir:
 
 
 def _check_fresh(rundir: RunDir, force: bool) -> None:
+    if os.path.exists(rundir.path) and not os.path.isdir(rundir.path):
+        raise ValueError(f"--out {rundir.path}: is a file, not a folder")
     if rundir.holds_run() and not force:
         raise ValueError(f"{rundir.path} already holds a run (last.npz); use --resume to continue it, "
                          f"--out for another folder, or --force to delete it and start over")
