@@ -7,8 +7,10 @@ import pytest
 
 from refsnn.checks import check_choice
 from refsnn.functional.attention import ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD
-from refsnn.functional.lif import SPIKE_FNS, SURROGATES
-from refsnn.fusion import MASK_FROM, RESIDUALS, fusion_modes
+from refsnn.functional.lif import LIF_DEFAULTS, SPIKE_FNS, SURROGATES
+from refsnn.functional.norm import BN_EPS, BN_MOMENTUM
+from refsnn.fusion import MASK_FROM, RESIDUALS, factorized, fusion_modes, mbt
+from refsnn.nn.layers import BatchNorm
 from refsnn.models import CHOICES, Config, config
 from refsnn.nn.attention import QK_MODES
 
@@ -68,6 +70,22 @@ def test_choices_are_the_owners_lists():
     assert CHOICES["surrogate"] is SURROGATES and CHOICES["spike_fn"] is SPIKE_FNS
     assert CHOICES["fusion"] == fusion_modes()
     assert Config().attention_v_threshold == ATTENTION_V_THRESHOLD == 0.5
+
+
+def test_defaults_are_the_owners():
+    """Config restates no default: the neuron's, BatchNorm's and the fusion modes' are theirs."""
+    c = Config()
+    neuron = c.neuron_kwargs()
+    assert {k: neuron[k] for k in LIF_DEFAULTS if k in neuron} == \
+        {k: v for k, v in LIF_DEFAULTS.items() if k in neuron}
+    assert (c.bn_momentum, c.bn_eps) == (BN_MOMENTUM, BN_EPS) == (0.1, 1e-5)
+    bn = BatchNorm(4)
+    assert (bn.momentum, bn.eps) == (c.bn_momentum, c.bn_eps)
+    assert (c.mbt_bottlenecks, c.mbt_from_stage) == (mbt.BOTTLENECKS, mbt.FROM_STAGE) == (4, 1)
+    assert (c.factorized_fusion_tokens, c.factorized_agg_tokens) == \
+        (factorized.FUSION_TOKENS, factorized.AGG_TOKENS) == (16, 8)
+    f = factorized.FactorizedFusion(8, 1, rng=np.random.default_rng(0))
+    assert (f.n_fusion, f.n_agg) == (c.factorized_fusion_tokens, c.factorized_agg_tokens)
     assert set(CHOICES) == {"fusion", "modality", "stage3_attention", "cmqka_mask", "cmqka_mask_from",
                             "cmqka_residual", "attention_backend", "surrogate", "spike_fn"}
 

@@ -51,7 +51,7 @@ from ..kernels.bitpack import num_words
 from ..checks import (check_array, check_binary, check_choice, check_finite, check_float_array,
                       check_positive_int)
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
-from .lif import lif_backward, lif_forward
+from .lif import LIF_DEFAULTS, lif_backward, lif_forward
 
 __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_channel_backward",
            "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS",
@@ -59,8 +59,9 @@ __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_ch
 
 ATTENTION_BACKENDS = ("packed", "dense")
 ATTENTION_V_THRESHOLD = 0.5         # the attention LIF's threshold (SPEC section 4)
-_NEURON_DEFAULTS = dict(tau=2.0, v_threshold=ATTENTION_V_THRESHOLD, v_reset=0.0, decay_input=True,
-                        detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside")
+# the attention neuron: lif_forward's defaults but the threshold (no neuron_type: always a LIF)
+_NEURON_DEFAULTS = {**{k: v for k, v in LIF_DEFAULTS.items() if k not in ("neuron_type", "backend")},
+                    "v_threshold": ATTENTION_V_THRESHOLD}
 
 
 def attention_options(neuron: dict | None) -> dict:

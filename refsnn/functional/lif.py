@@ -23,6 +23,7 @@ to its ``NeuronType``; ``register_neuron`` adds one, and ``lif_forward(x, neuron
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, NamedTuple
 
@@ -33,7 +34,7 @@ from ..kernels import lif as _k
 from ..checks import NonFiniteError, check_choice, check_finite, check_float_array
 
 __all__ = ["lif_forward", "lif_backward", "SURROGATES", "SPIKE_FNS", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
-           "NEURON_TYPES", "register_neuron", "lif_options"]
+           "NEURON_TYPES", "register_neuron", "lif_options", "LIF_DEFAULTS"]
 
 SURROGATES = ("sigmoid", "atan", "fast_sigmoid")
 DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "fast_sigmoid": 25.0}
@@ -110,6 +111,11 @@ def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, deta
     options["spike_dtype"] = spike_dtype
     options["backend"] = backend
     return options
+
+
+# lif_options' (and lif_forward's) defaults by name: Config and the attention neurons take
+# their neuron defaults from here
+LIF_DEFAULTS = {name: p.default for name, p in inspect.signature(lif_options).parameters.items()}
 
 
 def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn,

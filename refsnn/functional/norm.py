@@ -16,7 +16,10 @@ from ..kernels import BACKENDS
 from ..kernels import norm as _k
 from ..checks import check_choice, check_float_array
 
-__all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache"]
+__all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache", "BN_MOMENTUM", "BN_EPS"]
+
+BN_MOMENTUM = 0.1       # weight of the batch in the running statistics (PyTorch's default)
+BN_EPS = 1e-5           # added to the variance
 
 
 class BatchNormCache(NamedTuple):
@@ -29,7 +32,7 @@ class BatchNormCache(NamedTuple):
 
 
 def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=True,
-                      momentum=0.1, eps=1e-5, repeats=1, backend="numba", check=True):
+                      momentum=BN_MOMENTUM, eps=BN_EPS, repeats=1, backend="numba", check=True):
     """Returns ``(y, cache, new_running_mean, new_running_var)``.
 
     The running statistics are returned, not updated in place, so the op stays a pure function.

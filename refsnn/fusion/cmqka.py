@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_choice, check_positive_int
+from ..functional.norm import BN_EPS, BN_MOMENTUM
 from ..nn.attention import QK_MODES, QKCrossAttention
 from .base import ResidualCrossFusion, common_options
 
@@ -38,16 +39,16 @@ class CMQKA(ResidualCrossFusion):
     """Cross-modal Q-K attention (SPEC section 5).
 
     ``CMQKA(dim, heads, *, mask="token", mask_from="query_modality", residual="scalar",
-    neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=0.1,
-    bn_eps=1e-5, rng, dtype=np.float32)``; the options are those of the module docstring and
+    neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=BN_MOMENTUM,
+    bn_eps=BN_EPS, rng, dtype=np.float32)``; the options are those of the module docstring and
     of ``refsnn.nn.attention`` (``neuron`` / ``attention_neuron``: ``lif_forward`` keyword
     arguments, e.g. ``Config.neuron_kwargs()`` / ``Config.attention_neuron_kwargs()``).
     Parameters: ``audio_from_visual.*``, ``visual_from_audio.*``, ``alpha``, ``beta``.
     """
 
     def __init__(self, dim, heads, *, mask="token", mask_from="query_modality", residual="scalar",
-                 neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=0.1,
-                 bn_eps=1e-5, rng, dtype=np.float32):
+                 neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=BN_MOMENTUM,
+                 bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, mask_from=mask_from, residual=residual, dtype=dtype)
         self.mask = check_choice("mask", mask, QK_MODES)
         self.heads = check_positive_int(heads, "heads")

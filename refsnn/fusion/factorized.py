@@ -34,13 +34,18 @@ from typing import NamedTuple
 import numpy as np
 
 from ..checks import check_positive_int
+from ..functional.norm import BN_EPS, BN_MOMENTUM
 from ..nn.attention import SSACrossAttention, attention_neurons, check_token_map, sum_counts
 from ..nn.layers import LIF, BatchNorm, Conv1x1
 from ..nn.module import Parameter
 from ..nn.unit import ConvBNLIF
 from .base import TOKEN_INIT_STD, ResidualCrossFusion, check_upstream, common_options
 
-__all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward", "build"]
+__all__ = ["FactorizedFusion", "TokenQueryAttention", "pair_tokens", "pair_tokens_backward", "build",
+           "FUSION_TOKENS", "AGG_TOKENS"]
+
+FUSION_TOKENS = 16  # F (config field factorized_fusion_tokens)
+AGG_TOKENS = 8      # n = n_a = n_v (config field factorized_agg_tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ class FactorizedCache(NamedTuple):
 
 class FactorizedFusion(ResidualCrossFusion):
     """``FactorizedFusion(dim, heads, *, fusion_tokens=16, agg_tokens=8, residual="scalar",
-    neuron=None, attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng,
+    neuron=None, attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng,
     dtype=np.float32)``: the ``factorized`` mode of the module docstring.
 
     ``forward(x_audio, x_visual) -> (y_audio, y_visual)``, ``backward(dy_audio, dy_visual) ->
@@ -127,8 +132,8 @@ class FactorizedFusion(ResidualCrossFusion):
     the aggregations and ``fuse``, ``SSACrossAttention`` for the reads).
     """
 
-    def __init__(self, dim, heads, *, fusion_tokens=16, agg_tokens=8, residual="scalar",
-                 neuron=None, attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng,
+    def __init__(self, dim, heads, *, fusion_tokens=FUSION_TOKENS, agg_tokens=AGG_TOKENS, residual="scalar",
+                 neuron=None, attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng,
                  dtype=np.float32):
         super().__init__(dim, residual=residual, dtype=dtype)
         self.heads = check_positive_int(heads, "heads")

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..checks import check_positive_int
+from ..functional.norm import BN_EPS, BN_MOMENTUM
 from ..nn.attention import SSAttention, check_token_map, sum_counts
 from ..nn.counting import CONTAINER
 from ..nn.layers import Conv1x1
@@ -40,7 +41,10 @@ from ..nn.module import Module, Parameter
 from . import concat
 from .base import TOKEN_INIT_STD, check_upstream, common_options
 
-__all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1", "build"]
+__all__ = ["MBTFusion", "BottleneckSSA", "BottleneckConv1x1", "build", "BOTTLENECKS", "FROM_STAGE"]
+
+BOTTLENECKS = 4     # bottleneck tokens (MBT's B; config field mbt_bottlenecks)
+FROM_STAGE = 1      # the first stage with bottlenecks (MBT's L_f; config field mbt_from_stage)
 
 
 class BottleneckConv1x1(Conv1x1):
@@ -83,7 +87,7 @@ class MBTCache(NamedTuple):
 
 class MBTFusion(Module):
     """``MBTFusion(dim, heads, *, bottlenecks=4, previous=None, neuron=None,
-    attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32)``: one mbt
+    attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32)``: one mbt
     stage (module docstring). ``previous``: the ``MBTFusion`` of the stage before, or None for
     the first mbt stage (which owns the learnable tokens). ``bottlenecks=0`` is allowed: the
     streams are then independent (two SSA layers, nothing carried).
@@ -97,8 +101,8 @@ class MBTFusion(Module):
 
     energy_role = CONTAINER
 
-    def __init__(self, dim, heads, *, bottlenecks=4, previous=None, neuron=None,
-                 attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+    def __init__(self, dim, heads, *, bottlenecks=BOTTLENECKS, previous=None, neuron=None,
+                 attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.heads = check_positive_int(heads, "heads")

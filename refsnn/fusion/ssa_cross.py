@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import check_positive_int
+from ..functional.norm import BN_EPS, BN_MOMENTUM
 from ..nn.attention import SSACrossAttention
 from .base import ResidualCrossFusion, common_options
 
@@ -27,7 +28,7 @@ __all__ = ["SSACrossFusion", "build"]
 
 class SSACrossFusion(ResidualCrossFusion):
     """``SSACrossFusion(dim, heads, *, residual="scalar", scale=0.125, neuron=None,
-    attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32)``.
+    attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32)``.
 
     ``forward(x_audio, x_visual) -> (y_audio, y_visual)`` and ``backward(dy_audio, dy_visual)
     -> (dx_audio, dx_visual)`` on ``[T, B, dim, N]`` maps (see the module docstring).
@@ -36,7 +37,7 @@ class SSACrossFusion(ResidualCrossFusion):
     """
 
     def __init__(self, dim, heads, *, residual="scalar", scale=0.125, neuron=None,
-                 attention_neuron=None, bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+                 attention_neuron=None, bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, mask_from="query_modality", residual=residual, dtype=dtype)
         self.heads = check_positive_int(heads, "heads")
         direction = dict(scale=scale, neuron=neuron, attention_neuron=attention_neuron,

@@ -1,6 +1,9 @@
 """Model configuration: one frozen dataclass, three named presets (SPEC section 6).
 
-Every option named in SPEC lives here once and flows down to the modules as arguments.
+Every option named in SPEC is a field here and flows down to the modules as arguments. Its
+allowed values (``CHOICES``) and its default are those of the module that owns the option (the
+neuron's in ``refsnn.functional.lif``, BatchNorm's in ``refsnn.functional.norm``, the fusion
+modes' in ``refsnn.fusion``, ...), imported, never restated.
 ``config(name, **overrides)`` builds a preset; ``Config.to_json`` / ``Config.from_json``
 round-trip it (checkpoints store it).
 """
@@ -10,12 +13,13 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..checks import check_choice
 from ..functional.attention import ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD
-from ..functional.lif import SPIKE_FNS, SURROGATES
-from ..fusion import MASK_FROM, RESIDUALS, fusion_modes
+from ..functional.lif import LIF_DEFAULTS, SPIKE_FNS, SURROGATES
+from ..functional.norm import BN_EPS, BN_MOMENTUM
+from ..fusion import MASK_FROM, RESIDUALS, factorized, fusion_modes, mbt
 from ..nn.attention import QK_MODES
 
 __all__ = ["Config", "config", "PRESETS", "CHOICES", "MODALITIES", "STAGE3_ATTENTIONS"]
@@ -27,35 +31,37 @@ STAGE3_ATTENTIONS = ("qk", "ssa")
 
 class _Choices(Mapping):
     """Allowed values of every enumerated field, each list read from the module that owns it.
-    ``fusion`` is read from the fusion registry at each lookup, so a mode registered after
-    import (``refsnn.fusion.register_fusion``) is a valid choice at once."""
+    A list kept by a registry (the fusion modes) is a function, called at each lookup, so a
+    value registered after import (``refsnn.fusion.register_fusion``) is valid at once."""
 
-    _fixed: dict[str, tuple] = {
-        "modality": MODALITIES,
-        "stage3_attention": STAGE3_ATTENTIONS,
-        "cmqka_mask": QK_MODES,
-        "cmqka_mask_from": MASK_FROM,
-        "cmqka_residual": RESIDUALS,
-        "attention_backend": ATTENTION_BACKENDS,
-        "surrogate": SURROGATES,
-        "spike_fn": SPIKE_FNS,
-    }
+    def __init__(self, lists: dict[str, tuple | Callable[[], tuple]]):
+        self._lists = lists
 
     def __getitem__(self, name: str) -> tuple:
-        return fusion_modes() if name == "fusion" else self._fixed[name]
+        values = self._lists[name]
+        return tuple(values()) if callable(values) else values
 
     def __iter__(self) -> Iterator[str]:
-        yield "fusion"
-        yield from self._fixed
+        return iter(self._lists)
 
     def __len__(self) -> int:
-        return 1 + len(self._fixed)
+        return len(self._lists)
 
     def __repr__(self) -> str:
         return repr(dict(self))
 
 
-CHOICES: Mapping[str, tuple] = _Choices()
+CHOICES: Mapping[str, tuple] = _Choices({
+    "fusion": fusion_modes,
+    "modality": MODALITIES,
+    "stage3_attention": STAGE3_ATTENTIONS,
+    "cmqka_mask": QK_MODES,
+    "cmqka_mask_from": MASK_FROM,
+    "cmqka_residual": RESIDUALS,
+    "attention_backend": ATTENTION_BACKENDS,
+    "surrogate": SURROGATES,
+    "spike_fn": SPIKE_FNS,
+})
 
 
 @dataclass(frozen=True)
@@ -102,21 +108,22 @@ class Config:
     cmqka_mask_from: str = "query_modality"
     cmqka_residual: str = "scalar"
     attention_backend: str = "packed"
-    tau: float = 2.0
-    v_threshold: float = 1.0
-    v_reset: float | None = 0.0
-    decay_input: bool = True
-    detach_reset: bool = True
-    surrogate: str = "sigmoid"
-    surrogate_alpha: float | None = None
+    # the defaults below are those of the modules that own them (printed by str(Config()))
+    tau: float = LIF_DEFAULTS["tau"]
+    v_threshold: float = LIF_DEFAULTS["v_threshold"]
+    v_reset: float | None = LIF_DEFAULTS["v_reset"]
+    decay_input: bool = LIF_DEFAULTS["decay_input"]
+    detach_reset: bool = LIF_DEFAULTS["detach_reset"]
+    surrogate: str = LIF_DEFAULTS["surrogate"]
+    surrogate_alpha: float | None = LIF_DEFAULTS["alpha"]
     attention_v_threshold: float = ATTENTION_V_THRESHOLD
-    spike_fn: str = "heaviside"
-    mbt_bottlenecks: int = 4
-    mbt_from_stage: int = 1
-    factorized_fusion_tokens: int = 16
-    factorized_agg_tokens: int = 8
-    bn_momentum: float = 0.1
-    bn_eps: float = 1e-5
+    spike_fn: str = LIF_DEFAULTS["spike_fn"]
+    mbt_bottlenecks: int = mbt.BOTTLENECKS
+    mbt_from_stage: int = mbt.FROM_STAGE
+    factorized_fusion_tokens: int = factorized.FUSION_TOKENS
+    factorized_agg_tokens: int = factorized.AGG_TOKENS
+    bn_momentum: float = BN_MOMENTUM
+    bn_eps: float = BN_EPS
 
     def __post_init__(self):
         # tuples may arrive as lists (JSON); normalise before validating

@@ -34,6 +34,7 @@ from ..functional.attention import (ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD, a
                                     qk_channel_backward, qk_channel_forward, qk_token_backward,
                                     qk_token_forward, ssa_backward, ssa_forward)
 from ..checks import check_choice, check_float_array, check_positive_int
+from ..functional.norm import BN_EPS, BN_MOMENTUM
 from .layers import LIF, BatchNorm, Conv1x1
 from .counting import CONTAINER, SYNAPSE, SynapseCounts
 from .module import Module
@@ -243,7 +244,7 @@ class _ProjectedAttention(Module):
 
 class _QKBlock(_ProjectedAttention):
     def __init__(self, dim, heads, mode="token", *, neuron=None, attention_neuron=None,
-                 attention_backend="packed", bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+                 attention_backend="packed", bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype)
         self._add_projection("q", False, rng)
         self._add_projection("k", False, rng)
@@ -289,7 +290,7 @@ class QKCrossAttention(_QKBlock):
 
 class _SSABlock(_ProjectedAttention):
     def __init__(self, dim, heads, *, scale=0.125, neuron=None, attention_neuron=None,
-                 bn_momentum=0.1, bn_eps=1e-5, rng, dtype=np.float32):
+                 bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype)
         self._add_projection("q", False, rng)
         self._add_projection("k", False, rng)

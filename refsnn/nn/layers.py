@@ -28,7 +28,7 @@ import numpy as np
 from ..functional import conv as F
 from ..checks import check_float_array
 from ..functional.lif import lif_backward, lif_forward, lif_options
-from ..functional.norm import batchnorm_backward, batchnorm_forward
+from ..functional.norm import BN_EPS, BN_MOMENTUM, batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from .counting import FREE, NEURON, READS, SYNAPSE, NeuronCounts, SynapseCounts, synapse_counts
 from .module import Module, Parameter
@@ -248,7 +248,7 @@ class BatchNorm(TimeFolded):
     energy_role = FREE
     op_kind = "bn"
 
-    def __init__(self, channels, *, momentum=0.1, eps=1e-5, dtype=np.float32):
+    def __init__(self, channels, *, momentum=BN_MOMENTUM, eps=BN_EPS, dtype=np.float32):
         super().__init__()
         self.channels = self.in_channels = int(channels)
         self.momentum, self.eps = float(momentum), float(eps)
