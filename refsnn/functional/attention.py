@@ -60,8 +60,7 @@ __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_ch
 ATTENTION_BACKENDS = ("packed", "dense")
 ATTENTION_V_THRESHOLD = 0.5         # the attention LIF's threshold (SPEC section 4)
 # the attention neuron: lif_forward's defaults but the threshold (no neuron_type: always a LIF)
-_NEURON_DEFAULTS = {**{k: v for k, v in LIF_DEFAULTS.items() if k not in ("neuron_type", "backend")},
-                    "v_threshold": ATTENTION_V_THRESHOLD}
+_NEURON_DEFAULTS = {**LIF_DEFAULTS, "v_threshold": ATTENTION_V_THRESHOLD}
 
 
 def attention_options(neuron: dict | None) -> dict:

@@ -113,9 +113,11 @@ def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, deta
     return options
 
 
-# lif_options' (and lif_forward's) defaults by name: Config and the attention neurons take
-# their neuron defaults from here
-LIF_DEFAULTS = {name: p.default for name, p in inspect.signature(lif_options).parameters.items()}
+# The neuron's parameters (not how it runs: neuron_type, spike_dtype, backend) with
+# lif_options' defaults: Config and the attention neurons take their defaults from here.
+LIF_DEFAULTS = {name: inspect.signature(lif_options).parameters[name].default
+                for name in ("tau", "v_threshold", "v_reset", "decay_input", "detach_reset",
+                             "surrogate", "alpha", "spike_fn")}
 
 
 def _options(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, spike_fn,

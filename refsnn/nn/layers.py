@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..functional import conv as F
-from ..checks import check_float_array
+from ..checks import check_choice, check_float_array
 from ..functional.lif import lif_backward, lif_forward, lif_options
 from ..functional.norm import BN_EPS, BN_MOMENTUM, batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
@@ -76,9 +76,7 @@ class Synapse:
     _read: InputRead | None = None
 
     def _set_reads(self, reads: str) -> None:
-        if reads not in READS:
-            raise ValueError(f"reads: expected one of {list(READS)}, got {reads!r}")
-        self.reads = reads
+        self.reads = check_choice("reads", reads, READS)
 
     def _note_input(self, x: np.ndarray, steps: int, output_shape: tuple) -> None:
         """Called while a counter is attached: the input's events, elements and time steps."""
