@@ -1,7 +1,7 @@
 """How much memory a training step needs, estimated before training starts.
 
 The backward pass needs what the forward keeps in the layers' caches (spikes, bit-packed
-operands, BatchNorm inputs, ...). That is measured exactly on small probe steps of batch 1,
+operands, BatchNorm inputs, ...). That is measured exactly on small probe steps of batch 2,
 by walking every module's cache after the forward, and extrapolated: the caches grow linearly
 with the batch, with T (a part is computed once per sample, outside the time loop) and with the
 number of pixels, plus a term in pixels squared for attention cores that keep a token x token
@@ -83,18 +83,19 @@ def cached_bytes(model) -> int:
 
 
 def _probe(c, T: int, side: int, dtype) -> int:
-    """Cached bytes after one forward at batch 1."""
+    """Cached bytes per sample after one forward at batch 2 (batch 1 would leave BatchNorm one
+    value per channel where a stage's map is 1x1 at T = 1, which train mode refuses)."""
     from .models.snnergy import SNNergy
     model = SNNergy(c.replace(T=T, image_size=side), dtype=dtype)
     rng = np.random.default_rng(0)
-    audio = rng.normal(size=(1, c.audio_channels, side, side)).astype(dtype)
-    visual = rng.random((1, T, c.visual_channels, side, side)).astype(dtype)
+    audio = rng.normal(size=(2, c.audio_channels, side, side)).astype(dtype)
+    visual = rng.random((2, T, c.visual_channels, side, side)).astype(dtype)
     model.forward(audio, visual)
-    return cached_bytes(model)
+    return cached_bytes(model) // 2
 
 
 def estimate_step(c, dtype=np.float32, num_parameters: int | None = None) -> StepEstimate:
-    """Estimate a training step of config ``c`` from probes of batch 1 (two when the image
+    """Estimate a training step of config ``c`` from probes of batch 2 (two when the image
     side is at most 64, three above)."""
     dtype = np.dtype(dtype)
     S, T = c.image_size, c.T
