@@ -51,9 +51,10 @@ def load_splits(name: str, *, image_size: int, seed: int = 0, root=None, cache=N
     whose cache is missing and a ``root`` given, runs ``refsnn.data.prepare`` first (with its
     progress bar). ``options`` are the data set's (``--data-option``)."""
     from .data import dataset_names, load_dataset
+    from .data.base import PreparedDataset, dataset_source
     check_choice("--data", name, dataset_names())
     check_data_options(name, image_size, options)
-    if name != "synthetic" and root is not None and prepare_if_missing:
+    if isinstance(dataset_source(name), PreparedDataset) and root is not None and prepare_if_missing:
         try:
             load_dataset(name, "train", root=root, cache=cache, image_size=image_size, seed=seed, **options)
         except ValueError as exc:
