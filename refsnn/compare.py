@@ -138,7 +138,7 @@ def _differences(saved_config: dict, saved_options: dict, run: Run, wanted: dict
              if k != "classes" and saved_config.get(k) != v]      # fit sets classes from the data
     saved = _json_normal(saved_options)
     # an option newer than the run was, when the run was made, its default's behaviour
-    defaults = _json_normal(DEFAULTS)
+    defaults = _json_normal(training.check_options({}))
     diffs += [f"{k}: {saved.get(k, defaults.get(k))!r} != {v!r}" for k, v in wanted.items()
               if saved.get(k, defaults.get(k)) != v]
     return diffs
@@ -701,7 +701,7 @@ _TRAIN_FLAGS = (("--epochs", "epochs", int), ("--batch-size", "batch_size", int)
                 ("--warmup", "warmup_epochs", float), ("--min-lr", "min_lr", float),
                 ("--label-smoothing", "label_smoothing", float), ("--grad-clip", "grad_clip", float),
                 ("--mixup", "mixup", float), ("--eval-every", "eval_every", int),
-                ("--energy-batches", "energy_batches", int))
+                ("--energy-batches", "energy_batches", int), ("--accumulate", "accumulate", int))
 _TRAIN_SWITCHES = (("--crop", "crop"), ("--flip", "flip"), ("--specaugment", "specaugment"))
 
 
