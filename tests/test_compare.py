@@ -282,3 +282,19 @@ def test_the_acceptance_command_as_written(tmp_path):
     with open(os.path.join(out, "comparison.md")) as f:
         assert "| `concat` |" in f.read()
     assert os.path.isfile(os.path.join(out, "accuracy_energy.png")) or "matplotlib is not installed" in proc.stderr
+
+
+def test_under_mpiexec_each_run_is_data_parallel_and_rank_0_alone_writes(tmp_path):
+    pytest.importorskip("mpi4py")
+    if shutil.which("mpiexec") is None:
+        pytest.skip("no mpiexec")
+    out = str(tmp_path / "cmp")
+    proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "refsnn.compare", "--config", "tiny",
+                           "--modes", "cmqka", "concat", "--seeds", "0", "--epochs", "1", *SMALL, "--out", out],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| mode | test accuracy") == 1            # one rank printed the table
+    for mode in ("cmqka", "concat"):
+        with open(os.path.join(out, "runs", mode, "seed0", "report.json")) as f:
+            assert json.load(f)["world_size"] == 2
+    assert os.path.isfile(os.path.join(out, "comparison.json"))
