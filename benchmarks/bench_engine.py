@@ -8,7 +8,9 @@ when torch and spikingjelly are installed, SpikingJelly's multi-step LIFNode on 
 same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `paper` configs
 (batch 8, T=4) in GFLOP/s beside numpy's matmul peak measured in the same run, and the ratio to
 torch.nn.functional.conv2d when torch is installed; refsnn and torch run in turn, and the
-fastest runs are compared (other processes only ever add time).
+fastest runs are compared (other processes only ever add time); (3, ``--parts bnlif``)
+BatchNorm + LIF forward+backward, fused (``refsnn.functional.bnlif``) against the two ops
+chained, at the output shape of each stage's first convolution.
 
     python benchmarks/bench_engine.py --parts conv --configs paper --rounds 9
     python benchmarks/bench_engine.py --parts conv --threads 1 --clock thread   # under load
@@ -87,6 +89,40 @@ def bench_lif(threads):
     print(f"ratio SpikingJelly / refsnn = {t_sj / t_numba:.2f}x  (target >= 2)")
 
 
+def bench_bnlif(batch, names, rounds, clock=time.perf_counter):
+    """BatchNorm feeding LIF, forward + backward: the fused op against the two ops chained, at
+    the shapes of the first Conv-BN-LIF unit of each stage (conv output [T, B, C, H, W])."""
+    from refsnn.functional import batchnorm_backward, batchnorm_forward
+    from refsnn.functional.bnlif import bn_lif_backward, bn_lif_forward
+    print(f"\n== BatchNorm + LIF forward+backward (train mode), batch {batch}, float32 ==")
+    print(f"fused and unfused run in turn, {rounds} rounds; fastest run (median in brackets)")
+    print(f"{'shape':34s} {'unfused ms':>18s} {'fused ms':>18s} {'fused/unfused':>13s}")
+    rng = np.random.default_rng(0)
+    for name in names:
+        c = config(name)
+        for label, N, cin, cout, H in conv_shapes(name, batch)[::2]:
+            T, B = c.T, N // c.T
+            x = rng.normal(0.5, 1.5, size=(T, B, cout, H, H)).astype(np.float32)
+            ds = rng.normal(size=x.shape).astype(np.float32)
+            w, b = np.ones(cout, np.float32), np.zeros(cout, np.float32)
+            rm, rv = np.zeros(cout, np.float32), np.ones(cout, np.float32)
+
+            def unfused():
+                y, bc, _, _ = batchnorm_forward(x.reshape(T * B, cout, -1), w, b, rm, rv, check=False)
+                s, lc = lif_forward(y.reshape(x.shape))
+                batchnorm_backward(lif_backward(ds, lc, check=False).reshape(T * B, cout, -1), bc,
+                                   check=False)
+
+            def fused():
+                s, cache, _, _ = bn_lif_forward(x, w, b, rm, rv, check=False)
+                bn_lif_backward(ds, cache, check=False)
+
+            (tu, mu), (tf, mf) = _interleaved([unfused, fused], rounds, clock)
+            shape = f"{name} {cout}x{H}x{H} (T{T} B{B})"
+            print(f"{shape:34s} {tu * 1e3:8.2f} ({mu * 1e3:7.2f}) {tf * 1e3:8.2f} ({mf * 1e3:7.2f}) "
+                  f"{tf / tu:12.2f}x")
+
+
 def _interleaved(fns, rounds, clock=time.perf_counter):
     """Fastest and median time of each function in ``fns``, run in turn ``rounds`` times (after
     one warm-up each), so that load from other processes falls on all of them alike."""
@@ -163,7 +199,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--configs", default="cpu,paper")
     ap.add_argument("--rounds", type=int, default=7, help="conv: runs of refsnn and torch, in turn")
-    ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv)")
+    ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv, bnlif)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="conv: 'thread' times the calling thread's CPU time, which other processes "
                          "do not inflate; only with --threads 1 (all work then runs in that thread)")
@@ -179,6 +215,9 @@ def main():
     if "conv" in parts:
         bench_conv(args.batch, args.configs.split(","), args.rounds,
                    time.thread_time if args.clock == "thread" else time.perf_counter)
+    if "bnlif" in parts:
+        bench_bnlif(args.batch, args.configs.split(","), args.rounds,
+                    time.thread_time if args.clock == "thread" else time.perf_counter)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from ..kernels import BACKENDS
 from ..kernels import norm as _k
 from ..checks import check_choice, check_float_array
 
-__all__ = ["batchnorm_forward", "batchnorm_backward", "BatchNormCache", "BN_MOMENTUM", "BN_EPS"]
+__all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_statistics", "BatchNormCache",
+           "BN_MOMENTUM", "BN_EPS"]
 
 BN_MOMENTUM = 0.1       # weight of the batch in the running statistics (PyTorch's default)
 BN_EPS = 1e-5           # added to the variance
@@ -50,8 +51,27 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
             raise ValueError(f"{name}: expected shape ({C},) for x with {C} channels, got {a.shape}")
     check_choice("backend", backend, BACKENDS)
     x = np.ascontiguousarray(x)
+    mean, inv_std, scale, shift, new_mean, new_var = batchnorm_statistics(
+        x, weight, bias, running_mean, running_var, training=training, momentum=momentum,
+        eps=eps, repeats=repeats, backend=backend)
+    if backend == "numba":
+        y = np.empty_like(x)
+        _k.bn_apply_kernel(x, scale, shift, y)
+    else:
+        y = _k.bn_apply_numpy(x, scale, shift)
+    return y, BatchNormCache(x, mean, inv_std, weight, training, backend), new_mean, new_var
+
+
+def batchnorm_statistics(x, weight, bias, running_mean, running_var, *, training, momentum,
+                         eps, repeats, backend):
+    """The per-channel numbers of a BatchNorm forward on checked, contiguous x ``[M, C, P]``:
+    ``(mean, inv_std, scale, shift, new_running_mean, new_running_var)`` (mean, inv_std
+    float64; ``y = x * scale + shift`` with scale and shift folded in float64 and cast to x's
+    dtype). Shared by ``batchnorm_forward`` and the fused BN+LIF (``refsnn.functional.bnlif``),
+    so that both compute the same values."""
+    C = x.shape[1]
     if training:
-        count = M * P
+        count = x.shape[0] * x.shape[2]
         if count < 2:
             raise ValueError(f"x: BatchNorm in train mode needs more than one value per channel, got shape {x.shape}")
         if backend == "numba":
@@ -71,12 +91,7 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
     scale64 = inv_std * weight
     scale = scale64.astype(x.dtype)
     shift = (bias - mean * scale64).astype(x.dtype)
-    if backend == "numba":
-        y = np.empty_like(x)
-        _k.bn_apply_kernel(x, scale, shift, y)
-    else:
-        y = _k.bn_apply_numpy(x, scale, shift)
-    return y, BatchNormCache(x, mean, inv_std, weight, training, backend), new_mean, new_var
+    return mean, inv_std, scale, shift, new_mean, new_var
 
 
 def batchnorm_backward(dy, cache, *, check=True):

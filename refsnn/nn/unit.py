@@ -11,11 +11,18 @@ docs/naming.md and QKFormer), and chains them: ``forward`` conv -> BN -> pool ->
 samples): conv, BN (whose running variance counts every copy) and pool run once, and their
 output is broadcast to ``[T, B, ...]`` before the LIF; the backward sums the copies' gradients
 (SPEC section 6: identical results, at a fraction of the cost).
+
+Fused: without a pool or a repeat, and while no energy counter is attached, BN and LIF run as
+one op (``refsnn.functional.bnlif``: one pass over memory forward, two backward; the same
+spikes and running statistics bit for bit, gradients to float64 rounding). The layers keep
+their parameters, buffers and names; the profiler charges the fused op's time to the module
+that owns the unit (``other``), since neither layer's ``forward`` runs.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..functional.bnlif import bn_lif_backward, bn_lif_forward, bn_lif_fusable
 from .module import Module
 
 __all__ = ["ConvBNLIF"]
@@ -29,7 +36,7 @@ class ConvBNLIF:
     (``conv_options``: e.g. ``need_dx=False`` for a Conv2d reading data).
     """
 
-    __slots__ = ("conv", "bn", "pool", "lif", "_repeat")
+    __slots__ = ("conv", "bn", "pool", "lif", "_repeat", "_fused")
 
     def __init__(self, owner: Module, prefix: str, conv: Module, bn: Module, lif: Module,
                  pool: Module | None = None):
@@ -39,6 +46,7 @@ class ConvBNLIF:
                 setattr(owner, f"{prefix}_{role}", layer)
         self.conv, self.bn, self.pool, self.lif = conv, bn, pool, lif
         self._repeat = ()
+        self._fused = None          # the BNLIFCache of a fused forward, else None
 
     def forward(self, x: np.ndarray, repeat_to: tuple | None = None) -> np.ndarray:
         """x ``[T', B', ...]`` -> spikes ``[T', B', ...]`` (``[*repeat_to, ...]`` with
@@ -48,6 +56,9 @@ class ConvBNLIF:
         spread = () if repeat_to is None else \
             tuple(i for i in (0, 1) if x.shape[i] == 1 and repeat_to[i] > 1)
         repeats = int(np.prod([repeat_to[i] for i in spread], dtype=np.int64)) if spread else 1
+        self._fused = None
+        if not spread and self._fusable():
+            return self._forward_fused(self.conv.forward(x))
         h = self.bn.forward(self.conv.forward(x), repeats=repeats)
         if self.pool is not None:
             h = self.pool.forward(h)
@@ -56,7 +67,28 @@ class ConvBNLIF:
             h = np.broadcast_to(h, tuple(repeat_to) + h.shape[2:])
         return self.lif.forward(h)
 
+    def _fusable(self) -> bool:
+        return (self.pool is None and self.bn.counter is None and self.lif.counter is None
+                and bn_lif_fusable(**self.lif.neuron))
+
+    def _forward_fused(self, h: np.ndarray) -> np.ndarray:
+        """BN + LIF on h ``[T, B, C, ...]`` as one op; updates the BN's running statistics."""
+        bn = self.bn
+        spikes, self._fused, mean, var = bn_lif_forward(
+            h, bn.weight.value, bn.bias.value, bn.running_mean, bn.running_var,
+            training=bn.training, momentum=bn.momentum, eps=bn.eps, check=False,
+            **self.lif.neuron)
+        if bn.training:
+            bn.set_buffer("running_mean", mean)
+            bn.set_buffer("running_var", var)
+        return spikes
+
     def backward(self, dspikes: np.ndarray, **conv_options) -> np.ndarray:
+        if self._fused is not None:
+            dh, dw, db = bn_lif_backward(dspikes, self._fused, check=False)
+            self.bn.weight.grad += dw
+            self.bn.bias.grad += db
+            return self.conv.backward(dh, **conv_options)
         dh = self.lif.backward(dspikes)
         if self._repeat:
             dh = dh.sum(axis=self._repeat, keepdims=True)
