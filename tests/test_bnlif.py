@@ -207,6 +207,8 @@ def test_unit_fused_path_equals_layers_chained(training):
     dxa = a.backward(dout)
     yb, dxb = _unfused_reference(b_owner, x, dout)
     np.testing.assert_array_equal(ya, yb)
+    # the LIF layer's cache describes the fused forward (its membrane, as the chain's)
+    np.testing.assert_array_equal(a_owner.fc_lif._cache.h, b_owner.fc_lif._cache.h)
     for key, value in b_owner.state_dict().items():      # running statistics bit for bit
         np.testing.assert_array_equal(a_owner.state_dict()[key], value, err_msg=key)
     np.testing.assert_allclose(dxa, dxb, **GRAD_TOL[np.float32])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional.bnlif import bn_lif_backward, bn_lif_forward, bn_lif_fusable
+from ..functional.lif import LIFCache
 from .module import Module
 
 __all__ = ["ConvBNLIF"]
@@ -81,6 +82,10 @@ class ConvBNLIF:
         if bn.training:
             bn.set_buffer("running_mean", mean)
             bn.set_buffer("running_var", var)
+        # the LIF layer still describes its last forward (readers of its membrane: the
+        # conformance margins); the same array, no copy
+        c = self._fused
+        self.lif._cache = LIFCache(c.h.reshape(c.shape[0], -1), c.lif, c.shape)
         return spikes
 
     def backward(self, dspikes: np.ndarray, **conv_options) -> np.ndarray:
