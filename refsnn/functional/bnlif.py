@@ -21,7 +21,7 @@ import numpy as np
 from ..checks import NonFiniteError, check_finite, check_float_array
 from ..kernels import bnlif as _k
 from .lif import SPIKE_FNS, _typed_args, lif_options
-from .norm import batchnorm_statistics
+from .norm import BN_EPS, BN_MOMENTUM, batchnorm_statistics
 
 __all__ = ["bn_lif_forward", "bn_lif_backward", "bn_lif_fusable", "BNLIFCache"]
 
@@ -43,8 +43,8 @@ class BNLIFCache(NamedTuple):
     shape: tuple                # x's shape as given
 
 
-def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True, momentum=0.1,
-                   eps=1e-5, check=True, **neuron):
+def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True, momentum=BN_MOMENTUM,
+                   eps=BN_EPS, check=True, **neuron):
     """x ``[T, B, C, ...]`` -> ``(spikes, cache, new_running_mean, new_running_var)``; spikes
     in x's shape and dtype. ``neuron``: the keywords of ``lif_forward`` (``backend`` too).
     ``check=False`` skips the scan of x for NaN and inf (a non-finite input still raises, from
