@@ -34,7 +34,7 @@ def fusion_attention_active(model) -> bool:
     for name, m in model.named_modules():
         if not name.startswith("fusion") or not isinstance(m, (QKCore, SSACore)):
             continue
-        lif = m._cache["lif"]
+        lif = m._cache.lif
         fired = lif.h >= m.neuron.get("v_threshold", 0.5)
         if not fired.any() or fired.all():
             return False
