@@ -32,7 +32,6 @@ writes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ import numpy as np
 from . import training
 from .atomic import atomic_write, atomic_write_text
 from .checkpoint import load_checkpoint, load_model, parse_overrides, versions
+from .runtime import limit_threads
 from .distributed import run_main, world
 from .evaluation import check_data_options, energy_batches, model_inputs, parse_data_options
 from .fusion.registry import fusion_modes
@@ -294,20 +294,6 @@ def evaluate_run(run: Run, test, options: dict) -> dict:
 
 # ------------------------------------------------------------------------------ costs
 
-@contextlib.contextmanager
-def _threads(n):
-    if not n:
-        yield
-        return
-    import numba
-    from threadpoolctl import threadpool_limits
-    before = numba.get_num_threads()
-    numba.set_num_threads(int(n))
-    try:
-        with threadpool_limits(int(n)):
-            yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def _median_time(fn, repeat: int) -> float:
@@ -503,7 +489,7 @@ def markdown(result: dict) -> str:
              f"paired bootstrap over the test clips ({b['resamples']:,} resamples, seed {b['seed']}), "
              f"\"not separated\" when it contains 0. It covers the choice of test clips for these trained "
              f"models, not the spread between training seeds (see the per-seed differences)."
-             if ref else f"No paired comparison: the reference mode is not among the modes.",
+             if ref else "No paired comparison: the reference mode is not among the modes.",
              f"Energy: SPEC section 7 (E_MAC 4.6 pJ, E_AC 0.9 pJ) on {o['energy_batches']} test batches of the "
              f"best checkpoint, mean over seeds. Train step: forward, loss, backward and {o['optimizer']} on one "
              f"training batch of {o['batch_size']}, median of {result['timing']['rounds']} rounds over all modes "
@@ -645,7 +631,7 @@ def measure(plan: Plan, log) -> dict:
     evaluated = {m: [] for m in plan.modes}
     tests = {}
     source = dict(root=plan.root, cache=plan.cache, image_size=plan.base.image_size, **plan.data_options)
-    with _threads(plan.options.get("threads")):
+    with limit_threads(plan.options.get("threads")):
         log("evaluating the runs clip by clip")
         for run in plan.runs:
             if run.seed not in tests:

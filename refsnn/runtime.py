@@ -22,12 +22,13 @@ pool, so refsnn's ``__init__`` calls it first.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "passive_thread_wait"]
+__all__ = ["keep_freed_memory", "passive_thread_wait", "limit_threads"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -71,3 +72,21 @@ def passive_thread_wait() -> str:
                       "Import refsnn before using Numba's threads, or start Python with "
                       "OMP_WAIT_POLICY=passive.", RuntimeWarning, stacklevel=3)
     return policy
+
+
+@contextlib.contextmanager
+def limit_threads(n: int | None):
+    """Run the body with ``n`` Numba and BLAS threads (``None`` or 0: leave them as they are),
+    restoring the previous counts after it."""
+    if not n:
+        yield
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+    before = numba.get_num_threads()
+    numba.set_num_threads(int(n))
+    try:
+        with threadpool_limits(int(n)):
+            yield
+    finally:
+        numba.set_num_threads(before)

@@ -37,6 +37,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .checkpoint import Checkpoint, config_differences, load_checkpoint, save_checkpoint, versions
 from .checks import NonFiniteError, check_choice
+from .runtime import limit_threads
 from .distributed import (Communicator, GradientAccumulator, SingleProcess, check_divisible, micro_batches,
                           rank_threads, thread_summary, world)
 from .evaluation import Interrupted, energy_batches, evaluate, load_splits, model_inputs, progress_bar
@@ -639,20 +640,6 @@ def _json(obj) -> str:
 
 # ------------------------------------------------------------------------------- fit
 
-@contextlib.contextmanager
-def _threads(n):
-    if not n:
-        yield
-        return
-    import numba
-    from threadpoolctl import threadpool_limits
-    before = numba.get_num_threads()
-    numba.set_num_threads(int(n))
-    try:
-        with threadpool_limits(int(n)):
-            yield
-    finally:
-        numba.set_num_threads(before)
 
 
 @dataclass
@@ -787,7 +774,7 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
             line = thread_summary(comm, threads)
             if verbose and comm.is_root:
                 print(line, file=sys.stderr)
-        with _threads(threads), StopControl(stop_after_steps, quiet=not comm.is_root) as stop:
+        with limit_threads(threads), StopControl(stop_after_steps, quiet=not comm.is_root) as stop:
             train_epochs(run, stop, progress, verbose, on_epoch_end)
             if run.state.epoch < run.opts["epochs"]:
                 return interrupted_report(run, resume_command)

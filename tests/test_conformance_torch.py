@@ -50,10 +50,6 @@ def test_float32_run_skips_the_float64_only_suites():
 # before issue 15 (the gap those cases left open) and fails the new ones; for the model
 # families (new geometry, baseline fusions) the new cases fail. docs/conformance.md lists them.
 
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-
 from examples.torch_port import fusion as port_fusion  # noqa: E402
 from examples.torch_port import model as port_model  # noqa: E402
 from examples.torch_port import ops as port_ops  # noqa: E402

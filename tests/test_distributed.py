@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from refsnn import distributed as dist
-from refsnn.data import Batch, BatchIterator, Dataset, epoch_order
+from refsnn.data import BatchIterator, Dataset
 from refsnn.distributed import (Communicator, GradientAccumulator, RankFailure, SingleProcess, check_divisible,
                                 micro_batches)
 

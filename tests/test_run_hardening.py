@@ -16,7 +16,7 @@ from refsnn.data.base import Dataset
 from refsnn.memory import cached_bytes, check_step_memory, estimate_step
 from refsnn.models import config
 from refsnn.models.snnergy import SNNergy
-from refsnn.rundir import RunDir, RunDirBusy
+from refsnn.rundir import RunDirBusy
 from refsnn.training import fit
 
 TINY = config("tiny")

@@ -17,8 +17,6 @@ stays silent at another (besides the real-input margin of 1e-6).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ...nn.attention import QKCore, SSACore
 from .snnergy import snnergy_case
 
