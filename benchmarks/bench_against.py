@@ -14,8 +14,8 @@ cache, so the first round of a new tree pays no compile time in its timed part).
 Measures (each the fastest of a few repetitions inside the child):
   step-tiny, step-cpu, step-paper   a training step (forward, CE, backward, AdamW), batch 8
   cmqka-1k, cmqka-4k                CMQKA forward + backward, T=4, B=1, D=256, 8 heads, N tokens
-  qkta-4k, qkca-4k                  the public qk_token_forward / qk_channel_forward from
-                                    float32 spike maps [4, 1, 256, 4096] at a 15% rate
+  qkta-4k, qkca-4k                  the public qk_token_forward (8 heads) / qk_channel_forward
+                                    from float32 spike maps [4, 1, 256, 4096] at a 15% rate
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ rng = np.random.Generator(np.random.PCG64(0))
 q = (rng.random((4, 1, 256, 4096)) < 0.15).astype(np.float32)
 k = (rng.random((4, 1, 256, 4096)) < 0.15).astype(np.float32)
 def run():
-    {op}(q, k, 8)
+    {op}(q, k{heads})
 """
 MEASURES = {
     "step-tiny": (_STEP.format(preset="tiny"), 10),
@@ -61,8 +61,8 @@ MEASURES = {
     "step-paper": (_STEP.format(preset="paper"), 2),
     "cmqka-1k": (_CMQKA.format(n=1024), 5),
     "cmqka-4k": (_CMQKA.format(n=4096), 3),
-    "qkta-4k": (_QK.format(op="qk_token_forward"), 7),
-    "qkca-4k": (_QK.format(op="qk_channel_forward"), 7),
+    "qkta-4k": (_QK.format(op="qk_token_forward", heads=", 8"), 7),
+    "qkca-4k": (_QK.format(op="qk_channel_forward", heads=""), 7),
 }
 
 _CHILD = """

@@ -77,7 +77,11 @@ def test_if_kernel_equals_twin(dtype, M, soft, detach, seed):
     s2, c2 = lif_forward(x, backend="numpy", **kw)
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(c1.h, c2.h)
-    np.testing.assert_allclose(lif_backward(ds, c1), lif_backward(ds, c2), rtol=1e-5, atol=1e-6)
+    # the surrogate's exp may round differently in the kernel and in NumPy; without a leak
+    # nothing damps the recursion, so a float32 difference reaches ~1e-6 in absolute terms on
+    # O(1) gradients where terms cancel (seed 1365, M 2049): compare against the scale
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lif_backward(ds, c1), lif_backward(ds, c2), **tol)
 
 
 def test_if_smooth_mode_finite_differences():
