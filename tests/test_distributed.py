@@ -420,8 +420,10 @@ def test_ctrl_c_on_mpiexec_saves_last_once_and_resumes(tmp_path):
     """Ctrl-C on mpiexec reaches every rank; they agree to stop after the same step, rank 0
     saves last.npz once, every rank exits 0, and --resume continues."""
     out = tmp_path / "run"
+    # 30 epochs of 150 steps: minutes of training on an idle machine, so the interrupt below
+    # always lands mid-run (one epoch finished within the 8 s on an idle machine)
     args = [FIT_SCRIPT, json.dumps({**FIT, "out": str(out), "sizes": {"n_train": 1200, "n_val": 8, "n_test": 8},
-                                    "verbose": True})]
+                                    "epochs": 30, "verbose": True})]
     proc = subprocess.Popen(["mpiexec", "-n", "2", sys.executable] + args, cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -444,5 +446,5 @@ def test_ctrl_c_on_mpiexec_saves_last_once_and_resumes(tmp_path):
     assert sorted(re.findall(r'"status": "(\w+)", "step": (\d+)', stdout)) == [("interrupted", step)] * 2
     ck = _state(out / "last.npz")
     assert str(ck.meta["state"]["step"]) == step and ck.meta["world_size"] == 2
-    resumed = _ok(fit_ranks(2, out=str(out), resume=True, stop_after_steps=1))
+    resumed = _ok(fit_ranks(2, out=str(out), resume=True, stop_after_steps=1, epochs=30))
     assert _state(out / "last.npz").meta["state"]["step"] == ck.meta["state"]["step"] + 1, resumed.stderr
