@@ -267,3 +267,11 @@ def test_load_state_dict_refuses_lossy_casts(dtype):
         np.testing.assert_array_equal(net.state_dict()[k], v)
     state = {k: v.astype(np.float64) for k, v in before.items()}     # float64 -> float32 is allowed
     net.load_state_dict(state)
+
+
+def test_a_time_folded_layer_without_its_ops_is_refused_when_defined():
+    from refsnn.nn.layers import TimeFolded
+    with pytest.raises(TypeError, match="Half: a TimeFolded layer defines backward_folded"):
+        class Half(TimeFolded):
+            def forward_folded(self, x):
+                return x

@@ -106,13 +106,20 @@ class TimeFolded(Module):
     free reshapes of contiguous arrays. Keyword options pass through (``repeats`` of
     BatchNorm, ``need_dx`` of Conv2d; ``backward_folded`` may return None for no dx).
 
-    Subclasses set ``input_ndim`` (rank of ``[T, B, ...]``; None: at least 3) and, when the
-    channel axis is checked, ``in_channels``. ``backward`` takes T and B from ``dy``
-    (``[T, B, ...]`` like the forward's output).
+    Subclasses define ``forward_folded(x, **options)`` and ``backward_folded(dy, **options)``
+    (a subclass without them is refused when it is defined), set ``input_ndim`` (rank of
+    ``[T, B, ...]``; None: at least 3) and, when the channel axis is checked, ``in_channels``.
+    ``backward`` takes T and B from ``dy`` (``[T, B, ...]`` like the forward's output).
     """
 
     input_ndim: int | None = None
     in_channels: int | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [m for m in ("forward_folded", "backward_folded") if not callable(getattr(cls, m, None))]
+        if missing:
+            raise TypeError(f"{cls.__name__}: a TimeFolded layer defines {' and '.join(missing)}")
 
     def forward(self, x, **options):
         if self.input_ndim is None:
@@ -132,12 +139,6 @@ class TimeFolded(Module):
         T, B = dy.shape[:2]
         dx = self.backward_folded(dy.reshape((T * B,) + dy.shape[2:]), **options)
         return None if dx is None else dx.reshape((T, B) + dx.shape[1:])
-
-    def forward_folded(self, x, **options):
-        raise NotImplementedError
-
-    def backward_folded(self, dy, **options):
-        raise NotImplementedError
 
     def _note_input(self, x, steps: int, output_shape: tuple) -> None:
         """While an EventCounter is attached: what the input carried (synapses record it)."""
