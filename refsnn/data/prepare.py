@@ -326,41 +326,15 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     params = cache_params(name, image_size, **options)
     manifest = source.scan(os.fspath(root), params)
     directory = cache_dir(cache, name, params)
-    clips_dir = os.path.join(directory, "clips")
-    try:
-        os.makedirs(clips_dir, exist_ok=True)
-    except OSError as exc:
-        raise CacheWriteError(f"--cache {directory}: cannot create the cache folder ({exc.strerror}); give a "
-                              f"writable --cache") from None
-    error, done = None, None
-    if comm.is_root:          # one writer; other nodes' temporaries look stale by pid, so one cleaner
-        try:
-            _write_params(directory, params)
-            _remove_stale_temporaries(directory)
-            done = {c.clip_id for c in manifest.clips if _clip_file_present(_clip_path(clips_dir, c.clip_id))}
-        except ValueError as exc:
-            error = exc
-    comm.agree(error)
-    done = comm.bcast(done)                               # one list, so the shares are disjoint
+    done = _open_cache(directory, params, manifest, comm)
     todo = [c for c in manifest.clips if c.clip_id not in done]
-    share = todo[comm.rank::comm.size]
-    error, skipped = None, []
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
-            skipped = _run_decoding(share, params, clips_dir, strict=strict, progress=progress and comm.is_root,
-                                    workers=workers, name=name, stop=comm.peer_failed)
-    except (PrepareError, CacheWriteError) as exc:
-        error = exc
-        comm.announce_failure()
-    comm.agree(error)
-    order = {c.clip_id: i for i, c in enumerate(manifest.clips)}
-    skipped = sorted((s for part in comm.allgather(skipped) for s in part), key=lambda s: order[s[0]])
+    skipped = _decode_share(todo[comm.rank::comm.size], params, directory, manifest, comm, strict=strict,
+                            progress=progress, workers=workers, name=name)
     skipped_ids = {c for c, _ in skipped}
     ready = [c for c in manifest.clips if c.clip_id not in skipped_ids]
     if not ready:
         raise ValueError(f"{name}: no clip of {root} could be decoded ({len(skipped)} skipped); "
                          f"first reasons: {skipped[:3]}")
-    split_of = {c.clip_id: c.split for c in manifest.clips}
     counts = {}
     for c in ready:
         counts[c.split] = counts.get(c.split, 0) + 1
@@ -370,26 +344,73 @@ def prepare(name: str, root, cache=None, *, image_size: int = 64, strict: bool =
     error = None
     if comm.is_root:
         try:
-            by_id = {c.clip_id: c for c in manifest.clips}
-            skipped_rows = [(c, split_of[c], r, source_fingerprint(by_id[c])) for c, r in skipped]
-            bad, changed = _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
-            if bad:                  # damaged clip files: deleted by _consolidate, decoded again here
-                with threadpool_limits(limits=1, user_api="blas"):
-                    again = _run_decoding(bad, params, clips_dir, strict=False, progress=False, workers=workers,
-                                          name=name)
-                if again:
-                    raise ValueError(f"{name}: the cached file of clip {again[0][0]} was damaged and the clip no "
-                                     f"longer decodes ({again[0][1]}); run prepare again to leave it out")
-                _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
-                report.decoded += len(bad)
-                report.reused -= len(bad)
-            report.seconds = time.perf_counter() - start
-            if changed or report.decoded or not os.path.isfile(os.path.join(directory, "report.json")):
-                _write_report(directory, report)          # a cache that only was read keeps its report
+            _finish_cache(directory, manifest, ready, params, report, root, start, workers=workers)
         except ValueError as exc:
             error = exc
     comm.agree(error)                                     # no rank returns before the cache is complete
     return report
+
+
+def _open_cache(directory: str, params: dict, manifest, comm) -> set:
+    """Create the cache folder, write its parameters, remove stale temporaries (rank 0) and
+    return the ids of the clips already decoded, the same set on every rank."""
+    try:
+        os.makedirs(os.path.join(directory, "clips"), exist_ok=True)
+    except OSError as exc:
+        raise CacheWriteError(f"--cache {directory}: cannot create the cache folder ({exc.strerror}); give a "
+                              f"writable --cache") from None
+    error, done = None, None
+    if comm.is_root:          # one writer; other nodes' temporaries look stale by pid, so one cleaner
+        try:
+            _write_params(directory, params)
+            _remove_stale_temporaries(directory)
+            clips_dir = os.path.join(directory, "clips")
+            done = {c.clip_id for c in manifest.clips if _clip_file_present(_clip_path(clips_dir, c.clip_id))}
+        except ValueError as exc:
+            error = exc
+    comm.agree(error)
+    return comm.bcast(done)                               # one set, so the shares are disjoint
+
+
+def _decode_share(share: list, params: dict, directory: str, manifest, comm, *, strict: bool, progress: bool,
+                  workers: int, name: str) -> list:
+    """Decode this rank's ``share`` of the clips; every rank returns all ranks' skipped clips
+    ``(clip_id, reason)`` in the manifest's order. A failure on any rank stops them all."""
+    error, skipped = None, []
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):     # small matmuls: BLAS threads only cost here
+            skipped = _run_decoding(share, params, os.path.join(directory, "clips"), strict=strict,
+                                    progress=progress and comm.is_root, workers=workers, name=name,
+                                    stop=comm.peer_failed)
+    except (PrepareError, CacheWriteError) as exc:
+        error = exc
+        comm.announce_failure()
+    comm.agree(error)
+    order = {c.clip_id: i for i, c in enumerate(manifest.clips)}
+    return sorted((s for part in comm.allgather(skipped) for s in part), key=lambda s: order[s[0]])
+
+
+def _finish_cache(directory: str, manifest, ready: list, params: dict, report: PrepareReport, root, start: float,
+                  *, workers: int) -> None:
+    """Rank 0: stack the decoded clips into the cache's arrays and index, decode again the clip
+    files found damaged while stacking, and write ``report.json`` when the cache changed."""
+    split_of = {c.clip_id: c.split for c in manifest.clips}
+    by_id = {c.clip_id: c for c in manifest.clips}
+    skipped_rows = [(c, split_of[c], r, source_fingerprint(by_id[c])) for c, r in report.skipped]
+    bad, changed = _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
+    if bad:                          # damaged clip files: deleted by _consolidate, decoded again here
+        with threadpool_limits(limits=1, user_api="blas"):
+            again = _run_decoding(bad, params, os.path.join(directory, "clips"), strict=False, progress=False,
+                                  workers=workers, name=report.name)
+        if again:
+            raise ValueError(f"{report.name}: the cached file of clip {again[0][0]} was damaged and the clip no "
+                             f"longer decodes ({again[0][1]}); run prepare again to leave it out")
+        _consolidate(directory, manifest, ready, params, skipped_rows, manifest.notes, root)
+        report.decoded += len(bad)
+        report.reused -= len(bad)
+    report.seconds = time.perf_counter() - start
+    if changed or report.decoded or not os.path.isfile(os.path.join(directory, "report.json")):
+        _write_report(directory, report)                  # a cache that only was read keeps its report
 
 
 def _parser() -> argparse.ArgumentParser:
