@@ -19,10 +19,11 @@
 (4) The packed QKTA kernel's achieved memory bandwidth (bytes read + written / time) against
     np.copyto moving the same number of bytes, measured in the same run.
 (5) Issue 13 at the model's shapes [T=4, B=8, D=256, N=4096], 15% spikes: the public
-    qk_token_forward / qk_channel_forward from float32 maps, and from the model's own spike
-    representation (uint8 maps from ``lif_forward(..., spike_dtype=np.uint8)``, Z as uint8),
-    against the dense NumPy version of the same op (sum per head, LIF, broadcast, multiply);
-    pack_bits / unpack_bits of one float32 map in GB/s of the float32 map, beside np.copyto.
+    qk_token_forward / qk_channel_forward from float32 maps, from uint8 maps (as
+    ``lif_forward(..., spike_dtype=np.uint8)`` emits them; Z as uint8) and from packed spikes
+    (``PackedSpikes`` in each op's layout; Z as float32, and Z packed), against the dense
+    NumPy version of the same op (sum per head, LIF, broadcast, multiply); pack_bits /
+    unpack_bits of one float32 map in GB/s of the float32 map, beside np.copyto.
 
 Times are the fastest of the repeats (the machine is shared; see ``timed``).
 """
@@ -38,8 +39,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import blas_report, machine, set_threads, timed  # noqa: E402
-from refsnn.functional.attention import (attention_options, qk_channel_forward,  # noqa: E402
-                                         qk_token_forward)
+from refsnn.functional.attention import (Z_PACKED, attention_options,  # noqa: E402
+                                         qk_channel_forward, qk_channel_layout, qk_token_forward,
+                                         qk_token_layout)
 from refsnn.functional.lif import _typed_args  # noqa: E402
 from refsnn.fusion import CMQKA  # noqa: E402
 from refsnn.kernels import qk as K  # noqa: E402
@@ -106,7 +108,7 @@ def bench_bandwidth(N, repeat):
     rng = rng_of(7)
     lif = _typed_args(attention_options(None), np.float32)
     qw, kw = pack_token(spikes(rng, N)), pack_token(spikes(rng, N))
-    zw, a, h, _ = K.qk_token_packed(qw, kw, lif)
+    zw, a, h, _, _ = K.qk_token_packed(qw, kw, lif)
     moved = qw.nbytes + kw.nbytes + zw.nbytes + a.nbytes + h.nbytes      # read + written
     t_kernel = timeit(lambda: K.qk_token_packed(qw, kw, lif), repeat)
     # a copy of S bytes reads S and writes S: copy half the kernel's traffic
@@ -137,15 +139,21 @@ def bench_model_shapes(repeat):
     d = D5 // HEADS
     q5 = q.reshape(T5, B5, HEADS, d, N5)
     words = pack_bits(q5, axis=3)
+    qt, kt = qk_token_layout(q, HEADS), qk_token_layout(k, HEADS)
+    qc, kc = qk_channel_layout(q), qk_channel_layout(k)
     src = np.ones(q.nbytes, dtype=np.uint8)
     dst = np.empty_like(src)
     runs = {
         "token dense NumPy": lambda: K.qk_token_dense(q, k, HEADS, lif, count=False),
         "token from float32": lambda: qk_token_forward(q, k, HEADS),
         "token from uint8": lambda: qk_token_forward(q8, k8, HEADS, z_dtype=np.uint8),
+        "token from packed": lambda: qk_token_forward(qt, kt, HEADS),
+        "token packed, Z packed": lambda: qk_token_forward(qt, kt, HEADS, z_dtype=Z_PACKED),
         "channel dense NumPy": lambda: K.qk_channel_dense(q, k, lif, count=False),
         "channel from float32": lambda: qk_channel_forward(q, k),
         "channel from uint8": lambda: qk_channel_forward(q8, k8, z_dtype=np.uint8),
+        "channel from packed": lambda: qk_channel_forward(qc, kc),
+        "channel packed, Z packed": lambda: qk_channel_forward(qc, kc, z_dtype=Z_PACKED),
         "pack_bits": lambda: pack_bits(q5, axis=3),
         "unpack_bits": lambda: unpack_bits(words, d, axis=3, dtype=np.float32),
         "np.copyto": lambda: np.copyto(dst, src),
@@ -157,11 +165,13 @@ def bench_model_shapes(repeat):
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, 1, warmup=0)[0])
     for name, t in best.items():
-        print(f"{name:22}{t * 1e3:9.1f} ms")
+        print(f"{name:26}{t * 1e3:9.2f} ms")
     for mode in ("token", "channel"):
         dense = best[f"{mode} dense NumPy"]
         print(f"{mode}: from float32 {dense / best[f'{mode} from float32']:.2f}x the dense version "
-              f"(target >= 5), from uint8 {dense / best[f'{mode} from uint8']:.2f}x (target >= 10)")
+              f"(target >= 5); from uint8 {dense / best[f'{mode} from uint8']:.2f}x, from packed "
+              f"{dense / best[f'{mode} from packed']:.2f}x (Z float32), "
+              f"{dense / best[f'{mode} packed, Z packed']:.2f}x (Z packed) (target >= 10)")
     gb = q.nbytes / 1e9
     print(f"pack_bits {gb / best['pack_bits']:.1f} GB/s, unpack_bits {gb / best['unpack_bits']:.1f} GB/s "
           f"of float32 map (target >= 8); np.copyto {2 * gb / best['np.copyto']:.1f} GB/s read + write")

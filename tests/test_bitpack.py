@@ -171,3 +171,26 @@ def test_attention_kernels_compile_to_popcnt(kernel):
         fresh.compile(sig)
     asm = "\n".join(fresh.inspect_asm(sig) for sig in fresh.signatures)
     assert "popcnt" in asm.lower()
+
+
+def test_packed_spikes_value():
+    # PackedSpikes: the words, the length and the axis; shape, size and unpack describe the spikes
+    from refsnn.kernels.bitpack import PackedSpikes, check_packed, pack_spikes, padding_set
+    x = _spikes(_rng(4), (3, 70, 5), 0.4, np.float32)
+    p = pack_spikes(x, axis=-2)
+    assert isinstance(p, PackedSpikes) and p.axis == 1 and p.length == 70
+    assert p.words.shape == (3, 2, 5) and p.shape == x.shape and p.size == x.size and p.ndim == 3
+    np.testing.assert_array_equal(p.words, pack_bits(x, axis=1))
+    np.testing.assert_array_equal(p.unpack(np.float32), x)
+    assert check_packed(p, "x", ndim=3, axis=1) == p and not padding_set(*p)
+    words = p.words.copy()
+    words[2, 1, 4] |= np.uint64(1 << 6)          # bit 70 of a 70-long axis: padding
+    assert padding_set(words, 70, 1)
+    with pytest.raises(ValueError, match=r"x: expected spikes packed along axis 2, got axis 1 \(hint\)"):
+        check_packed(p, "x", ndim=3, axis=2, layout="hint")
+    with pytest.raises(ValueError, match=r"x: length 200 needs 4 words on axis 1"):
+        check_packed(PackedSpikes(p.words, 200, 1), "x", ndim=3, axis=1)
+    with pytest.raises(ValueError, match=r"x: expected a positive integer length, got 0"):
+        check_packed(PackedSpikes(p.words, 0, 1), "x", ndim=3, axis=1)
+    with pytest.raises(ValueError, match=r"spikes: expected binary spikes"):
+        pack_spikes(x * 2, axis=1)

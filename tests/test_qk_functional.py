@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from refsnn.functional.attention import (qk_channel_backward, qk_channel_forward,
-                                         qk_token_backward, qk_token_forward, ssa_backward,
-                                         ssa_forward)
-from refsnn.kernels.bitpack import num_words
+from refsnn.functional.attention import (Z_PACKED, qk_channel_backward, qk_channel_forward,
+                                         qk_channel_layout, qk_token_backward, qk_token_forward,
+                                         qk_token_layout, ssa_backward, ssa_forward)
+from refsnn.kernels.bitpack import PackedSpikes, num_words, pack_bits
 from refsnn.testing import gradient_error, numerical_gradient
 from test_lif import lif_loop as _lif_oracle
 
@@ -377,3 +377,112 @@ def test_non_finite_gradients_are_named(backend, bad):
         _, cache = fwd(q, k, *args, backend=backend)
         with pytest.raises(ValueError, match=r"dz: contains NaN or inf \(first at index \(1, 0, 3, 66\)\)"):
             bwd(dz, cache)
+
+
+# ------------------------------------------------------------------ packed spikes in and out
+
+def _ops(heads):
+    """(forward, backward, layout) of QKTA and QKCA with ``heads`` bound."""
+    return (
+        (lambda q, k, **kw: qk_token_forward(q, k, heads, **kw), qk_token_backward,
+         lambda x: qk_token_layout(x, heads)),
+        (qk_channel_forward, qk_channel_backward, qk_channel_layout),
+    )
+
+
+@settings(deadline=None, max_examples=20)
+@given(T=st.integers(1, 3), B=st.integers(1, 2), heads=st.integers(1, 3),
+       d=st.sampled_from([1, 5, 64, 70]), N=st.sampled_from([1, 5, 64, 70]),
+       which=st.sampled_from(["both", "q", "k"]), z_dtype=st.sampled_from([None, np.uint8, Z_PACKED]),
+       backend=st.sampled_from(["packed", "dense"]), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**16))
+def test_packed_inputs_equal_arrays(T, B, heads, d, N, which, z_dtype, backend, dtype, seed):
+    # the ops from PackedSpikes (either or both of q, k) give the Z, A, counts and gradients
+    # of the ops from the float arrays; float64 beside a packed input keeps float64
+    rng = rng_of(seed)
+    shape = (T, B, heads * d, N)
+    q, k = spikes(rng, shape, 0.3, dtype), spikes(rng, shape, 0.5, dtype)
+    dz = rng.normal(size=shape).astype(dtype)
+    out_dtype = dtype if which != "both" else np.float32       # packed spikes alone: float32
+    for fwd, bwd, layout in _ops(heads):
+        z0, c0 = fwd(q.astype(out_dtype), k.astype(out_dtype), backend=backend)
+        qi = layout(q) if which in ("both", "q") else q
+        ki = layout(k) if which in ("both", "k") else k
+        z, c = fwd(qi, ki, backend=backend, z_dtype=z_dtype)
+        if z_dtype == Z_PACKED:
+            assert isinstance(z, PackedSpikes) and z.axis == 3
+            layout_z = layout(z0)
+            assert z.length == layout_z.length and z.words.shape == layout_z.words.shape
+            np.testing.assert_array_equal(z.words, layout_z.words)
+        else:
+            assert z.dtype == (z_dtype or out_dtype)
+            np.testing.assert_array_equal(z, z0)
+        np.testing.assert_array_equal(c.a, c0.a)
+        assert c.counts == c0.counts
+        for g, g0 in zip(bwd(dz, c), bwd(dz, c0)):
+            assert g.dtype == out_dtype
+            np.testing.assert_array_equal(g, g0)
+
+
+@pytest.mark.parametrize("backend", ["packed", "dense"])
+def test_worked_example_from_packed_spikes(backend):
+    z, cache = qk_token_forward(qk_token_layout(WQ, 2), qk_token_layout(WK, 2), 2,
+                                backend=backend, z_dtype=Z_PACKED)
+    np.testing.assert_array_equal(z.unpack().reshape(2, 1, 4, 3)[:, 0],
+                                  [_rows("100 001 001 011"), _rows("001 010 010 100")])
+    # head 0 at t = 0: channels 0, 1 of tokens 0, 1, 2 -> bits (c = 0: K 1, 1, 0) kept where A fires
+    assert z.words.shape == (2, 1, 2, 1, 3) and int(z.words[0, 0, 0, 0, 0]) == 0b01
+    z, _ = qk_channel_forward(qk_channel_layout(WQ), qk_channel_layout(WK), backend=backend)
+    np.testing.assert_array_equal(z[1, 0], _rows("101 110 011 000"))
+
+
+def test_packed_input_checks():
+    qt, kt = qk_token_layout(WQ, 2), qk_token_layout(WK, 2)
+    qc = qk_channel_layout(WQ)
+    with pytest.raises(ValueError, match=r"q: expected words of 5 dimensions, got shape \(2, 1, 4, 1\) "
+                                         r"\(QKTA reads a head's channels"):
+        qk_token_forward(qc, WK, 2)
+    with pytest.raises(ValueError, match=r"q: expected words of 4 dimensions.*QKCA reads the tokens"):
+        qk_channel_forward(qt, WK)
+    with pytest.raises(ValueError, match=r"q: expected words \[T, B, heads=1, Wd, N\]"):
+        qk_token_forward(qt, kt, 1)
+    with pytest.raises(ValueError, match=r"k: expected spikes packed along axis 3, got axis 2"):
+        qk_channel_forward(qc, PackedSpikes(pack_bits(WK, axis=2), 4, 2))
+    with pytest.raises(ValueError, match=r"q: length 65 needs 2 words on axis 3"):
+        qk_channel_forward(PackedSpikes(qc.words, 65, 3), WK)
+    with pytest.raises(ValueError, match=r"q: expected uint64 words"):
+        qk_channel_forward(PackedSpikes(qc.words.astype(np.int64), 3, 3), WK)
+    with pytest.raises(ValueError, match=r"k: expected the shape \(2, 1, 4, 3\) of the packed q, "
+                                         r"got \(2, 1, 4, 2\)"):
+        qk_channel_forward(qc, WK[..., :2])
+    with pytest.raises(ValueError, match=r"k: expected the spikes of shape \(2, 1, 4, 3\)"):
+        qk_channel_forward(qc, qk_channel_layout(WK[..., :2]))
+    k = WK.copy()
+    k[0, 0, 1, 2] = 2
+    with pytest.raises(ValueError, match=r"^k: expected binary spikes"):
+        qk_token_forward(qt, k, 2)
+    with pytest.raises(ValueError, match="smooth"):
+        qk_channel_forward(qc, WK, neuron=dict(spike_fn="smooth"), backend="dense")
+    with pytest.raises(ValueError, match="z_dtype: expected None, numpy.uint8"):
+        qk_channel_forward(qc, WK, z_dtype="bits")
+    with pytest.raises(ValueError, match="q: expected PackedSpikes"):
+        from refsnn.kernels.bitpack import check_packed
+        check_packed(WQ, "q", ndim=4, axis=3)
+
+
+@pytest.mark.parametrize("mode", ["token", "channel"])
+@pytest.mark.parametrize("which", ["q", "k"])
+def test_padding_bits_are_rejected(mode, which):
+    # a bit past the packed length (QKTA: a head's d = 2 channels; QKCA: N = 3 tokens) would be
+    # summed or kept as a spike: the op refuses the words and names the argument
+    qp, kp = (qk_token_layout(x, 2) if mode == "token" else qk_channel_layout(x) for x in (WQ, WK))
+    p = qp if which == "q" else kp
+    words = p.words.copy()
+    words[(1, 0, 1, 0, 2) if mode == "token" else (1, 0, 3, 0)] |= np.uint64(1 << 40)
+    bad = PackedSpikes(words, p.length, 3)
+    args = (bad, kp) if which == "q" else (qp, bad)
+    with pytest.raises(ValueError, match=rf"^{which}: bits past length {p.length} are set"):
+        if mode == "token":
+            qk_token_forward(*args, 2)
+        else:
+            qk_channel_forward(*args)

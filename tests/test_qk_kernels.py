@@ -44,7 +44,8 @@ def test_token_kernel_equals_twin(T, B, heads, d, N, rate_q, rate_k, opts, dtype
     lif = _typed(opts, dtype)
     qw = pack_bits(q.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
     kw = pack_bits(k.reshape(T, B, heads, d, N), axis=3).reshape(T, B * heads, -1, N)
-    zw, a, h, counts = K.qk_token_packed(qw, kw, lif, parallel=parallel)
+    zw, a, h, counts, padded = K.qk_token_packed(qw, kw, lif, length=d, parallel=parallel)
+    assert not padded
     z_ref, a_ref, h_ref, counts_ref = K.qk_token_dense(q, k, heads, lif)
     z = unpack_bits(zw.reshape(T * B * heads, -1, N), d, axis=1).reshape(T, B, D, N)
     np.testing.assert_array_equal(z, z_ref)
@@ -68,7 +69,8 @@ def test_channel_kernel_equals_twin(T, B, D, N, rate_q, rate_k, opts, dtype, par
     lif = _typed(opts, dtype)
     qw = pack_bits(q, axis=3).reshape(T, B * D, -1)
     kw = pack_bits(k, axis=3).reshape(T, B * D, -1)
-    zw, a, h, counts = K.qk_channel_packed(qw, kw, lif, parallel=parallel)
+    zw, a, h, counts, padded = K.qk_channel_packed(qw, kw, lif, length=N, parallel=parallel)
+    assert not padded
     z_ref, a_ref, h_ref, counts_ref = K.qk_channel_dense(q, k, lif)
     np.testing.assert_array_equal(unpack_bits(zw.reshape(T, B, D, -1), N, axis=3), z_ref)
     np.testing.assert_array_equal(a.reshape(a_ref.shape), a_ref)
@@ -77,6 +79,34 @@ def test_channel_kernel_equals_twin(T, B, D, N, rate_q, rate_k, opts, dtype, par
     s, cache = lif_forward(K.channel_sums(q), **opts)
     np.testing.assert_array_equal(a.reshape(s.shape), s)
     np.testing.assert_array_equal(h.reshape(cache.h.shape), cache.h)
+
+
+@settings(deadline=None, max_examples=30)
+@given(mode=st.sampled_from(["token", "channel"]), length=st.sampled_from([1, 5, 63, 70, 127]),
+       which=st.sampled_from(["q", "k"]), pos=st.integers(0, 10**6), parallel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_packed_kernels_flag_padding_bits(mode, length, which, pos, parallel, seed):
+    # a bit past ``length`` in a last word is flagged; the same words with every bit a real
+    # spike (length = all the words' bits) are not
+    T, G, N = 2, 3, 9
+    rng = _rng(seed)
+    shape = (T, G, length, N) if mode == "token" else (T, G, length)
+    q, k = ((rng.random(shape) < 0.5).astype(np.float32) for _ in range(2))
+    qw, kw = pack_bits(q, axis=2), pack_bits(k, axis=2)
+    run = K.qk_token_packed if mode == "token" else K.qk_channel_packed
+    lif = _typed(ATTENTION_LIF, np.float32)
+    assert not run(qw, kw, lif, length=length, parallel=parallel)[-1]
+    words = qw.shape[2]
+    if length == 64 * words:
+        return
+    w = qw if which == "q" else kw
+    bit = np.uint64(1) << np.uint64(length % 64 + pos % (64 - length % 64))
+    if mode == "token":
+        w[pos % T, pos % G, words - 1, pos % N] |= bit
+    else:
+        w[pos % T, pos % G, words - 1] |= bit
+    assert run(qw, kw, lif, length=length, parallel=parallel)[-1]
+    assert not run(qw, kw, lif, parallel=parallel)[-1]      # length None: every bit counts
 
 
 @settings(deadline=None, max_examples=30)
@@ -147,7 +177,8 @@ def test_fused_token_kernel_equals_twin(T, G, d, N, rate_q, rate_k, opts, dtypes
     assert counts == ref[4]
     # and the packed kernel on the same bits gives the same A, H and packed K
     qw = pack_bits(q, axis=2)
-    zw, a2, h2, counts2 = K.qk_token_packed(qw, kw, lif)
+    zw, a2, h2, counts2, padded = K.qk_token_packed(qw, kw, lif, length=d)
+    assert not padded
     np.testing.assert_array_equal(a, a2)
     np.testing.assert_array_equal(h, h2)
     assert counts == counts2
@@ -166,7 +197,8 @@ def test_fused_channel_kernel_equals_twin(T, G, N, rate_q, rate_k, opts, dtypes,
     for got, want in ((z, zr), (kw, kwr), (a, ar), (h, hr)):
         np.testing.assert_array_equal(got, want)
     assert counts == countsr
-    zw, a2, h2, counts2 = K.qk_channel_packed(pack_bits(q, axis=2), kw, lif)
+    zw, a2, h2, counts2, padded = K.qk_channel_packed(pack_bits(q, axis=2), kw, lif, length=N)
+    assert not padded
     np.testing.assert_array_equal(a, a2)
     np.testing.assert_array_equal(h, h2)
 

@@ -11,6 +11,15 @@ q, k, v are ``[T, B, D, N]`` binary spike maps of any real or integer dtype, or 
 binary, never cast). Outputs and gradients are float: float64 if an input is float64, else
 float32; the Q-K ops take ``z_dtype=np.uint8`` for a consumer that reads Z as spikes.
 
+The Q-K ops also take q and k bit-packed (``refsnn.kernels.bitpack.PackedSpikes``, either or
+both), in the layout their packed core reads: QKTA a head's d = D/h channels (the spikes
+viewed ``[T, B, h, d, N]``, packed along axis 3: ``qk_token_layout(x, heads)``), QKCA the
+tokens (``[T, B, D, N]`` along axis 3: ``qk_channel_layout(x)``). Their padding bits must be
+0 (the core flags a set one while it reads the words; the op then names the argument). From
+packed spikes the forward is the packed core alone (``refsnn.kernels.qk``); ``z_dtype=
+Z_PACKED`` returns Z in the same layout. The backward is the same whatever the forms: dz, dq,
+dk are float ``[T, B, D, N]`` (float32 for packed inputs, float64 beside a float64 array).
+
 Options (keyword-only, beyond the SPEC section 11 signatures):
     neuron   keyword arguments of ``lif_forward`` for the attention LIF; they update the
              defaults ``{"v_threshold": 0.5}`` (``Config.attention_neuron_kwargs()`` gives the
@@ -20,9 +29,11 @@ Options (keyword-only, beyond the SPEC section 11 signatures):
              runs the attention LIF, writes Z and packs K to bits for the backward,
              ``refsnn.kernels.qk_fused``; the backward reads K packed, ``refsnn.kernels.qk``)
              or "dense" (NumPy on unpacked arrays). Both give identical spikes, Z and gradients.
-    z_dtype  (Q-K ops) the dtype of Z: None (the float rule above) or numpy.uint8. A model
-             whose neurons emit uint8 spikes (``lif_forward(..., spike_dtype=np.uint8)``)
-             and whose consumer of Z reads spikes keeps the whole op at a byte per spike.
+    z_dtype  (Q-K ops) the dtype of Z: None (the float rule above), numpy.uint8, or
+             ``Z_PACKED`` ("packed": PackedSpikes in the op's layout). A model whose neurons
+             emit uint8 spikes (``lif_forward(..., spike_dtype=np.uint8)``) and whose consumer
+             of Z reads spikes keeps the whole op at a byte per spike; packed spikes in and
+             out, at an eighth of a byte.
 
 Caches are NamedTuples (``QKTokenCache``, ``QKChannelCache``, ``SSACache``); each holds
 ``counts`` (str -> int), what the op executed on its input:
@@ -47,7 +58,8 @@ import numpy as np
 from ..kernels import BACKENDS
 from ..kernels import qk as _k
 from ..kernels import qk_fused as _f
-from ..kernels.bitpack import num_words
+from ..kernels.bitpack import (PackedSpikes, check_packed, num_words, pack_bits, padding_set,
+                               unpack_bits)
 from ..checks import (check_array, check_binary, check_choice, check_finite, check_float_array,
                       check_positive_int)
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
@@ -55,10 +67,13 @@ from .lif import LIF_DEFAULTS, lif_backward, lif_forward
 
 __all__ = ["qk_token_forward", "qk_token_backward", "qk_channel_forward", "qk_channel_backward",
            "ssa_forward", "ssa_backward", "attention_options", "ATTENTION_BACKENDS",
-           "ATTENTION_V_THRESHOLD", "QKTokenCache", "QKChannelCache", "SSACache"]
+           "ATTENTION_V_THRESHOLD", "QKTokenCache", "QKChannelCache", "SSACache", "Z_PACKED",
+           "qk_token_layout", "qk_channel_layout"]
 
 ATTENTION_BACKENDS = ("packed", "dense")
 ATTENTION_V_THRESHOLD = 0.5         # the attention LIF's threshold (SPEC section 4)
+Z_PACKED = "packed"                 # z_dtype for Z as PackedSpikes (the ops' input layout)
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 # the attention neuron: lif_forward's defaults but the threshold (no neuron_type: always a LIF)
 _NEURON_DEFAULTS = {**LIF_DEFAULTS, "v_threshold": ATTENTION_V_THRESHOLD}
 
@@ -146,13 +161,121 @@ def _check_grad(dy, name: str, shape: tuple, dtype, backend: str) -> np.ndarray:
     return np.ascontiguousarray(dy, dtype=dtype)
 
 
-def _z_dtype(z_dtype, dtype: np.dtype) -> np.dtype:
+def _z_dtype(z_dtype, dtype: np.dtype):
+    """np.dtype of Z, or Z_PACKED."""
     if z_dtype is None:
         return dtype
-    if np.dtype(z_dtype) not in (np.dtype(np.uint8), dtype):
-        raise ValueError(f"z_dtype: expected None, numpy.uint8 or {dtype} (the op's float dtype), "
-                         f"got {z_dtype!r}")
-    return np.dtype(z_dtype)
+    if isinstance(z_dtype, str) and z_dtype == Z_PACKED:
+        return Z_PACKED
+    try:
+        zt = np.dtype(z_dtype)
+    except TypeError:
+        zt = None
+    if zt not in (np.dtype(np.uint8), dtype):
+        raise ValueError(f"z_dtype: expected None, numpy.uint8, {dtype} (the op's float dtype) or "
+                         f"{Z_PACKED!r}, got {z_dtype!r}")
+    return zt
+
+
+# --------------------------------------------------------------------------------------------
+# Packed spikes (PackedSpikes) in and out. Each op has its layout, the one its packed core
+# reads: QKTA a head's d channels (the spikes viewed [T, B, h, d, N], packed along axis 3),
+# QKCA the tokens ([T, B, D, N] packed along axis 3).
+# --------------------------------------------------------------------------------------------
+
+def qk_token_layout(x: np.ndarray, heads: int) -> PackedSpikes:
+    """Spikes ``[T, B, D, N]`` as ``qk_token_forward`` reads them packed: a head's d = D/heads
+    channels, ``pack_spikes(x.reshape(T, B, heads, d, N), axis=3)`` (words ``[T, B, heads,
+    ceil(d/64), N]``)."""
+    check_array(x, "x", ndim=4)
+    T, B, D, N = x.shape
+    heads = _check_heads(heads, D)
+    words = pack_bits(x.reshape(T, B, heads, D // heads, N), axis=3, name="x")
+    return PackedSpikes(words, D // heads, 3)
+
+
+def qk_channel_layout(x: np.ndarray) -> PackedSpikes:
+    """Spikes ``[T, B, D, N]`` as ``qk_channel_forward`` reads them packed: the tokens,
+    ``pack_spikes(x, axis=3)`` (words ``[T, B, D, ceil(N/64)]``)."""
+    check_array(x, "x", ndim=4)
+    return PackedSpikes(pack_bits(x, axis=3, name="x"), x.shape[3], 3)
+
+
+_TOKEN_HINT = "QKTA reads a head's channels: refsnn.functional.attention.qk_token_layout(x, heads)"
+_CHANNEL_HINT = "QKCA reads the tokens: refsnn.functional.attention.qk_channel_layout(x)"
+
+
+def _packed_inputs(arrays: dict, mode: str, heads, neuron, backend):
+    """q, k of which one at least is PackedSpikes. Returns (opts, dtype, shape [T, B, D, N],
+    {name: PackedSpikes}) with both in the op's layout (an array among them packed here, and
+    checked binary while packed)."""
+    check_choice("backend", backend, ATTENTION_BACKENDS)
+    opts = attention_options(neuron)
+    if opts["spike_fn"] == "smooth":
+        raise ValueError("q, k: smooth spikes (spike_fn='smooth', SPEC section 12) are real-valued "
+                         "arrays; PackedSpikes hold binary spikes")
+    token = mode == "token"
+    hint = _TOKEN_HINT if token else _CHANNEL_HINT
+    shape = None
+    packed = {}
+    for name, x in arrays.items():
+        if not isinstance(x, PackedSpikes):
+            continue
+        p = check_packed(x, name, ndim=5 if token else 4, axis=3, layout=hint)
+        if token:
+            T, B, h, _, N = p.words.shape
+            if h != heads:
+                raise ValueError(f"{name}: expected words [T, B, heads={heads}, Wd, N], got shape "
+                                 f"{p.words.shape} ({hint})")
+            s = (T, B, h * p.length, N)
+        else:
+            s = p.shape
+        if shape is not None and s != shape:
+            raise ValueError(f"{name}: expected the spikes of shape {shape} (those of q), got {s}")
+        shape = s
+        packed[name] = p
+    for name, x in arrays.items():
+        if name in packed:
+            continue
+        check_array(x, name, ndim=4)
+        if x.shape != shape:
+            raise ValueError(f"{name}: expected the shape {shape} of the packed "
+                             f"{next(iter(packed))}, got {x.shape}")
+        if token:
+            T, B, D, N = shape
+            words = pack_bits(x.reshape(T, B, heads, D // heads, N), axis=3, name=name)
+            packed[name] = PackedSpikes(words, D // heads, 3)
+        else:
+            packed[name] = PackedSpikes(pack_bits(x, axis=3, name=name), shape[3], 3)
+    floats = [x for x in arrays.values() if not isinstance(x, PackedSpikes)]
+    return opts, _compute_dtype(*floats), shape, {n: packed[n] for n in arrays}
+
+
+def _check_padding(name: str, packed: dict, kernel_flagged: bool) -> None:
+    """After a packed core flagged a padding bit: name the argument."""
+    if not kernel_flagged:
+        return
+    for arg, p in packed.items():
+        if padding_set(*p):
+            raise ValueError(f"{arg}: bits past length {p.length} are set on axis {p.axis} of the "
+                             f"words (shape {p.words.shape}); expected 0 (a wrong length, or words "
+                             f"not from pack_bits)")
+    raise AssertionError(f"{name}: the kernel flagged a padding bit that padding_set does not find")
+
+
+def _z_out(zw: np.ndarray, packed_shape: tuple, length: int, zt, shape: tuple):
+    """Z from its words: PackedSpikes (``zw`` viewed as ``packed_shape``) or unpacked to
+    ``zt``, ``shape``."""
+    words = zw.reshape(packed_shape)
+    if zt == Z_PACKED:
+        return PackedSpikes(words, length, 3)
+    return unpack_bits(words, length, axis=3, dtype=zt).reshape(shape)
+
+
+def _z_words(kw: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Z's words from K's and A (a word per A entry, broadcast on kw's axis 2)."""
+    mask = np.where(a != 0, _ALL_ONES, np.uint64(0))
+    return kw & mask.reshape(a.shape[:2] + (1,) + a.shape[2:])
 
 
 def _spike_view(x: np.ndarray) -> np.ndarray:
@@ -206,31 +329,70 @@ class QKTokenCache(NamedTuple):
     counts: dict
 
 
+def _inputs(q, k, mode: str, heads, neuron, backend):
+    """Validated inputs: (opts, dtype, shape [T, B, D, N], q, k, packed). ``packed``: both as
+    PackedSpikes of the op's layout when either came packed and the packed core runs, else
+    None (q, k then arrays: packed ones unpacked for the dense backend)."""
+    if not (isinstance(q, PackedSpikes) or isinstance(k, PackedSpikes)):
+        opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
+        return opts, dtype, q.shape, q, k, None
+    if mode == "token":
+        heads = check_positive_int(heads, "heads")
+    opts, dtype, shape, packed = _packed_inputs({"q": q, "k": k}, mode, heads, neuron, backend)
+    if backend == "dense":
+        q, k = (p.unpack(dtype).reshape(shape) for p in packed.values())
+        return opts, dtype, shape, q, k, None
+    packed = {n: PackedSpikes(np.ascontiguousarray(p.words), p.length, p.axis)
+              for n, p in packed.items()}
+    return opts, dtype, shape, q, k, packed
+
+
+def _dense_z(z: np.ndarray, zt, packer) -> "np.ndarray | PackedSpikes":
+    return packer(z) if zt == Z_PACKED else z
+
+
 def qk_token_forward(q, k, heads, *, neuron=None, backend="packed", z_dtype=None):
     """Token attention: z ``[T, B, D, N]`` = A[head(c), n] * K[c, n], A = LIF(sum_{c in head} Q).
 
+    q, k: arrays ``[T, B, D, N]`` or ``PackedSpikes`` in this op's layout
+    (``qk_token_layout``); ``z_dtype=Z_PACKED`` returns Z in that layout.
     Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
-    opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
-    T, B, D, N = q.shape
+    opts, dtype, shape, q, k, packed = _inputs(q, k, "token", heads, neuron, backend)
+    T, B, D, N = shape
     heads = _check_heads(heads, D)
     zt = _z_dtype(z_dtype, dtype)
     d = D // heads
+    Wd = num_words(d)
     shape_a = (T, B, heads, N)
+    words_shape = (T, B, heads, Wd, N)
     if backend == "packed":
-        # a head's d channels are one [d, N] slab; K is packed per head, word w holding its
-        # channels 64w .. 64w+63, so the backward never reads another head's bits
-        z, kc, a, h, counts = _fused_core("qk_token", _f.qk_token_fused, q, k,
-                                          (T, B * heads, d, N), _lif_typed_args(opts, dtype), zt)
-        z = z.reshape(T, B, D, N)
+        lif = _lif_typed_args(opts, dtype)
+        if packed is not None:
+            # a head's d channels are one [Wd, N] slab of words: K stays packed for the backward
+            kc = packed["k"].words.reshape(T, B * heads, Wd, N)
+            zw, a, h, counts, padded = _k.qk_token_packed(
+                packed["q"].words.reshape(T, B * heads, Wd, N), kc, lif, length=d)
+            _check_padding("qk_token", packed, padded)
+            z = _z_out(zw, words_shape, d, zt, shape)
+        else:
+            # a head's d channels are one [d, N] slab; K is packed per head, word w holding its
+            # channels 64w .. 64w+63, so the backward never reads another head's bits
+            z, kc, a, h, counts = _fused_core("qk_token", _f.qk_token_fused, q, k,
+                                              (T, B * heads, d, N), lif,
+                                              np.uint8 if zt == Z_PACKED else zt)
+            z = PackedSpikes(_z_words(kc, a).reshape(words_shape), d, 3) if zt == Z_PACKED \
+                else z.reshape(shape)
         a = a.reshape(shape_a)
-        words = T * B * heads * num_words(d) * N
+        words = T * B * heads * Wd * N
         counts = _packed_counts(counts, words, words, np.prod(shape_a))
         lif_cache = LIFCache(h.reshape(T, -1), dict(opts), shape_a)
     else:
-        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype, zt,
+        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype,
+                                                  np.uint8 if zt == Z_PACKED else zt,
                                                   lambda x: _k.token_sums(x, heads), _k.token_mask)
-    return z, QKTokenCache(backend, q.shape, dtype, heads, kc, a, lif_cache, counts)
+        z = _dense_z(z, zt, lambda x: qk_token_layout(x, heads))
+    return z, QKTokenCache(backend, shape, dtype, heads, kc, a, lif_cache, counts)
 
 
 def qk_token_backward(dz, cache):
@@ -273,24 +435,39 @@ class QKChannelCache(NamedTuple):
 def qk_channel_forward(q, k, *, neuron=None, backend="packed", z_dtype=None):
     """Channel attention: z ``[T, B, D, N]`` = A[c] * K[c, n], A = LIF(sum_n Q[c, n]).
 
+    q, k: arrays ``[T, B, D, N]`` or ``PackedSpikes`` in this op's layout
+    (``qk_channel_layout``); ``z_dtype=Z_PACKED`` returns Z in that layout.
     Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
-    opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
-    T, B, D, N = q.shape
+    opts, dtype, shape, q, k, packed = _inputs(q, k, "channel", None, neuron, backend)
+    T, B, D, N = shape
     zt = _z_dtype(z_dtype, dtype)
+    WN = num_words(N)
     shape_a = (T, B, D)
+    words_shape = (T, B, D, WN)
     if backend == "packed":
-        z, kc, a, h, counts = _fused_core("qk_channel", _f.qk_channel_fused, q, k,
-                                          (T, B * D, N), _lif_typed_args(opts, dtype), zt)
-        z = z.reshape(T, B, D, N)
+        lif = _lif_typed_args(opts, dtype)
+        if packed is not None:
+            kc = packed["k"].words.reshape(T, B * D, WN)
+            zw, a, h, counts, padded = _k.qk_channel_packed(
+                packed["q"].words.reshape(T, B * D, WN), kc, lif, length=N)
+            _check_padding("qk_channel", packed, padded)
+            z = _z_out(zw, words_shape, N, zt, shape)
+        else:
+            z, kc, a, h, counts = _fused_core("qk_channel", _f.qk_channel_fused, q, k,
+                                              (T, B * D, N), lif, np.uint8 if zt == Z_PACKED else zt)
+            z = PackedSpikes(_z_words(kc, a).reshape(words_shape), N, 3) if zt == Z_PACKED \
+                else z.reshape(shape)
         a = a.reshape(shape_a)
-        words = T * B * D * num_words(N)
+        words = T * B * D * WN
         counts = _packed_counts(counts, words, words, np.prod(shape_a))
         lif_cache = LIFCache(h.reshape(T, -1), dict(opts), shape_a)
     else:
-        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype, zt, _k.channel_sums,
-                                                  _k.channel_mask)
-    return z, QKChannelCache(backend, q.shape, dtype, kc, a, lif_cache, counts)
+        z, kc, a, lif_cache, counts = _dense_core(q, k, opts, dtype,
+                                                  np.uint8 if zt == Z_PACKED else zt,
+                                                  _k.channel_sums, _k.channel_mask)
+        z = _dense_z(z, zt, qk_channel_layout)
+    return z, QKChannelCache(backend, shape, dtype, kc, a, lif_cache, counts)
 
 
 def qk_channel_backward(dz, cache):

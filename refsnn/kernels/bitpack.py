@@ -6,11 +6,17 @@ before the axis, the axis, everything after) and packed to ``[P, ceil(L/64), Q]`
 middle axis keeps the trailing axis contiguous (QKTA packs a head's channels and keeps tokens
 contiguous; QKCA packs the tokens).
 
+``PackedSpikes(words, length, axis)`` is the packed form as a value: the words, and what
+``unpack_bits`` needs to restore the spikes (``pack_spikes`` makes one; the Q-K ops of
+``refsnn.functional.attention`` take and return them).
+
 Packing validates as it reads: a value other than 0 or 1 (a 2, a 0.5, a NaN) is never cast,
 it raises ``ValueError`` naming the first offending index. ``popcount64`` compiles to the
 hardware ``popcnt`` (an LLVM ``ctpop``; ``np.bitwise_count`` does not compile in Numba 0.68).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
@@ -19,7 +25,7 @@ from numba.extending import intrinsic
 
 from ..checks import check_array, check_binary
 
-__all__ = ["pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel",
+__all__ = ["PackedSpikes", "pack_spikes", "check_packed", "padding_set", "pack_bits", "unpack_bits", "num_words", "popcount64", "pack_kernel",
            "pack_kernel_serial", "pack_last_kernel", "pack_last_kernel_serial", "unpack_kernel",
            "unpack_kernel_serial", "unpack_last_kernel", "unpack_last_kernel_serial", "work_units",
            "pack_numpy", "unpack_numpy", "use_parallel", "PARALLEL_MIN_WORK", "WORD_BITS"]
@@ -333,3 +339,80 @@ def unpack_bits(words: np.ndarray, length: int, axis: int = -1, *, dtype=np.uint
             kernel = unpack_kernel if par else unpack_kernel_serial
             kernel(w3, out, work_units(P, int(length), Q))
     return out.reshape(words.shape[:ax] + (int(length),) + words.shape[ax + 1:])
+
+
+# --------------------------------------------------------------------------------------------
+# The packed form as a value
+# --------------------------------------------------------------------------------------------
+
+class PackedSpikes(NamedTuple):
+    """Binary spikes bit-packed along one axis: ``words`` (uint64) is ``pack_bits(spikes,
+    axis)``, ``length`` the spikes' length on that axis, ``axis`` its (non-negative) index.
+    Padding bits (past ``length`` in each axis' last word) are 0.
+
+    ``shape`` / ``size`` / ``ndim`` describe the unpacked spikes; ``unpack(dtype)`` restores
+    them. The one packed representation of refsnn: ``pack_spikes`` makes it, the Q-K ops take
+    and return it (``refsnn.functional.attention`` says which axis each op wants)."""
+    words: np.ndarray
+    length: int
+    axis: int
+
+    @property
+    def shape(self) -> tuple:
+        s = self.words.shape
+        return s[:self.axis] + (int(self.length),) + s[self.axis + 1:]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def ndim(self) -> int:
+        return self.words.ndim
+
+    def unpack(self, dtype=np.uint8, *, parallel: bool | None = None) -> np.ndarray:
+        """The spikes, ``shape``, as 0/1 of ``dtype``."""
+        return unpack_bits(self.words, self.length, self.axis, dtype=dtype, parallel=parallel)
+
+
+def pack_spikes(spikes: np.ndarray, axis: int = -1, *, name: str = "spikes",
+                parallel: bool | None = None) -> PackedSpikes:
+    """``PackedSpikes`` of a binary array packed along ``axis`` (``pack_bits``'s checks)."""
+    words = pack_bits(spikes, axis, name=name, parallel=parallel)
+    return PackedSpikes(words, int(spikes.shape[_axis(axis, spikes.ndim)]), _axis(axis, spikes.ndim))
+
+
+def check_packed(p, name: str, *, ndim: int, axis: int, layout: str = "") -> PackedSpikes:
+    """Validate a ``PackedSpikes`` argument: uint64 words of ``ndim`` dimensions packed along
+    ``axis``, with as many words on it as ``length`` needs. ``layout`` (how to make the
+    expected form) ends the messages. Padding bits are the caller's to check (the Q-K
+    kernels flag them while they read the words)."""
+    hint = f" ({layout})" if layout else ""
+    if not isinstance(p, PackedSpikes):
+        raise ValueError(f"{name}: expected PackedSpikes, got {type(p).__name__}")
+    words, length, ax = p
+    if not isinstance(words, np.ndarray) or words.dtype != np.uint64:
+        raise ValueError(f"{name}: expected uint64 words (PackedSpikes.words, from pack_bits), got "
+                         f"{getattr(words, 'dtype', type(words).__name__)}")
+    if words.ndim != ndim:
+        raise ValueError(f"{name}: expected words of {ndim} dimensions, got shape {words.shape}{hint}")
+    if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)) or ax != axis:
+        raise ValueError(f"{name}: expected spikes packed along axis {axis}, got axis {ax!r}{hint}")
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"{name}: expected a positive integer length, got {length!r}")
+    if words.shape[axis] != num_words(length):
+        raise ValueError(f"{name}: length {length} needs {num_words(length)} words on axis {axis}, "
+                         f"but words has shape {words.shape}")
+    if min(words.shape) < 1:
+        raise ValueError(f"{name}: expected every axis >= 1, got words of shape {words.shape}")
+    return PackedSpikes(words, int(length), int(ax))
+
+
+def padding_set(words: np.ndarray, length: int, axis: int) -> bool:
+    """Whether a bit past ``length`` is set in the last word along ``axis`` (NumPy; for
+    naming the argument after a kernel flagged one)."""
+    tail = int(length) % WORD_BITS
+    if not tail:
+        return False
+    last = np.take(words, words.shape[axis] - 1, axis=axis)
+    return bool((last >> np.uint64(tail)).any())

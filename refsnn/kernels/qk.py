@@ -60,25 +60,29 @@ _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @nb.njit(cache=True, inline="always")
-def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset, one,
+def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th, v_reset, one,
                          hard_reset, decay_input):
     """One time step of a QKTA unit whose heads fit one word (d <= 64), fused in one loop
     over the tokens: popcount, charge, fire, reset, mask. Called with literal option flags,
     so each call compiles to a branch-free, vectorised loop (1.7x faster than the
-    multi-pass step). Returns (additions, selects, kept)."""
+    multi-pass step). Returns (additions, selects, kept, the OR of Q's and K's bits in
+    ``pad``: the padding bits, which must be 0)."""
     zero = one - one
     adds = 0
     sel = 0
     kept = 0
+    padacc = np.uint64(0)
     for j in range(m):
-        p = popcount64(qrow[j])
+        qv = qrow[j]
+        kv = krow[j]
+        padacc |= (qv | kv) & pad
+        p = popcount64(qv)
         adds += p
         hrow[j] = p                 # the sum P, exact in the LIF dtype (below 2**24 / 2**53)
         hv, s, v[j] = neuron_step(v[j], hrow[j], tau, v_th, v_reset, hard_reset, decay_input,
                                   0, 0, one, one, one, lif_charge)
         hrow[j] = hv
         arow[j] = s
-        kv = krow[j]
         pk = popcount64(kv)
         sel += pk
         if s != zero:
@@ -86,7 +90,7 @@ def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
             kept += pk
         else:
             zrow[j] = 0
-    return adds, sel, kept
+    return adds, sel, kept, padacc
 
 
 @nb.njit(cache=True, inline="always")
@@ -98,12 +102,14 @@ def _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, hard_reset, decay_input)
 
 
 @nb.njit(cache=True, inline="always")
-def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+def _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
+                decay_input, one):
     """QKTA forward of unit u: group g (sample and head), a block of TOKEN_BLOCK tokens.
 
     Heads of one word take the fused step above. Wider heads sum several words first; then
     the LIF steps the block's tokens in one loop (the reset and charge options compile to
-    selects, so the loop vectorises)."""
+    selects, so the loop vectorises). ``bad[u]``: Q's and K's bits in ``pad`` (the padding
+    bits of each token's last word), ORed: nonzero when the words were not validly packed."""
     T, G, Wd, N = qw.shape
     zero = one - one
     r = v_reset if hard_reset else zero
@@ -118,28 +124,31 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
     adds = 0
     sel = 0
     kept = 0
+    padacc = np.uint64(0)
     if Wd == 1:
         for t in range(T):
             qrow, krow, zrow = qw[t, g, 0, n0:n0 + m], kw[t, g, 0, n0:n0 + m], zw[t, g, 0, n0:n0 + m]
             hrow, arow = h[t, g, n0:n0 + m], a[t, g, n0:n0 + m]
             if hard_reset and decay_input:
-                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         one, True, True)
+                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th,
+                                         v_reset, one, True, True)
             elif hard_reset:
-                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         one, True, False)
+                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th,
+                                         v_reset, one, True, False)
             elif decay_input:
-                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         one, False, True)
+                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th,
+                                         v_reset, one, False, True)
             else:
-                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, tau, v_th, v_reset,
-                                         one, False, False)
+                c = _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th,
+                                         v_reset, one, False, False)
             adds += c[0]
             sel += c[1]
             kept += c[2]
+            padacc |= c[3]
         counts[u, 0] = adds
         counts[u, 1] = sel
         counts[u, 2] = kept
+        bad[u] = padacc
         return
     for t in range(T):
         acc[:] = 0
@@ -172,14 +181,20 @@ def _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, dec
                 zrow[j] = zv
                 sel += popcount64(kv)
                 kept += popcount64(zv)
+        qlast, klast = qw[t, g, Wd - 1, n0:n0 + m], kw[t, g, Wd - 1, n0:n0 + m]
+        for j in range(m):
+            padacc |= (qlast[j] | klast[j]) & pad
     counts[u, 0] = adds
     counts[u, 1] = sel
     counts[u, 2] = kept
+    bad[u] = padacc
 
 
 @nb.njit(cache=True, inline="always")
-def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one):
-    """QKCA forward of group g (sample and channel)."""
+def _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, hard_reset,
+                  decay_input, one):
+    """QKCA forward of group g (sample and channel); ``bad[g]`` as in ``_token_unit`` (the
+    padding of each row's last word)."""
     T, G, WN = qw.shape
     r = v_reset if hard_reset else one - one
     # a one-element buffer carries the LIF dtype: a scalar int -> float conversion in Numba
@@ -189,9 +204,11 @@ def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, d
     adds = 0
     sel = 0
     kept = 0
+    padacc = np.uint64(0)
     for t in range(T):
         p = 0
         qrow = qw[t, g]
+        padacc |= (qrow[WN - 1] | kw[t, g, WN - 1]) & pad
         for w in range(WN):
             p += popcount64(qrow[w])
         adds += p
@@ -212,6 +229,7 @@ def _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, d
     counts[g, 0] = adds
     counts[g, 1] = sel
     counts[g, 2] = kept
+    bad[g] = padacc
 
 
 @nb.njit(cache=True, inline="always")
@@ -272,34 +290,41 @@ def _channel_backward_unit(kw, a, dz, dk, da, finite, g):
 # one by size, see refsnn.kernels.bitpack.PARALLEL_MIN_WORK).
 
 @nb.njit(parallel=True, cache=True)
-def qk_token_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
-                           decay_input, one):
+def qk_token_packed_kernel(qw, kw, zw, a, h, counts, bad, pad, tau, v_th, v_reset,
+                           hard_reset, decay_input, one):
     """QKTA core. qw, kw, zw ``[T, G, Wd, N]`` uint64; a, h ``[T, G, N]``; counts
-    ``[G * ceil(N / TOKEN_BLOCK), 3]`` int64 (one row per unit). Float scalars have a's dtype."""
+    ``[G * ceil(N / TOKEN_BLOCK), 3]`` int64 and bad ``[units]`` uint64 (one row per unit);
+    pad (uint64) the bits of a token's last word past the head's d channels. Float scalars
+    have a's dtype."""
     for u in nb.prange(counts.shape[0]):
-        _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
+                    decay_input, one)
 
 
 @nb.njit(cache=True)
-def qk_token_packed_kernel_serial(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
-                                  decay_input, one):
+def qk_token_packed_kernel_serial(qw, kw, zw, a, h, counts, bad, pad, tau, v_th, v_reset,
+                                  hard_reset, decay_input, one):
     for u in range(counts.shape[0]):
-        _token_unit(qw, kw, zw, a, h, counts, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
+                    decay_input, one)
 
 
 @nb.njit(parallel=True, cache=True)
-def qk_channel_packed_kernel(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
-                             decay_input, one):
-    """QKCA core. qw, kw, zw ``[T, G, WN]`` uint64; a, h ``[T, G]``; counts ``[G, 3]``."""
+def qk_channel_packed_kernel(qw, kw, zw, a, h, counts, bad, pad, tau, v_th, v_reset,
+                             hard_reset, decay_input, one):
+    """QKCA core. qw, kw, zw ``[T, G, WN]`` uint64; a, h ``[T, G]``; counts ``[G, 3]``; bad
+    ``[G]`` and pad as for QKTA (pad: the bits of a row's last word past N)."""
     for g in nb.prange(counts.shape[0]):
-        _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, hard_reset,
+                      decay_input, one)
 
 
 @nb.njit(cache=True)
-def qk_channel_packed_kernel_serial(qw, kw, zw, a, h, counts, tau, v_th, v_reset, hard_reset,
-                                    decay_input, one):
+def qk_channel_packed_kernel_serial(qw, kw, zw, a, h, counts, bad, pad, tau, v_th, v_reset,
+                                    hard_reset, decay_input, one):
     for g in range(counts.shape[0]):
-        _channel_unit(qw, kw, zw, a, h, counts, g, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, hard_reset,
+                      decay_input, one)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -345,35 +370,52 @@ def _lif_scalars(lif: dict):
             lif["tau"].dtype.type(1.0))
 
 
-def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bool | None = None):
+def _pad_mask(length: int | None, words: int) -> np.uint64:
+    """The bits of the last of ``words`` words past ``length`` bits (0: no padding)."""
+    tail = 0 if length is None else int(length) - 64 * (words - 1)
+    if length is not None and not 0 < tail <= 64:
+        raise ValueError(f"length: {length} bits do not fill the last of {words} words")
+    return np.uint64(0) if tail in (0, 64) else np.uint64(_ALL_ONES ^ np.uint64((1 << tail) - 1))
+
+
+def qk_token_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, length: int | None = None,
+                    parallel: bool | None = None):
     """QKTA core on packed spikes ``[T, G, Wd, N]``. ``lif``: typed LIF scalars (tau, v_th,
-    v_reset, hard_reset, decay_input; the floats' dtype is the LIF dtype). ``parallel``
-    forces the parallel / serial kernel (default: by size).
-    Returns (zw, a, h, counts) with counts a dict of additions, selects, kept."""
+    v_reset, hard_reset, decay_input; the floats' dtype is the LIF dtype). ``length``: the
+    head's d channels (the bits past it in a token's last word must be 0; default 64 * Wd).
+    ``parallel`` forces the parallel / serial kernel (default: by size).
+    Returns (zw, a, h, counts, padded): counts a dict of additions, selects, kept; padded True
+    when Q or K had a padding bit set (the outputs are then invalid)."""
     T, G, Wd, N = qw.shape
     dtype = lif["tau"].dtype
+    pad = _pad_mask(length, Wd)
     zw = np.empty_like(qw)
     a = np.empty((T, G, N), dtype=dtype)
     h = np.empty((T, G, N), dtype=dtype)
     units = np.zeros((token_units(G, N), 3), dtype=np.int64)
+    bad = np.zeros(units.shape[0], dtype=np.uint64)
     kernel = qk_token_packed_kernel if use_parallel(qw.size, parallel, PACKED_PARALLEL_MIN_WORDS) \
         else qk_token_packed_kernel_serial
-    kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
-    return zw, a, h, _count_dict(units)
+    kernel(qw, kw, zw, a, h, units, bad, pad, *_lif_scalars(lif))
+    return zw, a, h, _count_dict(units), bool(bad.any())
 
 
-def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, parallel: bool | None = None):
-    """QKCA core on packed spikes ``[T, G, WN]``; as ``qk_token_packed``, a and h ``[T, G]``."""
+def qk_channel_packed(qw: np.ndarray, kw: np.ndarray, lif: dict, *, length: int | None = None,
+                      parallel: bool | None = None):
+    """QKCA core on packed spikes ``[T, G, WN]``; as ``qk_token_packed`` (``length``: the
+    token count N), a and h ``[T, G]``."""
     T, G, WN = qw.shape
     dtype = lif["tau"].dtype
+    pad = _pad_mask(length, WN)
     zw = np.empty_like(qw)
     a = np.empty((T, G), dtype=dtype)
     h = np.empty((T, G), dtype=dtype)
     units = np.zeros((G, 3), dtype=np.int64)
+    bad = np.zeros(G, dtype=np.uint64)
     kernel = qk_channel_packed_kernel if use_parallel(qw.size, parallel, PACKED_PARALLEL_MIN_WORDS) \
         else qk_channel_packed_kernel_serial
-    kernel(qw, kw, zw, a, h, units, *_lif_scalars(lif))
-    return zw, a, h, _count_dict(units)
+    kernel(qw, kw, zw, a, h, units, bad, pad, *_lif_scalars(lif))
+    return zw, a, h, _count_dict(units), bool(bad.any())
 
 
 def qk_token_backward_packed(kw: np.ndarray, a: np.ndarray, dz: np.ndarray, *,
