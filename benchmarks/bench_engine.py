@@ -10,10 +10,14 @@ same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `
 torch.nn.functional.conv2d when torch is installed; refsnn and torch run in turn, and the
 fastest runs are compared (other processes only ever add time); (3, ``--parts bnlif``)
 BatchNorm + LIF forward+backward, fused (``refsnn.functional.bnlif``) against the two ops
-chained, at the output shape of each stage's first convolution.
+chained, at the output shape of each stage's first convolution; (4, ``--parts conv1x1``) the
+1x1 convolution over tokens forward+backward (dx, dW, dbias) at the transformer shapes of each
+stage (attention projections d->d, SMLP d->h and h->d), against the torch port's equivalent
+(``torch.nn.functional.linear`` on channels-last tokens ``[T*B, N, C]``: one GEMM).
 
     python benchmarks/bench_engine.py --parts conv --configs paper --rounds 9
     python benchmarks/bench_engine.py --parts conv --threads 1 --clock thread   # under load
+    python benchmarks/bench_engine.py --parts conv1x1 --configs paper --rounds 9
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import blas_report, machine, set_threads, timeit  # noqa: E402
-from refsnn.functional import conv2d_backward, conv2d_forward, lif_backward, lif_forward  # noqa: E402
+from refsnn.functional import (conv1x1_backward, conv1x1_forward, conv2d_backward, conv2d_forward,  # noqa: E402
+                               lif_backward, lif_forward)
 from refsnn.models import config  # noqa: E402
 
 
@@ -193,15 +198,76 @@ def bench_conv(batch, names, rounds, clock=time.perf_counter):
     print(f"numpy matmul peak again after the table: {_peak(rounds, clock):.0f} GFLOP/s")
 
 
+def conv1x1_shapes(name: str, batch: int):
+    """(label, M, C, N, O) of the 1x1 convolutions over tokens of each stage of the config: the
+    attention projections d->d and the SMLP's d->h and h->d (M = batch*T, N tokens)."""
+    c = config(name)
+    M = batch * c.T
+    shapes = []
+    for s, (d, n) in enumerate(zip(c.stage_dims, c.stage_tokens), start=1):
+        h = int(c.mlp_ratio * d)
+        for cin, cout in ((d, d), (d, h), (h, d)):
+            shapes.append((f"{name} stage{s} {cin}->{cout} N={n}", M, cin, n, cout))
+    return shapes
+
+
+def bench_conv1x1(batch, names, rounds, clock=time.perf_counter):
+    print(f"\n== Conv1x1 over tokens forward+backward (dx, dW, dbias), batch {batch} x T, float32 ==")
+    print("refsnn [M, C, N] against torch's F.linear on [M, N, C] (the port's layout), in turn, "
+          "{} rounds; fastest run (median in brackets); clock: {}".format(rounds, clock.__name__))
+    try:
+        import torch
+        import torch.nn.functional as tF
+    except Exception:
+        torch = None
+    peak = _peak(rounds, clock)
+    print(f"numpy matmul peak (2048^3, fastest of {rounds}, measured now): {peak:.0f} GFLOP/s")
+    rng = np.random.default_rng(0)
+    print(f"{'shape':34s} {'ms':>16s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>16s} {'refsnn/torch':>12s}")
+    for name in names:
+        for label, M, cin, N, cout in conv1x1_shapes(name, batch):
+            x = (rng.random((M, cin, N)) < 0.2).astype(np.float32)
+            w = rng.normal(0, 0.1, size=(cout, cin)).astype(np.float32)
+            b = rng.normal(0, 0.1, size=cout).astype(np.float32)
+            dy = rng.normal(size=(M, cout, N)).astype(np.float32)
+
+            def step():
+                _, cache = conv1x1_forward(x, w, b, check=False)
+                conv1x1_backward(dy, cache, check=False)
+
+            fns = [step]
+            if torch is not None:
+                xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1))).requires_grad_(True)
+                wt = torch.from_numpy(w).requires_grad_(True)
+                bt = torch.from_numpy(b).requires_grad_(True)
+                dyt = torch.from_numpy(np.ascontiguousarray(dy.transpose(0, 2, 1)))
+
+                def tstep():
+                    xt.grad = wt.grad = bt.grad = None
+                    tF.linear(xt, wt, bt).backward(dyt)
+
+                fns.append(tstep)
+            res = _interleaved(fns, rounds, clock)
+            (t, tm) = res[0]
+            flops = 3 * 2 * M * cout * cin * N        # forward, dW and dX
+            line = (f"{label:34s} {t * 1e3:7.2f} ({tm * 1e3:6.2f}) {flops / t / 1e9:8.1f} "
+                    f"{100 * flops / t / 1e9 / peak:6.0f}%")
+            if torch is not None:
+                tt, ttm = res[1]
+                line += f" {tt * 1e3:7.2f} ({ttm * 1e3:6.2f}) {t / tt:12.2f}"
+            print(line, flush=True)
+    print(f"numpy matmul peak again after the table: {_peak(rounds, clock):.0f} GFLOP/s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="threads for numba, BLAS and torch")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--configs", default="cpu,paper")
     ap.add_argument("--rounds", type=int, default=7, help="conv: runs of refsnn and torch, in turn")
-    ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv, bnlif)")
+    ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv, bnlif, conv1x1)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
-                    help="conv: 'thread' times the calling thread's CPU time, which other processes "
+                    help="conv, conv1x1: 'thread' times the calling thread's CPU time, which other processes "
                          "do not inflate; only with --threads 1 (all work then runs in that thread)")
     args = ap.parse_args()
     if args.clock == "thread" and args.threads != 1:
@@ -215,6 +281,9 @@ def main():
     if "conv" in parts:
         bench_conv(args.batch, args.configs.split(","), args.rounds,
                    time.thread_time if args.clock == "thread" else time.perf_counter)
+    if "conv1x1" in parts:
+        bench_conv1x1(args.batch, args.configs.split(","), args.rounds,
+                      time.thread_time if args.clock == "thread" else time.perf_counter)
     if "bnlif" in parts:
         bench_bnlif(args.batch, args.configs.split(","), args.rounds,
                     time.thread_time if args.clock == "thread" else time.perf_counter)

@@ -201,6 +201,38 @@ def test_conv1x1_gradients(M, C, O, N, bias, seed):
     fd_check(forward, backward, [x, w] + ([b] if bias else []), rng)
 
 
+@pytest.mark.parametrize("M,C,N,O", [(9, 3, 4, 5), (5, 4, 600, 3), (32, 6, 64, 7), (1, 2, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv1x1_chunked_same_for_any_thread_count(M, C, N, O, dtype):
+    """Chunks of one or several samples, one or two BLAS threads: the same bytes (weight and
+    bias gradients summed in chunk order), equal to plain NumPy products to rounding."""
+    from threadpoolctl import threadpool_limits
+    from refsnn.kernels import conv_chunked as CC
+    rng = np.random.default_rng(M * N)
+    x = rng.normal(size=(M, C, N)).astype(dtype)
+    w = rng.normal(size=(O, C)).astype(dtype)
+    b = rng.normal(size=O).astype(dtype)
+    dy = rng.normal(size=(M, O, N)).astype(dtype)
+    results = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            y = CC.conv1x1_chunked_forward(x, w, b)
+            dx, dw, db = CC.conv1x1_chunked_backward(dy, x, w, need_bias=True)
+            _, dw_nb, db_nb = CC.conv1x1_chunked_backward(dy, x, w)
+        assert db_nb is None
+        np.testing.assert_array_equal(dw_nb, dw)
+        results.append((y, dx, dw, db))
+    for a, c in zip(*results):
+        np.testing.assert_array_equal(a, c)
+    y, dx, dw, db = results[0]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, np.einsum("oc,mcn->mon", w, x) + b[:, None], **tol)
+    np.testing.assert_allclose(dx, np.einsum("oc,mon->mcn", w, dy), **tol)
+    np.testing.assert_allclose(dw, np.einsum("mon,mcn->oc", dy, x), **tol)
+    np.testing.assert_allclose(db, dy.sum(axis=(0, 2)), **tol)
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == dtype
+
+
 @settings(**FD)
 @given(B=st.integers(1, 4), I=st.integers(1, 5), O=st.integers(1, 4), bias=st.booleans(),
        seed=st.integers(0, 2**16))
