@@ -211,13 +211,14 @@ def conv1x1_shapes(name: str, batch: int):
     return shapes
 
 
-def bench_conv1x1(batch, names, rounds, clock=time.perf_counter):
+def bench_conv1x1(batch, names, rounds, threads, clock=time.perf_counter):
     print(f"\n== Conv1x1 over tokens forward+backward (dx, dW, dbias), batch {batch} x T, float32 ==")
     print("refsnn [M, C, N] against torch's F.linear on [M, N, C] (the port's layout), in turn, "
           "{} rounds; fastest run (median in brackets); clock: {}".format(rounds, clock.__name__))
     try:
         import torch
         import torch.nn.functional as tF
+        torch.set_num_threads(threads or os.cpu_count())
     except Exception:
         torch = None
     peak = _peak(rounds, clock)
@@ -282,7 +283,7 @@ def main():
         bench_conv(args.batch, args.configs.split(","), args.rounds,
                    time.thread_time if args.clock == "thread" else time.perf_counter)
     if "conv1x1" in parts:
-        bench_conv1x1(args.batch, args.configs.split(","), args.rounds,
+        bench_conv1x1(args.batch, args.configs.split(","), args.rounds, args.threads,
                       time.thread_time if args.clock == "thread" else time.perf_counter)
     if "bnlif" in parts:
         bench_bnlif(args.batch, args.configs.split(","), args.rounds,

@@ -58,27 +58,46 @@ _blas = None
 
 
 def _blas_libraries():
-    """threadpoolctl's controllers of the loaded BLAS libraries (numpy's first found), cached."""
+    """threadpoolctl's controllers of the loaded BLAS libraries, numpy's first, cached. scipy's
+    BLAS (its own OpenBLAS, which the 1x1 convolution's in-place GEMM uses) is loaded first,
+    so that it is among them; it is imported here rather than with refsnn (~0.3 s)."""
     global _blas
     if _blas is None:
+        from scipy.linalg import blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
-        _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        _blas = sorted(libs, key=lambda lib: "numpy" not in os.path.basename(os.path.dirname(lib.filepath)))
     return _blas
 
 
 def _run_chunks(count: int, task) -> None:
     """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
-    has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS as
-    configured."""
-    global _pool, _pool_size, _pool_pid
+    has finished one. With one BLAS thread (or one chunk) everything runs here, every BLAS
+    library with numpy's thread count (scipy's may have been loaded after the caller limited
+    the threads, and so not have been limited with numpy's)."""
     libs = _blas_libraries()
     before = [lib.num_threads for lib in libs]
-    workers = min(count, before[0] if before else 1)
-    if workers <= 1:
-        for i in range(count):
-            task(i)
-        return
+    threads = before[0] if before else 1
+    workers = min(count, threads)
+    inner = 1 if workers > 1 else threads
+    changed = [(lib, n) for lib, n in zip(libs, before) if n != inner]
+    for lib, _ in changed:
+        lib.set_num_threads(inner)
+    try:
+        if workers <= 1:
+            for i in range(count):
+                task(i)
+        else:
+            _run_on_pool(count, task, workers)
+    finally:
+        for lib, n in changed:
+            lib.set_num_threads(n)
+
+
+def _run_on_pool(count: int, task, workers: int) -> None:
+    """``task(i)`` for i in range(count) on this thread and ``workers - 1`` pool threads."""
+    global _pool, _pool_size, _pool_pid
     with _lock:
         # a forked child inherits the pool object but not its threads: make a new one there
         if _pool is None or _pool_size < workers - 1 or _pool_pid != os.getpid():
@@ -101,18 +120,12 @@ def _run_chunks(count: int, task) -> None:
                 failed.append(exc)
                 raise
 
-    for lib in libs:
-        lib.set_num_threads(1)
+    helpers = [pool.submit(drain) for _ in range(workers - 1)]
     try:
-        helpers = [pool.submit(drain) for _ in range(workers - 1)]
-        try:
-            drain()
-        finally:
-            for h in helpers:
-                h.exception()           # waits; the first failure is raised below
+        drain()
     finally:
-        for lib, n in zip(libs, before):
-            lib.set_num_threads(n)
+        for h in helpers:
+            h.exception()               # waits; the first failure is raised below
     if failed:
         raise failed[0]
 
@@ -179,7 +192,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
 def _gemm(dtype):
     """BLAS ``?gemm`` of scipy for ``dtype`` (float32 or float64): C = alpha op(A) op(B) + beta C
     with C updated in place, which numpy's matmul cannot do."""
-    from scipy.linalg import blas
+    from scipy.linalg import blas     # loaded already by _blas_libraries
     return blas.get_blas_funcs("gemm", dtype=dtype)
 
 
