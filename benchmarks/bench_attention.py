@@ -22,8 +22,10 @@
     qk_token_forward / qk_channel_forward from float32 maps, from uint8 maps (as
     ``lif_forward(..., spike_dtype=np.uint8)`` emits them; Z as uint8) and from packed spikes
     (``PackedSpikes`` in each op's layout; Z as float32, and Z packed), against the dense
-    NumPy version of the same op (sum per head, LIF, broadcast, multiply); pack_bits /
-    unpack_bits of one float32 map in GB/s of the float32 map, beside np.copyto.
+    NumPy version of the same op (sum per head, LIF, broadcast, multiply); the model's chain
+    (the Q and K LIFs and the op, Z float32) with the LIFs emitting float32 maps or packed
+    spikes (``lif_forward(..., pack=...)``); pack_bits / unpack_bits of one float32 map in GB/s
+    of the float32 map, beside np.copyto.
 
 Times are the fastest of the repeats (the machine is shared; see ``timed``).
 """
@@ -143,6 +145,15 @@ def bench_model_shapes(repeat):
     qc, kc = qk_channel_layout(q), qk_channel_layout(k)
     src = np.ones(q.nbytes, dtype=np.uint8)
     dst = np.empty_like(src)
+    # the model's chain: the Q and K LIFs (currents at about 15% firing) and the op, with the
+    # LIFs emitting float32 maps, or packed spikes in the op's layout (Z float32 in both)
+    xq, xk = (rng.normal(size=q.shape).astype(np.float32) * np.float32(1.9) for _ in range(2))
+
+    def chain(mode, packed):
+        pack = ((2, d) if mode == "token" else 3) if packed else None
+        qs, ks = lif_forward(xq, pack=pack)[0], lif_forward(xk, pack=pack)[0]
+        return qk_token_forward(qs, ks, HEADS) if mode == "token" else qk_channel_forward(qs, ks)
+
     runs = {
         "token dense NumPy": lambda: K.qk_token_dense(q, k, HEADS, lif, count=False),
         "token from float32": lambda: qk_token_forward(q, k, HEADS),
@@ -154,6 +165,10 @@ def bench_model_shapes(repeat):
         "channel from uint8": lambda: qk_channel_forward(q8, k8, z_dtype=np.uint8),
         "channel from packed": lambda: qk_channel_forward(qc, kc),
         "channel packed, Z packed": lambda: qk_channel_forward(qc, kc, z_dtype=Z_PACKED),
+        "token chain, LIF float32": lambda: chain("token", False),
+        "token chain, LIF packed": lambda: chain("token", True),
+        "channel chain, LIF float32": lambda: chain("channel", False),
+        "channel chain, LIF packed": lambda: chain("channel", True),
         "pack_bits": lambda: pack_bits(q5, axis=3),
         "unpack_bits": lambda: unpack_bits(words, d, axis=3, dtype=np.float32),
         "np.copyto": lambda: np.copyto(dst, src),
@@ -172,6 +187,10 @@ def bench_model_shapes(repeat):
               f"(target >= 5); from uint8 {dense / best[f'{mode} from uint8']:.2f}x, from packed "
               f"{dense / best[f'{mode} from packed']:.2f}x (Z float32), "
               f"{dense / best[f'{mode} packed, Z packed']:.2f}x (Z packed) (target >= 10)")
+    for mode in ("token", "channel"):
+        print(f"{mode} chain (Q, K LIFs + op, Z float32): LIFs emitting packed spikes "
+              f"{best[f'{mode} chain, LIF float32'] / best[f'{mode} chain, LIF packed']:.2f}x "
+              f"the chain with float32 maps")
     gb = q.nbytes / 1e9
     print(f"pack_bits {gb / best['pack_bits']:.1f} GB/s, unpack_bits {gb / best['unpack_bits']:.1f} GB/s "
           f"of float32 map (target >= 8); np.copyto {2 * gb / best['np.copyto']:.1f} GB/s read + write")

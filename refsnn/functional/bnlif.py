@@ -29,7 +29,8 @@ __all__ = ["bn_lif_forward", "bn_lif_backward", "bn_lif_fusable", "BNLIFCache"]
 def bn_lif_fusable(**neuron) -> bool:
     """Whether ``lif_forward(**neuron)`` runs in the fused kernels (the LIF neuron type, spikes
     in the input's dtype)."""
-    return neuron.get("neuron_type", "lif") == "lif" and neuron.get("spike_dtype") is None
+    return neuron.get("neuron_type", "lif") == "lif" and neuron.get("spike_dtype") is None \
+        and neuron.get("pack") is None          # packed spikes: the LIF's own kernels
 
 
 class BNLIFCache(NamedTuple):

@@ -31,6 +31,8 @@ import numpy as np
 
 from ..kernels import BACKENDS
 from ..kernels import lif as _k
+from ..kernels import lif_packed as _kp
+from ..kernels.bitpack import PackedSpikes
 from ..checks import NonFiniteError, check_choice, check_finite, check_float_array
 
 __all__ = ["lif_forward", "lif_backward", "SURROGATES", "SPIKE_FNS", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
@@ -88,9 +90,47 @@ class LIFCache(NamedTuple):
     shape: tuple
 
 
+def _check_pack(pack, spike_dtype, spike_fn, neuron_type):
+    """``pack``: None, an axis, or (axis, group); see ``lif_forward``."""
+    if pack is None:
+        return None
+    form = pack if isinstance(pack, tuple) else (pack, None)
+    ok = len(form) == 2 and all(v is None or (isinstance(v, (int, np.integer))
+                                              and not isinstance(v, bool)) for v in form) \
+        and form[0] is not None and (form[1] is None or form[1] >= 1)
+    if not ok:
+        raise ValueError(f"pack: expected None, an axis (int) or (axis, group) with group >= 1, "
+                         f"got {pack!r}")
+    if spike_dtype is not None or spike_fn != "heaviside" or neuron_type != "lif":
+        raise ValueError(f"pack: packed spikes come from the 'lif' neuron type with Heaviside "
+                         f"spikes and spike_dtype None, got neuron_type={neuron_type!r}, "
+                         f"spike_fn={spike_fn!r}, spike_dtype={spike_dtype!r}")
+    return (int(form[0]), None if form[1] is None else int(form[1]))
+
+
+def _pack_view(shape: tuple, pack: tuple):
+    """x's shape -> ([T, P, L, Q], the packed spikes' unpacked shape, its axis) for ``pack``."""
+    axis, group = pack
+    ndim = len(shape)
+    if not -ndim <= axis < ndim or axis % ndim == 0:
+        raise ValueError(f"pack: expected an axis in [1, {ndim}) or [-{ndim - 1}, 0) for x of "
+                         f"{ndim} dimensions (axis 0 is time), got {axis}")
+    axis %= ndim
+    L = shape[axis]
+    if group is not None and L % group:
+        raise ValueError(f"pack: group {group} does not divide axis {axis} of x (length {L}, "
+                         f"shape {shape})")
+    split = shape[:axis] + ((L // group, group) if group else (L,)) + shape[axis + 1:]
+    ax = axis + (1 if group else 0)
+    T = shape[0]
+    P = int(np.prod(split[1:ax], dtype=np.int64))
+    Q = int(np.prod(split[ax + 1:], dtype=np.int64))
+    return (T, P, split[ax], Q), split, ax
+
+
 def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=True,
                 surrogate="sigmoid", alpha=None, spike_fn="heaviside", neuron_type="lif",
-                spike_dtype=None, backend="numba") -> dict:
+                spike_dtype=None, pack=None, backend="numba") -> dict:
     """The validated options of ``lif_forward`` (same keywords and defaults) as a dict, without
     running a neuron: modules check their options with it at construction."""
     check_choice("backend", backend, BACKENDS)
@@ -109,6 +149,7 @@ def lif_options(*, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True, deta
                              "leave spike_dtype None")
         spike_dtype = np.dtype(spike_dtype)
     options["spike_dtype"] = spike_dtype
+    options["pack"] = _check_pack(pack, spike_dtype, spike_fn, neuron_type)
     options["backend"] = backend
     return options
 
@@ -157,13 +198,20 @@ def _typed_args(options, dtype):
 
 def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                 detach_reset=True, surrogate="sigmoid", alpha=None, spike_fn="heaviside",
-                neuron_type="lif", spike_dtype=None, backend="numba"):
+                neuron_type="lif", spike_dtype=None, pack=None, backend="numba"):
     """Run LIF neurons (or another ``neuron_type`` of ``NEURON_TYPES``) over time.
 
     x: ``[T, ...]`` float32 or float64 input current, time first, T >= 1.
     Returns ``(spikes, cache)``; spikes has x's shape and dtype (0/1, or the smooth values), or
     ``spike_dtype`` (numpy.uint8: a byte per spike, for a consumer that reads spikes, such as
     the Q-K ops; written by the kernel directly, no conversion pass).
+
+    ``pack``: spikes bit-packed by the kernel as they fire (``refsnn.kernels.lif_packed``), a
+    ``PackedSpikes``: ``axis`` (>= 1; packed along it), or ``(axis, group)`` (the axis split
+    into (length/group, group) and each group packed on its own, starting a new word: the
+    layout of ``refsnn.functional.attention.qk_token_layout`` is ``(2, D // heads)`` on
+    ``[T, B, D, N]``; ``qk_channel_layout``'s is ``3``). Equal to ``pack_spikes`` of the
+    unpacked spikes (of x viewed with the split axis).
     """
     check_float_array(x, "x", min_ndim=1, finite=False)      # non-finite input: see below
     if x.shape[0] == 0:
@@ -171,7 +219,9 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
     options = lif_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
                           decay_input=decay_input, detach_reset=detach_reset, surrogate=surrogate,
                           alpha=alpha, spike_fn=spike_fn, neuron_type=neuron_type,
-                          spike_dtype=spike_dtype, backend=backend)
+                          spike_dtype=spike_dtype, pack=pack, backend=backend)
+    if options["pack"] is not None:
+        return _lif_forward_packed(x, options)
     T = x.shape[0]
     x2 = np.ascontiguousarray(x).reshape(T, -1)
     a = _typed_args(options, x.dtype)
@@ -196,6 +246,21 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         check_finite(x, "x")
         raise NonFiniteError("x: the membrane overflowed to inf or NaN (inputs of about 1e38)")
     return spikes.reshape(x.shape), LIFCache(h, options, x.shape)
+
+
+def _lif_forward_packed(x: np.ndarray, options: dict):
+    view, split, axis = _pack_view(x.shape, options["pack"])
+    x4 = np.ascontiguousarray(x).reshape(view)
+    a = _typed_args(options, x.dtype)
+    if options["backend"] == "numba":
+        words, h, v_last = _kp.lif_forward_packed(x4, a)
+    else:
+        words, h, v_last = _kp.lif_forward_packed_numpy(x4, a)
+    if not np.isfinite(v_last).all():
+        check_finite(x, "x")
+        raise NonFiniteError("x: the membrane overflowed to inf or NaN (inputs of about 1e38)")
+    words = words.reshape(split[:axis] + (words.shape[2],) + split[axis + 1:])
+    return PackedSpikes(words, view[2], axis), LIFCache(h.reshape(x.shape[0], -1), options, x.shape)
 
 
 def lif_backward(dspikes, cache: LIFCache, *, check=True):

@@ -350,8 +350,8 @@ class PackedSpikes(NamedTuple):
     axis)``, ``length`` the spikes' length on that axis, ``axis`` its (non-negative) index.
     Padding bits (past ``length`` in each axis' last word) are 0.
 
-    ``shape`` / ``size`` / ``ndim`` describe the unpacked spikes; ``unpack(dtype)`` restores
-    them. The one packed representation of refsnn: ``pack_spikes`` makes it, the Q-K ops take
+    ``shape`` / ``size`` / ``ndim`` describe the unpacked spikes; ``count_nonzero()`` counts
+    them; ``unpack(dtype)`` restores them. The one packed representation of refsnn: ``pack_spikes`` makes it, the Q-K ops take
     and return it (``refsnn.functional.attention`` says which axis each op wants)."""
     words: np.ndarray
     length: int
@@ -369,6 +369,10 @@ class PackedSpikes(NamedTuple):
     @property
     def ndim(self) -> int:
         return self.words.ndim
+
+    def count_nonzero(self) -> int:
+        """The number of spikes (set bits; padding bits are 0)."""
+        return int(np.bitwise_count(self.words).sum(dtype=np.int64))
 
     def unpack(self, dtype=np.uint8, *, parallel: bool | None = None) -> np.ndarray:
         """The spikes, ``shape``, as 0/1 of ``dtype``."""

@@ -28,6 +28,7 @@ import numpy as np
 from ..functional import conv as F
 from ..checks import check_choice, check_float_array
 from ..functional.lif import lif_backward, lif_forward, lif_options
+from ..kernels.bitpack import PackedSpikes
 from ..functional.norm import BN_EPS, BN_MOMENTUM, batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from .counting import FREE, NEURON, READS, SYNAPSE, NeuronCounts, SynapseCounts, synapse_counts
@@ -300,7 +301,9 @@ class LIF(Module):
     def forward(self, x):
         spikes, self._cache = lif_forward(x, **self.neuron)
         if self.counter is not None:
-            self._fired = NeuronCounts(int(np.count_nonzero(spikes)), int(x.size))
+            # packed spikes (``pack=``) count their set bits
+            fired = spikes.count_nonzero() if isinstance(spikes, PackedSpikes) else np.count_nonzero(spikes)
+            self._fired = NeuronCounts(int(fired), int(x.size))
         return spikes
 
     def backward(self, dspikes):

@@ -1,0 +1,163 @@
+"""LIF neurons that emit their spikes bit-packed (SPEC sections 2 and 4): Numba kernels and
+their NumPy twin.
+
+For a LIF whose only consumer is a binary op (the Q and K neurons of a Q-K attention block),
+spikes as uint64 words are what the consumer reads: 1 bit per spike written instead of the
+4 bytes of a float32 map, and no packing pass afterwards. The time recursion is
+``refsnn.kernels.lif.neuron_step`` (the one definition of charge, fire and reset), so the
+charged membranes H are those of ``lif_forward_kernel`` bit for bit, and the bits are its
+spikes.
+
+Layout: x, h ``[T, P, L, Q]``; the spikes are packed along L (bit i of word w holds element
+64·w + i, as ``refsnn.kernels.bitpack.pack_bits``; padding bits 0) into words ``[T, P, W, Q]``,
+W = ceil(L/64); v_last ``[P, L, Q]`` the membranes after the last step (non-finite iff a
+neuron's input was, as in ``lif_forward_kernel``). Two kernels, one per case:
+
+    lif_pack_kernel        Q > 1 (a middle axis: a head's channels, tokens contiguous). Unit:
+                           a word row (p, w) and a block of QBLOCK positions; each of the
+                           word's 64 rows runs its neurons over time, its bits going into byte
+                           planes (uint8 lanes vectorise 8x wider than shifting into words),
+                           merged into the words at the end.
+    lif_pack_last_kernel   Q = 1 (the contiguous axis: tokens). Unit: row p, WBLOCK words;
+                           per step, the block's neurons write their spikes as bytes to a
+                           buffer in L1 (the loop of the uint8-spike LIF), then each word is
+                           packed from 64 bytes in a loop of constant trip count.
+
+Heaviside spikes only (smooth spikes are not 0/1), the ``"lif"`` neuron type.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .bitpack import num_words, pack_numpy
+from .lif import lif_charge, lif_forward_numpy, neuron_step
+
+__all__ = ["lif_pack_kernel", "lif_pack_last_kernel", "lif_pack_units", "lif_forward_packed",
+           "lif_forward_packed_numpy", "QBLOCK", "WBLOCK"]
+
+QBLOCK = 4096  # positions per unit (Q > 1)
+WBLOCK = 32     # words per unit (Q = 1): 2048 neurons, as refsnn.kernels.lif's blocks
+
+
+@nb.njit(cache=True, inline="always")
+def _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+    T, P, L, Q = x.shape
+    W = words.shape[2]
+    nqb = (Q + QBLOCK - 1) // QBLOCK
+    p = u // (W * nqb)
+    rem = u - p * W * nqb
+    w = rem // nqb
+    q0 = (rem - w * nqb) * QBLOCK
+    nq = min(Q, q0 + QBLOCK) - q0
+    l0 = w * 64
+    zero = one - one
+    planes = np.zeros((T, 8, nq), dtype=np.uint8)
+    v = np.empty(nq, dtype=x.dtype)
+    for j in range(min(64, L - l0)):
+        v[:] = v_reset if hard_reset else zero
+        sh = np.uint8(j % 8)
+        for t in range(T):
+            xs, hs = x[t, p, l0 + j, q0:q0 + nq], h[t, p, l0 + j, q0:q0 + nq]
+            plane = planes[t, j // 8]
+            for i in range(nq):
+                hv, s, vn = neuron_step(v[i], xs[i], tau, v_th, v_reset, hard_reset,
+                                        decay_input, 0, 0, one, one, one, lif_charge)
+                hs[i] = hv
+                v[i] = vn
+                plane[i] |= np.uint8(s != zero) << sh
+        v_last[p, l0 + j, q0:q0 + nq] = v
+    for t in range(T):
+        out = words[t, p, w, q0:q0 + nq]
+        for i in range(nq):
+            word = np.uint64(0)
+            for b in range(8):
+                word |= np.uint64(planes[t, b, i]) << np.uint64(8 * b)
+            out[i] = word
+
+
+@nb.njit(cache=True, inline="always")
+def _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+    T, P, L = x.shape
+    W = words.shape[2]
+    nwb = (W + WBLOCK - 1) // WBLOCK
+    p = u // nwb
+    w0 = (u - p * nwb) * WBLOCK
+    w1 = min(W, w0 + WBLOCK)
+    l0 = w0 * 64
+    n = min(L, w1 * 64) - l0
+    zero = one - one
+    v = np.empty(n, dtype=x.dtype)
+    v[:] = v_reset if hard_reset else zero
+    sb = np.empty(n, dtype=np.uint8)        # the step's spikes as bytes, then packed
+    for t in range(T):
+        xs, hs = x[t, p, l0:l0 + n], h[t, p, l0:l0 + n]
+        for j in range(n):
+            hv, s, vn = neuron_step(v[j], xs[j], tau, v_th, v_reset, hard_reset, decay_input,
+                                    0, 0, one, one, one, lif_charge)
+            hs[j] = hv
+            v[j] = vn
+            sb[j] = np.uint8(s != zero)
+        for w in range(w0, w1):
+            o = (w - w0) * 64
+            acc = np.uint64(0)
+            if o + 64 <= n:         # a constant trip count: the word's loop vectorises
+                seg = sb[o:o + 64]
+                for j in range(64):
+                    acc |= np.uint64(seg[j]) << np.uint64(j)
+            else:
+                for j in range(n - o):
+                    acc |= np.uint64(sb[o + j]) << np.uint64(j)
+            words[t, p, w] = acc
+    v_last[p, l0:l0 + n] = v
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_pack_kernel(x, words, h, v_last, units, tau, v_th, v_reset, hard_reset, decay_input, one):
+    """x, h ``[T, P, L, Q]`` (Q > 1), words ``[T, P, W, Q]`` uint64, v_last ``[P, L, Q]``;
+    ``units`` = ``lif_pack_units(P, L, Q)``. Float scalars have x's dtype."""
+    for u in nb.prange(units):
+        _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+
+
+@nb.njit(parallel=True, cache=True)
+def lif_pack_last_kernel(x, words, h, v_last, units, tau, v_th, v_reset, hard_reset,
+                         decay_input, one):
+    """x, h ``[T, P, L]``, words ``[T, P, W]`` uint64, v_last ``[P, L]``."""
+    for u in nb.prange(units):
+        _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+
+
+def lif_pack_units(P: int, L: int, Q: int) -> int:
+    """Work units of the kernels for ``[T, P, L, Q]``."""
+    W = num_words(L)
+    return P * -(-W // WBLOCK) if Q == 1 else P * W * -(-Q // QBLOCK)
+
+
+def lif_forward_packed(x4: np.ndarray, lif: dict):
+    """Run the kernels on x4 ``[T, P, L, Q]`` (C-contiguous float32 / float64). ``lif``: the
+    typed scalars of ``refsnn.functional.lif._typed_args``. Returns (words ``[T, P, W, Q]``,
+    h ``[T, P, L, Q]``, v_last ``[P, L, Q]``)."""
+    T, P, L, Q = x4.shape
+    W = num_words(L)
+    words = np.empty((T, P, W, Q), dtype=np.uint64)
+    h = np.empty_like(x4)
+    v_last = np.empty(x4.shape[1:], dtype=x4.dtype)
+    scalars = (lif["tau"], lif["v_th"], lif["v_reset"], lif["hard_reset"], lif["decay_input"],
+               x4.dtype.type(1.0))
+    units = lif_pack_units(P, L, Q)
+    if Q == 1:
+        lif_pack_last_kernel(x4.reshape(T, P, L), words.reshape(T, P, W), h.reshape(T, P, L),
+                             v_last.reshape(P, L), units, *scalars)
+    else:
+        lif_pack_kernel(x4, words, h, v_last, units, *scalars)
+    return words, h, v_last
+
+
+def lif_forward_packed_numpy(x4: np.ndarray, lif: dict):
+    """Twin of ``lif_forward_packed``: ``lif_forward_numpy``'s spikes packed by ``pack_numpy``."""
+    T, P, L, Q = x4.shape
+    s, h, v_last = lif_forward_numpy(x4.reshape(T, -1), lif["tau"], lif["v_th"], lif["v_reset"],
+                                     lif["hard_reset"], lif["decay_input"], 0, lif["alpha"], 0)
+    words = pack_numpy(s.reshape(T * P, L, Q)).reshape(T, P, -1, Q)
+    return words, h.reshape(x4.shape), v_last.reshape(x4.shape[1:])
