@@ -233,6 +233,27 @@ def test_conv1x1_chunked_same_for_any_thread_count(M, C, N, O, dtype):
     assert y.dtype == dx.dtype == dw.dtype == db.dtype == dtype
 
 
+@pytest.mark.parametrize("N", [256, 255])
+def test_conv1x1_runs_chunked_from_its_size_on(N):
+    """``conv1x1_forward/backward`` take the chunked path from CONV1X1_CHUNK_MIN_MACS
+    multiply-accumulates on (16*64*256*64 = 2^24), numpy's stacked matmul below; both agree."""
+    from refsnn.kernels import conv_chunked as CC
+    rng = np.random.default_rng(N)
+    x = (rng.random((16, 64, N)) < 0.2).astype(np.float32)
+    w = rng.normal(size=(64, 64)).astype(np.float32)
+    b = rng.normal(size=64).astype(np.float32)
+    dy = rng.normal(size=(16, 64, N)).astype(np.float32)
+    y, cache = F.conv1x1_forward(x, w, b)
+    grads = F.conv1x1_backward(dy, cache)
+    chunked = (CC.conv1x1_chunked_forward(x, w, b),) + CC.conv1x1_chunked_backward(dy, x, w, need_bias=True)
+    stacked = (np.matmul(w, x) + b[:, None], np.matmul(w.T, dy),
+               np.matmul(dy, x.transpose(0, 2, 1)).sum(axis=0), dy.sum(axis=(0, 2)))
+    assert (cache.macs >= CC.CONV1X1_CHUNK_MIN_MACS) == (N == 256)
+    for got, c, s in zip((y,) + grads, chunked, stacked):
+        np.testing.assert_array_equal(got, c if N == 256 else s)
+        np.testing.assert_allclose(c, s, rtol=1e-4, atol=1e-3)
+
+
 @settings(**FD)
 @given(B=st.integers(1, 4), I=st.integers(1, 5), O=st.integers(1, 4), bias=st.booleans(),
        seed=st.integers(0, 2**16))

@@ -15,8 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..kernels import im2col as _k
-from ..kernels.conv_chunked import (conv1x1_chunked_backward, conv1x1_chunked_forward,
-                                    conv2d_chunked_backward, conv2d_chunked_forward)
+from ..kernels.conv_chunked import (CONV1X1_CHUNK_MIN_MACS, conv1x1_chunked_backward,
+                                    conv1x1_chunked_forward, conv2d_chunked_backward,
+                                    conv2d_chunked_forward)
 from ..checks import check_float_array
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
@@ -95,9 +96,15 @@ def conv1x1_forward(x, weight, bias=None, *, check=True):
     check_float_array(x, "x", ndim=3, finite=check)
     _check_weight(weight, "weight", 2, x.shape[1], x.dtype, check)
     _check_bias(bias, weight.shape[0], x.dtype, check)
-    y = conv1x1_chunked_forward(x, weight, bias)
     M, C, N = x.shape
-    return y, Conv1x1Cache(x, weight, bias is not None, int(M * N * C * weight.shape[0]))
+    macs = int(M * N * C * weight.shape[0])
+    if macs >= CONV1X1_CHUNK_MIN_MACS:
+        y = conv1x1_chunked_forward(x, weight, bias)
+    else:
+        y = np.matmul(weight, x)
+        if bias is not None:
+            y += bias[:, None]
+    return y, Conv1x1Cache(x, weight, bias is not None, macs)
 
 
 def conv1x1_backward(dy, cache, *, check=True):
@@ -108,7 +115,13 @@ def conv1x1_backward(dy, cache, *, check=True):
     if dy.shape != (M, weight.shape[0], N):
         raise ValueError(f"dy: expected shape {(M, weight.shape[0], N)}, got {dy.shape}")
     dy = dy.astype(x.dtype, copy=False)
-    return conv1x1_chunked_backward(dy, x, weight, need_bias=has_bias)
+    if M * C * N * weight.shape[0] >= CONV1X1_CHUNK_MIN_MACS:
+        return conv1x1_chunked_backward(dy, x, weight, need_bias=has_bias)
+    dx = np.matmul(weight.T, dy)
+    # per-sample GEMMs then a sum: faster at these small shapes than transposing to one GEMM
+    dweight = np.matmul(dy, x.transpose(0, 2, 1)).sum(axis=0)
+    dbias = dy.sum(axis=(0, 2)) if has_bias else None
+    return dx, dweight, dbias
 
 
 class LinearCache(NamedTuple):

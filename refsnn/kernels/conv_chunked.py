@@ -34,7 +34,8 @@ import numpy as np
 from . import im2col as _k
 
 __all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
-           "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS"]
+           "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
+           "CONV1X1_CHUNK_MIN_MACS"]
 
 # a chunk holds whole samples and at least this many output positions (GEMM columns), so that
 # one GEMM per chunk runs near the single-thread BLAS peak; measured in bench_engine.py
@@ -188,6 +189,12 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
 
 
 # ---------------------------------------------------------------- 1x1 convolution over tokens
+
+# a 1x1 convolution of fewer multiply-accumulates (M*C*N*O) than this runs as numpy's stacked
+# matmul instead (``refsnn.functional.conv1x1_forward`` decides): there the thread hand-off and
+# the per-sample calls cost more than they save (the `tiny` and `cpu` shapes, 0.3-4 M, ran
+# 1.2-9x slower chunked; the `paper` ones, 19-150 M, gain); measured with bench_engine.py
+CONV1X1_CHUNK_MIN_MACS = 1 << 24
 
 def _gemm(dtype):
     """BLAS ``?gemm`` of scipy for ``dtype`` (float32 or float64): C = alpha op(A) op(B) + beta C
