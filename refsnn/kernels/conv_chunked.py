@@ -35,7 +35,7 @@ from . import im2col as _k
 
 __all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
-           "CONV1X1_CHUNK_MIN_MACS"]
+           "CHUNK_MIN_MACS", "CONV1X1_CHUNK_MIN_MACS"]
 
 # a chunk holds whole samples and at least this many output positions (GEMM columns), so that
 # one GEMM per chunk runs near the single-thread BLAS peak; measured in bench_engine.py
@@ -45,8 +45,18 @@ CHUNK_MIN_COLUMNS = 512
 MIN_CHUNKS = 4
 
 
-def chunk_bounds(N: int, P: int) -> list[tuple[int, int]]:
-    """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions each)."""
+# ...unless the whole convolution is smaller than this (multiply-accumulates): then it is one
+# chunk, run on the calling thread, as the thread hand-off and the per-chunk calls cost more
+# than they save (the `tiny` shapes, 0.6-1.2 M, ran 1.4-3.8x slower in chunks; the `cpu` and
+# `paper` ones are 19 M and more)
+CHUNK_MIN_MACS = 1 << 22
+
+
+def chunk_bounds(N: int, P: int, sample_macs: int | None = None) -> list[tuple[int, int]]:
+    """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions and, when
+    given, ``sample_macs`` multiply-accumulates each)."""
+    if sample_macs is not None and N * sample_macs < CHUNK_MIN_MACS:
+        return [(0, N)]
     per_chunk = max(1, min(-(-CHUNK_MIN_COLUMNS // P), -(-N // MIN_CHUNKS)))
     return [(a, min(N, a + per_chunk)) for a in range(0, N, per_chunk)]
 
@@ -141,7 +151,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight).reshape(O, K)
     y = np.empty((N, O, P), dtype=x.dtype)
-    bounds = chunk_bounds(N, P)
+    bounds = chunk_bounds(N, P, O * K * P)
 
     def task(i):
         n0, n1 = bounds[i]
@@ -167,7 +177,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
-    bounds = chunk_bounds(N, P)
+    bounds = chunk_bounds(N, P, O * K * P)
     dwt_parts = np.empty((len(bounds), K, O), dtype=x.dtype)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
 
