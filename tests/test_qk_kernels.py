@@ -217,3 +217,28 @@ def test_fused_kernels_flag_non_binary_values(mode, which, value, pos, seed):
     q8, k8 = (a.astype(np.uint8) for a in _pair(seed, shape, 0.3, 0.3, np.float32))
     (q8 if which == "q" else k8).reshape(-1)[pos % q8.size] = 2
     assert run(q8, k8, _typed(ATTENTION_LIF, np.float32), np.uint8)[-1]
+
+
+@settings(deadline=None, max_examples=6)
+@given(mode=st.sampled_from(["token", "channel"]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))
+def test_fused_kernels_on_threads_equal_twin(mode, threads, seed):
+    # above PARALLEL_MIN_WORK elements the units are spread over Python threads in chunks:
+    # every unit runs once, whatever the thread count
+    import numba
+    shape = (2, 5, 70, 700) if mode == "token" else (2, 150, 300)
+    q, k = _pair(seed, shape, 0.3, 0.4, np.float32)
+    lif = _typed(ATTENTION_LIF, np.float32)
+    run, twin = (F.qk_token_fused, F.qk_token_fused_numpy) if mode == "token" else \
+        (F.qk_channel_fused, F.qk_channel_fused_numpy)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = run(q, k, lif, np.float32)
+    finally:
+        numba.set_num_threads(before)
+    want = twin(q, k, lif, np.float32)
+    assert not got[-1]
+    for g, w in zip(got[:4], want[:4]):
+        np.testing.assert_array_equal(g, w)
+    assert got[4] == want[4]
