@@ -45,6 +45,7 @@ from .functional.loss import cross_entropy_backward, cross_entropy_forward
 from .memory import check_step_memory
 from .models.configs import Config
 from .models.snnergy import SNNergy
+from .precompile import Precompiler
 from .optim import OPTIMIZERS, CosineSchedule, build_optimizer, clip_grad_norm, grad_norm
 from .recipes import DEFAULTS
 from .rundir import RunDir
@@ -761,24 +762,26 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
     comm = world()
     rundir, ck, plan = _collective(comm, _plan, out, config_, dataset, options, data_options, root, cache,
                                    resume, force)
-    warning = _collective(comm, _memory_check, plan, comm)
-    if warning and comm.is_root:
-        print(warning, file=sys.stderr)
-    splits = plan.splits or _collective(comm, lambda: load_splits(
-        plan.data_name, image_size=plan.config.image_size, seed=plan.opts["seed"], progress=progress and comm.is_root,
-        **plan.source, **plan.opts["data_options"]))
-    with _locked_on_root(rundir, comm):
-        run = _collective(comm, _start, rundir, ck, force, plan, splits, comm)
-        threads = rank_threads(comm, run.opts["threads"])
-        if comm.distributed:
-            line = thread_summary(comm, threads)
-            if verbose and comm.is_root:
-                print(line, file=sys.stderr)
-        with limit_threads(threads), StopControl(stop_after_steps, quiet=not comm.is_root) as stop:
-            train_epochs(run, stop, progress, verbose, on_epoch_end)
-            if run.state.epoch < run.opts["epochs"]:
-                return interrupted_report(run, resume_command)
-            return final_report(run, stop, t_start, progress, verbose, resume_command)
+    # a cold Numba cache: a second process compiles the step's kernels meanwhile (issue 13)
+    with Precompiler(plan.config, threads=plan.opts["threads"], distributed=comm.distributed):
+        warning = _collective(comm, _memory_check, plan, comm)
+        if warning and comm.is_root:
+            print(warning, file=sys.stderr)
+        splits = plan.splits or _collective(comm, lambda: load_splits(
+            plan.data_name, image_size=plan.config.image_size, seed=plan.opts["seed"], progress=progress and comm.is_root,
+            **plan.source, **plan.opts["data_options"]))
+        with _locked_on_root(rundir, comm):
+            run = _collective(comm, _start, rundir, ck, force, plan, splits, comm)
+            threads = rank_threads(comm, run.opts["threads"])
+            if comm.distributed:
+                line = thread_summary(comm, threads)
+                if verbose and comm.is_root:
+                    print(line, file=sys.stderr)
+            with limit_threads(threads), StopControl(stop_after_steps, quiet=not comm.is_root) as stop:
+                train_epochs(run, stop, progress, verbose, on_epoch_end)
+                if run.state.epoch < run.opts["epochs"]:
+                    return interrupted_report(run, resume_command)
+                return final_report(run, stop, t_start, progress, verbose, resume_command)
 
 
 def _collective(comm: Communicator, fn, *args):

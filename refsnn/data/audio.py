@@ -18,7 +18,6 @@ from math import gcd
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
 from .base import MediaError
 from .resize import resize2d
@@ -52,6 +51,8 @@ def resample(wave: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarr
     if rate == target:
         return np.asarray(wave, dtype=np.float64)
     g = gcd(rate, target)
+    # imported here: scipy.signal takes 2 s to import, and only real audio files need it
+    from scipy.signal import resample_poly
     return resample_poly(np.asarray(wave, dtype=np.float64), target // g, rate // g)
 
 

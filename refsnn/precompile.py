@@ -1,0 +1,464 @@
+"""Time to first step (issue 13): compile the training step's Numba kernels in a second
+process while the first one starts.
+
+On a fresh clone Numba's cache is empty, and the first training step compiles every kernel
+it calls (about 35 CPU seconds for the ``cpu`` preset), one after another in one process. A
+shipped cache cannot help: Numba keys its cache on the source file's modification time and
+size, which a fresh clone sets anew, and the cached machine code is for one CPU model.
+
+What this module does instead, when ``fit`` starts on a cold cache with two or more cores:
+
+- ``Precompiler.start`` launches ``python -m refsnn.precompile``, a helper process that
+  builds the same model (cheap: no data, no forward) and runs each kind of op the model
+  contains once, forward and backward, on tiny inputs of the model's dtype and options:
+  the kernels compiled are those of the real step (the same functional ops pick them), and
+  Numba writes them to its cache. It takes the ops from the model's end, since the main
+  process meets them from the start.
+- Both processes claim each kernel before compiling it (a file created with ``O_EXCL`` in a
+  folder of the run, keyed by the kernel and its argument types). A process that finds a
+  kernel claimed by the other waits until it is saved, then loads it from the cache instead
+  of compiling it again. So the two processes split the compilation between them; the main
+  process meanwhile also imports, loads the data and builds the model.
+- Nothing else changes: the kernels are the ones Numba would compile anyway, loaded from its
+  ordinary cache. If the helper fails or dies, the main process compiles what is missing, as
+  without it. The helper exits when its ops are done, or with the main process (Linux
+  parent-death signal; ``close`` also ends it), and its folder of claims is removed.
+
+``REFSNN_PRECOMPILE=0`` turns it off, ``=1`` starts the helper even on a warm cache (for
+measurements); ``REFSNN_PRECOMPILE_LOG=path`` makes the helper write a line per op to path. The claim hook replaces each cached kernel's ``_cache`` attribute (a private
+Numba attribute, present since Numba 0.49); where it is missing nothing is hooked.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+__all__ = ["Precompiler", "install_claims", "step_ops", "run_ops"]
+
+_ENV = "REFSNN_PRECOMPILE"
+_POLL = 0.02                    # s between looks at a claim held by the other process
+
+
+# ------------------------------------------------------------------------------- claims
+
+class _Claims:
+    """Who compiles which kernel: ``<key>.claim`` (created with O_EXCL, holds the pid) and
+    ``<key>.done`` (written after the cache file is saved, or when the compilation failed),
+    in ``folder``; with ``folder`` None (no helper running) nothing is claimed."""
+
+    def __init__(self):
+        self.folder: str | None = None
+        self.held: set[str] = set()
+        self.depth = 0          # compilations under way in this process (nested ones inside)
+
+    def _path(self, key: str, kind: str) -> str:
+        return os.path.join(self.folder, f"{key}.{kind}")
+
+    def claim(self, key: str) -> bool:
+        """True: compile here (claimed, or no helper); False: the other process has it."""
+        if self.folder is None:
+            return True
+        try:
+            fd = os.open(self._path(key, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        except OSError:         # the folder is gone (the run ended): compile here
+            return True
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        self.held.add(key)
+        return True
+
+    def release(self, key: str) -> None:
+        if key in self.held:
+            self.held.discard(key)
+            try:
+                with open(self._path(key, "done"), "w"):
+                    pass
+            except (OSError, TypeError):
+                pass
+
+    def wait(self, key: str) -> None:
+        """Until the holder saved the kernel, failed, or died, or the folder is removed."""
+        try:
+            with open(self._path(key, "claim")) as f:
+                pid = int(f.read() or 0)
+        except (OSError, TypeError, ValueError):
+            pid = 0
+        while self.folder is not None and not os.path.exists(self._path(key, "done")):
+            if not os.path.isdir(self.folder) or not _alive(pid):
+                return
+            time.sleep(_POLL)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True             # the holder has not written its pid yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _key(dispatcher, sig) -> str:
+    name = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}"
+    return name + "-" + hashlib.sha1(repr(tuple(sig)).encode()).hexdigest()[:16]
+
+
+class _ClaimingCache:
+    """Stands in for a dispatcher's Numba cache: on a miss at the top level, claim the kernel
+    (then Numba compiles it here) or wait for the process that claimed it and load its result."""
+
+    def __init__(self, dispatcher, cache, claims: _Claims):
+        self._dispatcher, self._cache, self._claims = dispatcher, cache, claims
+
+    def load_overload(self, sig, target_context):
+        data = self._cache.load_overload(sig, target_context)
+        if data is not None or self._claims.depth:
+            # found, or needed inside another compilation: never wait while holding a claim
+            return data
+        key = _key(self._dispatcher, sig)
+        if self._claims.claim(key):
+            return None
+        self._claims.wait(key)
+        return self._cache.load_overload(sig, target_context)
+
+    def save_overload(self, sig, data):
+        try:
+            self._cache.save_overload(sig, data)
+        finally:
+            self._claims.release(_key(self._dispatcher, sig))
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+_CLAIMS: _Claims | None = None
+
+
+def _listener(claims: _Claims):
+    from numba.core import event
+
+    class Depth(event.Listener):
+        def on_start(self, ev):
+            claims.depth += 1
+
+        def on_end(self, ev):
+            claims.depth -= 1
+            if ev.is_failed:
+                # failed: let the other process try (it meets the same error, as without us)
+                claims.release(_key(ev.data["dispatcher"], ev.data["args"]))
+
+    return Depth()
+
+
+def install_claims(folder: str | None) -> int:
+    """Claim kernels in ``folder`` from now on (None: stop claiming). Hooks every disk-cached
+    Numba kernel of the refsnn modules imported so far (once); returns how many are hooked."""
+    global _CLAIMS
+    from numba.core import event
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+
+    if _CLAIMS is None:
+        _CLAIMS = _Claims()
+        event.register("numba:compile", _listener(_CLAIMS))
+    _CLAIMS.folder = folder
+    hooked = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("refsnn.") or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            if not isinstance(obj, Dispatcher):
+                continue
+            cache = getattr(obj, "_cache", None)
+            if isinstance(cache, FunctionCache):
+                obj._cache = _ClaimingCache(obj, cache, _CLAIMS)
+            hooked += isinstance(obj._cache, _ClaimingCache)
+    return hooked
+
+
+# ------------------------------------------------------------------------------- the ops
+
+def _numba_backward(cache):
+    """A cache of a forward run by the NumPy twin, changed so that the backward runs the Numba
+    kernel (the arrays are of the same types); None where the cache says no backend."""
+    if "backend" in cache._fields:
+        return cache._replace(backend="numba")
+    for field in ("options", "lif"):
+        if field in cache._fields and isinstance(getattr(cache, field), dict):
+            return cache._replace(**{field: {**getattr(cache, field), "backend": "numba"}})
+    return None
+
+
+def step_ops(model) -> list:
+    """The calls that compile the kernels of the model's training step: one per kind of op
+    the model contains, forward then backward, on small inputs of the model's dtype and
+    options (sized so that the ops take the paths they take at the presets' sizes). Each is
+    ``(name, fn)``.
+
+    Order: the main process compiles the forward kernels first (its memory check runs a
+    forward) and the backward ones last, so the helper begins with the Q-K ops (the costliest,
+    met last in the forward), then the backward kernels alone (the forward run by the op's
+    NumPy twin), then every op from the model's end."""
+    from .functional import attention as A
+    from .functional import bnlif, conv, lif, norm, pool
+    from .kernels.bitpack import PARALLEL_MIN_WORK
+    from .nn.attention import QKCore
+    from .nn.layers import LIF, BatchNorm, Conv1x1, Conv2d, MaxPool2d
+
+    dt = model.dtype
+    rng = np.random.default_rng(0)
+    T, B, C = 2, 2, 3
+    modules = dict(model.named_modules())
+    first, twins, ops, seen = [], [], [], set()
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    def spikes(*shape):
+        return (rng.random(shape) < 0.3).astype(dt)
+
+    def bn_args():
+        return np.ones(C, dt), np.zeros(C, dt), np.zeros(C, dt), np.ones(C, dt)
+
+    def add(key, fn, backward=None, costly=False):
+        """fn: forward and backward; backward(): the backward after the twin's forward."""
+        if key in seen:
+            return
+        seen.add(key)
+        (first if costly else ops).append((repr(key), fn))
+        if backward is not None:
+            twins.append((repr(key) + " backward", backward))
+
+    def neuron_key(d):
+        return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+    def lif_op(neuron, backend="numba"):
+        s, c = lif.lif_forward(rand(T, B, C, 5), **{**neuron, "backend": backend})
+        lif.lif_backward(rand(*s.shape), c if backend == "numba" else _numba_backward(c))
+
+    def bnlif_op(neuron, backend="numba"):
+        s, c, _, _ = bnlif.bn_lif_forward(rand(T, B, C, 5), *bn_args(), **{**neuron, "backend": backend})
+        bnlif.bn_lif_backward(rand(*s.shape), c if backend == "numba" else _numba_backward(c))
+
+    def bn_op(backend="numba"):
+        y, c, _, _ = norm.batchnorm_forward(rand(4, C, 5), *bn_args(), backend=backend)
+        norm.batchnorm_backward(rand(*y.shape), c if backend == "numba" else _numba_backward(c))
+
+    def pool_op(m, backend="numba"):
+        y, c = pool.maxpool2d_forward(rand(B, C, 6, 6), kernel_size=m.kernel_size, stride=m.stride,
+                                      padding=m.padding, backend=backend)
+        pool.maxpool2d_backward(rand(*y.shape), c if backend == "numba" else _numba_backward(c))
+
+    def qk_op(m, D, N):
+        q, k = spikes(T, B, D, N), spikes(T, B, D, N)
+        if m.mode == "token":
+            z, c = A.qk_token_forward(q, k, m.heads, neuron=m.neuron, backend=m.backend)
+            A.qk_token_backward(rand(*z.shape), c)
+        else:
+            z, c = A.qk_channel_forward(q, k, neuron=m.neuron, backend=m.backend)
+            A.qk_channel_backward(rand(*z.shape), c)
+
+    def conv2d_op(m):
+        # 8 samples of 8x8: chunks of 2 samples, the paths taken at the model's sizes
+        y, c = conv.conv2d_forward(rand(8, C, 8, 8), rand(4, C, m.kernel_size, m.kernel_size),
+                                   None if m.bias is None else rand(4), stride=m.stride, padding=m.padding)
+        conv.conv2d_backward(rand(*y.shape), c)
+
+    def conv1x1_op(m):
+        y, c = conv.conv1x1_forward(rand(B, C, 7), rand(4, C), None if m.bias is None else rand(4))
+        conv.conv1x1_backward(rand(*y.shape), c)
+
+    for name, m in reversed(list(modules.items())):
+        if isinstance(m, QKCore):
+            D = getattr(modules.get(name.rpartition(".")[0]), "dim", m.heads * 16)
+            N = -(-PARALLEL_MIN_WORK // (T * B * D))    # the parallel kernels, as at the presets' sizes
+            add(("qk", m.mode, m.backend, D // m.heads, neuron_key(m.neuron)),
+                lambda m=m, D=D, N=N: qk_op(m, D, N), costly=True)
+        elif isinstance(m, LIF):
+            n = m.neuron
+            add(("lif", neuron_key(n)), lambda n=n: lif_op(n), lambda n=n: lif_op(n, "numpy"))
+            if bnlif.bn_lif_fusable(**n):
+                add(("bnlif", neuron_key(n)), lambda n=n: bnlif_op(n), lambda n=n: bnlif_op(n, "numpy"))
+        elif isinstance(m, BatchNorm):
+            add(("bn",), bn_op, lambda: bn_op("numpy"))
+        elif isinstance(m, MaxPool2d):
+            add(("maxpool", m.kernel_size, m.stride, m.padding), lambda m=m: pool_op(m),
+                lambda m=m: pool_op(m, "numpy"))
+        elif isinstance(m, Conv2d):
+            add(("conv2d", m.bias is None), lambda m=m: conv2d_op(m))
+        elif isinstance(m, Conv1x1):
+            add(("conv1x1", m.bias is None), lambda m=m: conv1x1_op(m))
+    return first + twins + ops
+
+
+def run_ops(ops, log=None) -> list[str]:
+    """Run each op; one that fails is skipped (the main process meets it as without the
+    helper). Returns the names of the failed ones. ``log``: a text file for a line per op
+    (CPU seconds, name)."""
+    failed = []
+    for name, fn in ops:
+        t0 = time.process_time()
+        try:
+            fn()
+        except Exception as exc:    # noqa: BLE001 - the main process compiles what is missing
+            failed.append(name)
+            name += f" failed: {exc!r}"
+        if log is not None:
+            print(f"{time.process_time() - t0:7.2f} CPU s  op {name}", file=log, flush=True)
+    return failed
+
+
+# ------------------------------------------------------------------------------- the helper
+
+def _cache_is_cold() -> bool:
+    """Whether Numba's cache lacks the LIF forward kernel (every model's step runs it): a
+    fresh clone, a new cache folder, or kernels edited since."""
+    from .kernels.lif import lif_forward_kernel
+    try:
+        return not lif_forward_kernel._cache._cache_file._load_index()
+    except Exception:           # noqa: BLE001 - an unknown Numba: do not guess
+        return False
+
+
+class Precompiler:
+    """``with Precompiler(config, dtype, threads):`` around a run's start and training: the
+    helper process as described in the module docstring, when it can help."""
+
+    module = "refsnn.precompile"            # the helper: python -m <module>
+
+    def __init__(self, config, dtype=np.float32, threads: int | None = None, distributed: bool = False):
+        self.process = None
+        self.folder = None
+        self.config, self.dtype = config, np.dtype(dtype)
+        self.threads, self.distributed = threads, distributed
+
+    def wanted(self) -> bool:
+        setting = os.environ.get(_ENV, "")
+        if setting == "0":
+            return False
+        if setting == "1":
+            return True
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        return cores >= 2 and self.threads != 1 and not self.distributed and _cache_is_cold()
+
+    def start(self) -> "Precompiler":
+        if not self.wanted():
+            return self
+        try:
+            self.folder = tempfile.mkdtemp(prefix="refsnn-precompile-")
+            install_claims(self.folder)
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, "--claims", self.folder,
+                 "--config", self.config.to_json(), "--dtype", self.dtype.name],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        except Exception:       # noqa: BLE001 - no helper: compile here, as without it
+            self.close()
+        return self
+
+    def close(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+        if self.folder is not None:
+            install_claims(None)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the parent ends."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _log_compilations(log) -> None:
+    """A line per kernel compiled at the top level (CPU seconds, name)."""
+    from numba.core import event
+
+    class Log(event.Listener):
+        def __init__(self):
+            self.started = []
+
+        def on_start(self, ev):
+            self.started.append(time.process_time())
+
+        def on_end(self, ev):
+            t0 = self.started.pop()
+            if not self.started:
+                f = ev.data["dispatcher"].py_func
+                print(f"{time.process_time() - t0:7.2f} CPU s  compiled {f.__module__}.{f.__qualname__}",
+                      file=log, flush=True)
+
+    event.register("numba:compile", Log())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m refsnn.precompile",
+                                 description="the helper process of refsnn.precompile (started by fit)")
+    ap.add_argument("--claims", required=True)
+    ap.add_argument("--config", required=True, help="Config.to_json()")
+    ap.add_argument("--dtype", default="float32")
+    args = ap.parse_args(argv)
+    ppid = os.getppid()
+    _die_with_parent()
+    if os.getppid() != ppid:    # the parent ended before the signal was armed
+        return 0
+    from .models.configs import Config
+    from .models.snnergy import SNNergy
+    model = SNNergy(Config.from_json(args.config), dtype=np.dtype(args.dtype))
+    ops = step_ops(model)
+    install_claims(args.claims)
+    path = os.environ.get("REFSNN_PRECOMPILE_LOG")
+    log = open(path, "a") if path else None
+    if log is not None:
+        print(f"{time.process_time():7.2f} CPU s  started, {len(ops)} ops", file=log, flush=True)
+        _log_compilations(log)
+    failed = run_ops(ops, log)
+    if log is not None:
+        print(f"{time.process_time():7.2f} CPU s  in all", file=log, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
