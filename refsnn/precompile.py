@@ -2,9 +2,10 @@
 process while the first one starts.
 
 On a fresh clone Numba's cache is empty, and the first training step compiles every kernel
-it calls (about 35 CPU seconds for the ``cpu`` preset), one after another in one process. A
-shipped cache cannot help: Numba keys its cache on the source file's modification time and
-size, which a fresh clone sets anew, and the cached machine code is for one CPU model.
+it calls (about 37 CPU seconds for the ``cpu`` preset), one after another in one process. No
+cache is shipped: Numba (0.68) would find one (it stamps its index with the SHA-256 of the
+source file, not its modification time), but its machine code is for one CPU model, Numba
+version and Python version, and it would have to be rebuilt at every kernel change.
 
 What this module does instead, when ``fit`` starts on a cold cache with two or more cores:
 
@@ -46,6 +47,7 @@ __all__ = ["Precompiler", "install_claims", "step_ops", "run_ops"]
 
 _ENV = "REFSNN_PRECOMPILE"
 _POLL = 0.02                    # s between looks at a claim held by the other process
+_WAIT_LIMIT = 600.0             # s: a holder that takes longer is presumed stuck; compile here
 
 
 # ------------------------------------------------------------------------------- claims
@@ -94,15 +96,24 @@ class _Claims:
                 pid = int(f.read() or 0)
         except (OSError, TypeError, ValueError):
             pid = 0
+        give_up = time.monotonic() + _WAIT_LIMIT
         while self.folder is not None and not os.path.exists(self._path(key, "done")):
-            if not os.path.isdir(self.folder) or not _alive(pid):
+            if not os.path.isdir(self.folder) or not _alive(pid) or time.monotonic() > give_up:
                 return
             time.sleep(_POLL)
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an ended process not yet reaped, a zombie, does not)."""
     if pid <= 0:
         return True             # the holder has not written its pid yet
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass                    # no /proc: ask the kernel
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

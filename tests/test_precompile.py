@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -37,10 +38,14 @@ def test_claims_one_holder_the_other_waits_until_done_or_death(tmp_path):
     assert a.claim("k") and not b.claim("k")
     a.release("k")
     b.wait("k")                                   # returns: done
-    # a holder that died without finishing: the waiter stops waiting (and compiles itself)
+    # a holder that died without finishing, not yet reaped (a zombie), then reaped: the
+    # waiter stops waiting (and compiles itself)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     (tmp_path / "j.claim").write_text(str(dead.pid))
+    while precompile._alive(dead.pid):
+        time.sleep(0.01)
+    b.wait("j")
+    dead.wait()
     b.wait("j")
     # no helper: everything is compiled here
     c = precompile._Claims()
