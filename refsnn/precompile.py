@@ -214,106 +214,126 @@ def _numba_backward(cache):
     return None
 
 
+class _SmallOps:
+    """Each op of a model, forward then backward, on small inputs of one dtype. A ``backend``
+    of "numpy" runs the forward by the op's NumPy twin and the backward by its kernel."""
+
+    T, B, C = 2, 2, 3
+
+    def __init__(self, dtype):
+        self.dt = np.dtype(dtype)
+        self.rng = np.random.default_rng(0)
+
+    def rand(self, *shape):
+        return self.rng.standard_normal(shape).astype(self.dt)
+
+    def spikes(self, *shape):
+        return (self.rng.random(shape) < 0.3).astype(self.dt)
+
+    def bn_args(self):
+        C = self.C
+        return np.ones(C, self.dt), np.zeros(C, self.dt), np.zeros(C, self.dt), np.ones(C, self.dt)
+
+    @staticmethod
+    def _for_backward(cache, backend):
+        return cache if backend == "numba" else _numba_backward(cache)
+
+    def lif(self, neuron, backend="numba"):
+        from .functional import lif
+        s, c = lif.lif_forward(self.rand(self.T, self.B, self.C, 5), **{**neuron, "backend": backend})
+        lif.lif_backward(self.rand(*s.shape), self._for_backward(c, backend))
+
+    def bnlif(self, neuron, backend="numba"):
+        from .functional import bnlif
+        s, c, _, _ = bnlif.bn_lif_forward(self.rand(self.T, self.B, self.C, 5), *self.bn_args(),
+                                          **{**neuron, "backend": backend})
+        bnlif.bn_lif_backward(self.rand(*s.shape), self._for_backward(c, backend))
+
+    def bn(self, backend="numba"):
+        from .functional import norm
+        y, c, _, _ = norm.batchnorm_forward(self.rand(4, self.C, 5), *self.bn_args(), backend=backend)
+        norm.batchnorm_backward(self.rand(*y.shape), self._for_backward(c, backend))
+
+    def maxpool(self, m, backend="numba"):
+        from .functional import pool
+        y, c = pool.maxpool2d_forward(self.rand(self.B, self.C, 6, 6), kernel_size=m.kernel_size,
+                                      stride=m.stride, padding=m.padding, backend=backend)
+        pool.maxpool2d_backward(self.rand(*y.shape), self._for_backward(c, backend))
+
+    def qk(self, m, D):
+        from .functional import attention as A
+        from .kernels.bitpack import PARALLEL_MIN_WORK
+        N = -(-PARALLEL_MIN_WORK // (self.T * self.B * D))    # the parallel kernels, as at the presets' sizes
+        q, k = self.spikes(self.T, self.B, D, N), self.spikes(self.T, self.B, D, N)
+        if m.mode == "token":
+            z, c = A.qk_token_forward(q, k, m.heads, neuron=m.neuron, backend=m.backend)
+            A.qk_token_backward(self.rand(*z.shape), c)
+        else:
+            z, c = A.qk_channel_forward(q, k, neuron=m.neuron, backend=m.backend)
+            A.qk_channel_backward(self.rand(*z.shape), c)
+
+    def conv2d(self, m):
+        from .functional import conv
+        # 8 samples of 8x8: the paths taken at the model's sizes
+        y, c = conv.conv2d_forward(self.rand(8, self.C, 8, 8), self.rand(4, self.C, m.kernel_size, m.kernel_size),
+                                   None if m.bias is None else self.rand(4), stride=m.stride, padding=m.padding)
+        conv.conv2d_backward(self.rand(*y.shape), c)
+
+    def conv1x1(self, m):
+        from .functional import conv
+        y, c = conv.conv1x1_forward(self.rand(self.B, self.C, 7), self.rand(4, self.C),
+                                    None if m.bias is None else self.rand(4))
+        conv.conv1x1_backward(self.rand(*y.shape), c)
+
+
 def step_ops(model) -> list:
     """The calls that compile the kernels of the model's training step: one per kind of op
-    the model contains, forward then backward, on small inputs of the model's dtype and
-    options (sized so that the ops take the paths they take at the presets' sizes). Each is
-    ``(name, fn)``.
+    the model contains (``_SmallOps``), each ``(name, fn)``.
 
     Order: the main process compiles the forward kernels first (its memory check runs a
     forward) and the backward ones last, so the helper begins with the Q-K ops (the costliest,
     met last in the forward), then the backward kernels alone (the forward run by the op's
     NumPy twin), then every op from the model's end."""
-    from .functional import attention as A
-    from .functional import bnlif, conv, lif, norm, pool
-    from .kernels.bitpack import PARALLEL_MIN_WORK
+    from .functional.bnlif import bn_lif_fusable
     from .nn.attention import QKCore
     from .nn.layers import LIF, BatchNorm, Conv1x1, Conv2d, MaxPool2d
 
-    dt = model.dtype
-    rng = np.random.default_rng(0)
-    T, B, C = 2, 2, 3
+    small = _SmallOps(model.dtype)
     modules = dict(model.named_modules())
     first, twins, ops, seen = [], [], [], set()
 
-    def rand(*shape):
-        return rng.standard_normal(shape).astype(dt)
-
-    def spikes(*shape):
-        return (rng.random(shape) < 0.3).astype(dt)
-
-    def bn_args():
-        return np.ones(C, dt), np.zeros(C, dt), np.zeros(C, dt), np.ones(C, dt)
-
     def add(key, fn, backward=None, costly=False):
         """fn: forward and backward; backward(): the backward after the twin's forward."""
-        if key in seen:
-            return
-        seen.add(key)
-        (first if costly else ops).append((repr(key), fn))
-        if backward is not None:
-            twins.append((repr(key) + " backward", backward))
-
-    def neuron_key(d):
-        return tuple(sorted((k, repr(v)) for k, v in d.items()))
-
-    def lif_op(neuron, backend="numba"):
-        s, c = lif.lif_forward(rand(T, B, C, 5), **{**neuron, "backend": backend})
-        lif.lif_backward(rand(*s.shape), c if backend == "numba" else _numba_backward(c))
-
-    def bnlif_op(neuron, backend="numba"):
-        s, c, _, _ = bnlif.bn_lif_forward(rand(T, B, C, 5), *bn_args(), **{**neuron, "backend": backend})
-        bnlif.bn_lif_backward(rand(*s.shape), c if backend == "numba" else _numba_backward(c))
-
-    def bn_op(backend="numba"):
-        y, c, _, _ = norm.batchnorm_forward(rand(4, C, 5), *bn_args(), backend=backend)
-        norm.batchnorm_backward(rand(*y.shape), c if backend == "numba" else _numba_backward(c))
-
-    def pool_op(m, backend="numba"):
-        y, c = pool.maxpool2d_forward(rand(B, C, 6, 6), kernel_size=m.kernel_size, stride=m.stride,
-                                      padding=m.padding, backend=backend)
-        pool.maxpool2d_backward(rand(*y.shape), c if backend == "numba" else _numba_backward(c))
-
-    def qk_op(m, D, N):
-        q, k = spikes(T, B, D, N), spikes(T, B, D, N)
-        if m.mode == "token":
-            z, c = A.qk_token_forward(q, k, m.heads, neuron=m.neuron, backend=m.backend)
-            A.qk_token_backward(rand(*z.shape), c)
-        else:
-            z, c = A.qk_channel_forward(q, k, neuron=m.neuron, backend=m.backend)
-            A.qk_channel_backward(rand(*z.shape), c)
-
-    def conv2d_op(m):
-        # 8 samples of 8x8: chunks of 2 samples, the paths taken at the model's sizes
-        y, c = conv.conv2d_forward(rand(8, C, 8, 8), rand(4, C, m.kernel_size, m.kernel_size),
-                                   None if m.bias is None else rand(4), stride=m.stride, padding=m.padding)
-        conv.conv2d_backward(rand(*y.shape), c)
-
-    def conv1x1_op(m):
-        y, c = conv.conv1x1_forward(rand(B, C, 7), rand(4, C), None if m.bias is None else rand(4))
-        conv.conv1x1_backward(rand(*y.shape), c)
+        if key not in seen:
+            seen.add(key)
+            (first if costly else ops).append((repr(key), fn))
+            if backward is not None:
+                twins.append((repr(key) + " backward", backward))
 
     for name, m in reversed(list(modules.items())):
         if isinstance(m, QKCore):
             D = getattr(modules.get(name.rpartition(".")[0]), "dim", m.heads * 16)
-            N = -(-PARALLEL_MIN_WORK // (T * B * D))    # the parallel kernels, as at the presets' sizes
-            add(("qk", m.mode, m.backend, D // m.heads, neuron_key(m.neuron)),
-                lambda m=m, D=D, N=N: qk_op(m, D, N), costly=True)
+            add(("qk", m.mode, m.backend, D // m.heads, _options_key(m.neuron)),
+                lambda m=m, D=D: small.qk(m, D), costly=True)
         elif isinstance(m, LIF):
             n = m.neuron
-            add(("lif", neuron_key(n)), lambda n=n: lif_op(n), lambda n=n: lif_op(n, "numpy"))
-            if bnlif.bn_lif_fusable(**n):
-                add(("bnlif", neuron_key(n)), lambda n=n: bnlif_op(n), lambda n=n: bnlif_op(n, "numpy"))
+            add(("lif", _options_key(n)), lambda n=n: small.lif(n), lambda n=n: small.lif(n, "numpy"))
+            if bn_lif_fusable(**n):
+                add(("bnlif", _options_key(n)), lambda n=n: small.bnlif(n), lambda n=n: small.bnlif(n, "numpy"))
         elif isinstance(m, BatchNorm):
-            add(("bn",), bn_op, lambda: bn_op("numpy"))
+            add(("bn",), small.bn, lambda: small.bn("numpy"))
         elif isinstance(m, MaxPool2d):
-            add(("maxpool", m.kernel_size, m.stride, m.padding), lambda m=m: pool_op(m),
-                lambda m=m: pool_op(m, "numpy"))
+            add(("maxpool", m.kernel_size, m.stride, m.padding), lambda m=m: small.maxpool(m),
+                lambda m=m: small.maxpool(m, "numpy"))
         elif isinstance(m, Conv2d):
-            add(("conv2d", m.bias is None), lambda m=m: conv2d_op(m))
+            add(("conv2d", m.bias is None), lambda m=m: small.conv2d(m))
         elif isinstance(m, Conv1x1):
-            add(("conv1x1", m.bias is None), lambda m=m: conv1x1_op(m))
+            add(("conv1x1", m.bias is None), lambda m=m: small.conv1x1(m))
     return first + twins + ops
+
+
+def _options_key(options: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
 def run_ops(ops, log=None) -> list[str]:
