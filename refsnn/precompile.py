@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -436,7 +436,6 @@ def _die_with_parent() -> None:
         return
     try:
         import ctypes
-        import signal
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)          # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -472,6 +471,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args(argv)
     ppid = os.getppid()
+    # a Ctrl-C in the terminal reaches the whole process group: the main process finishes its
+    # step and saves (and then ends this one); this one keeps its claims honest meanwhile
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != ppid:    # the parent ended before the signal was armed
         return 0

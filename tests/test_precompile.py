@@ -8,7 +8,6 @@ import tempfile
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from refsnn import precompile
