@@ -26,7 +26,8 @@ What this module does instead, when ``fit`` starts on a cold cache with two or m
   parent-death signal; ``close`` also ends it), and its folder of claims is removed.
 
 ``REFSNN_PRECOMPILE=0`` turns it off, ``=1`` starts the helper even on a warm cache (for
-measurements); ``REFSNN_PRECOMPILE_LOG=path`` makes the helper write a line per op to path. The claim hook replaces each cached kernel's ``_cache`` attribute (a private
+measurements); ``REFSNN_PRECOMPILE_LOG=path`` appends a line per op and per kernel the helper
+compiled, and per kernel the main process waited for, to path. The claim hook replaces each cached kernel's ``_cache`` attribute (a private
 Numba attribute, present since Numba 0.49); where it is missing nothing is hooked.
 """
 from __future__ import annotations
@@ -61,6 +62,7 @@ class _Claims:
         self.folder: str | None = None
         self.held: set[str] = set()
         self.depth = 0          # compilations under way in this process (nested ones inside)
+        self.waits: list[tuple[str, float]] = []     # (kernel, seconds) this process waited
 
     def _path(self, key: str, kind: str) -> str:
         return os.path.join(self.folder, f"{key}.{kind}")
@@ -96,11 +98,14 @@ class _Claims:
                 pid = int(f.read() or 0)
         except (OSError, TypeError, ValueError):
             pid = 0
-        give_up = time.monotonic() + _WAIT_LIMIT
-        while self.folder is not None and not os.path.exists(self._path(key, "done")):
-            if not os.path.isdir(self.folder) or not _alive(pid) or time.monotonic() > give_up:
-                return
-            time.sleep(_POLL)
+        t0 = time.monotonic()
+        try:
+            while self.folder is not None and not os.path.exists(self._path(key, "done")):
+                if not os.path.isdir(self.folder) or not _alive(pid) or time.monotonic() > t0 + _WAIT_LIMIT:
+                    return
+                time.sleep(_POLL)
+        finally:
+            self.waits.append((key, time.monotonic() - t0))
 
 
 def _alive(pid: int) -> bool:
@@ -408,6 +413,14 @@ class Precompiler:
         return self
 
     def close(self) -> None:
+        path = os.environ.get("REFSNN_PRECOMPILE_LOG")
+        if path and self.folder is not None and _CLAIMS is not None:
+            with open(path, "a") as log:
+                for key, secs in _CLAIMS.waits:
+                    print(f"{secs:7.2f} s wall  the main process waited for {key}", file=log)
+                print(f"{sum(w for _, w in _CLAIMS.waits):7.2f} s wall  the main process waited in all "
+                      f"({len(_CLAIMS.waits)} kernels)", file=log)
+            _CLAIMS.waits.clear()
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.terminate()
