@@ -345,3 +345,30 @@ def test_no_n_by_n_array_is_kept_or_allocated(mask, backend):
     # the check has teeth: SSA at the same N allocates its N x N map and is caught
     ssa = SSAttention(D, 2, rng=rng_of(13))
     assert _peak_bytes(lambda: ssa.forward(x_a)) >= N * N
+
+
+@pytest.mark.parametrize("mask", ["token", "channel"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_spikes_between_neurons_and_core_change_nothing(mask, dtype):
+    # packed_spikes=True: the Q and K neurons emit PackedSpikes (the fused BN+LIF writing bits)
+    # and the core runs on them; outputs, gradients and running statistics are those of the
+    # float maps, bit for bit
+    from refsnn.kernels.bitpack import PackedSpikes
+    rng = rng_of(4)
+    x = {s: stream(rng, (3, 2, 8, 70)).astype(dtype) for s in "av"}
+    dy = {s: rng.normal(size=(3, 2, 8, 70)).astype(dtype) for s in "av"}
+    runs = []
+    for packed in (False, True):
+        m = CMQKA(8, 2, mask=mask, rng=rng_of(5), dtype=dtype, packed_spikes=packed)
+        q = m.audio_from_visual.q.forward(x["a"])
+        assert isinstance(q, PackedSpikes) == packed
+        y = m.forward(x["a"], x["v"])
+        dx = m.backward(dy["a"], dy["v"])
+        runs.append((y, dx, [p.grad.copy() for p in m.parameters().values()],
+                     [b.copy() for b in m.buffers().values()]))
+    for a, b in zip(runs[0], runs[1]):
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype
+            np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="packed_spikes: expected True or False"):
+        CMQKA(8, 2, rng=rng_of(5), packed_spikes="yes")

@@ -3,7 +3,7 @@ the kernels against their NumPy twin, the packed spikes against ``pack_spikes`` 
 ``lif_forward``'s, the layouts the Q-K ops read, and the option checks."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from refsnn.functional.attention import qk_channel_layout, qk_token_layout
 from refsnn.functional.lif import _options, _typed_args, lif_backward, lif_forward
@@ -108,3 +108,40 @@ def test_lif_module_counts_packed_spikes():
         m.forward(x)
         counts.append(m.energy_counts())
     assert counts[0] == counts[1] and counts[0][0] > 0
+
+
+@settings(deadline=None, max_examples=20)
+@example(layout="token", training=True, backend="numba", dtype=np.float32, N=1, seed=0)
+@given(layout=st.sampled_from(["token", "channel"]), training=st.booleans(),
+       backend=st.sampled_from(["numba", "numpy"]), dtype=st.sampled_from([np.float32, np.float64]),
+       N=st.sampled_from([1, 5, 64, 70]), seed=st.integers(0, 2**16))
+def test_fused_bn_lif_emits_packed_spikes(layout, training, backend, dtype, N, seed):
+    # bn_lif_forward(pack=...) gives the packed form of its float spikes, the same membranes,
+    # running statistics and cache: the backward (hence training) is unchanged
+    from refsnn.functional.bnlif import bn_lif_backward, bn_lif_forward
+    rng = _rng(seed)
+    T, B, C, heads = 3, 2, 12, 3
+    x = (rng.normal(size=(T, B, C, N)) * 2 + 0.5).astype(dtype)
+    w, b = rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
+    rm, rv = rng.normal(size=C).astype(dtype), rng.random(C).astype(dtype) + 0.5
+    pack = (2, C // heads) if layout == "token" else 3
+    s0, c0, m0, v0 = bn_lif_forward(x, w, b, rm, rv, training=training, backend=backend)
+    p, c, m, v = bn_lif_forward(x, w, b, rm, rv, training=training, backend=backend, pack=pack)
+    ref = qk_token_layout(s0, heads) if layout == "token" else qk_channel_layout(s0)
+    assert isinstance(p, PackedSpikes) and (p.length, p.axis) == (ref.length, ref.axis)
+    np.testing.assert_array_equal(p.words, ref.words)
+    for got, want in ((c.h, c0.h), (m, m0), (v, v0), (c.x, c0.x)):
+        np.testing.assert_array_equal(got, want)
+    ds = rng.normal(size=x.shape).astype(dtype)
+    for got, want in zip(bn_lif_backward(ds, c), bn_lif_backward(ds, c0)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fused_bn_lif_pack_checks():
+    from refsnn.functional.bnlif import bn_lif_forward
+    x = np.zeros((2, 1, 4, 3, 3), dtype=np.float32)
+    p = np.ones(4, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"pack: the fused BN\+LIF packs \[T, B, C, P\]"):
+        bn_lif_forward(x, p, p, p, p, pack=3)
+    with pytest.raises(ValueError, match=r"pack: the fused BN\+LIF packs \[T, B, C, P\]"):
+        bn_lif_forward(x.reshape(2, 1, 4, 9), p, p, p, p, pack=(3, 3))

@@ -18,7 +18,8 @@ tokens (``[T, B, D, N]`` along axis 3: ``qk_channel_layout(x)``). Their padding 
 0 (the core flags a set one while it reads the words; the op then names the argument). From
 packed spikes the forward is the packed core alone (``refsnn.kernels.qk``); ``z_dtype=
 Z_PACKED`` returns Z in the same layout. The backward is the same whatever the forms: dz, dq,
-dk are float ``[T, B, D, N]`` (float32 for packed inputs, float64 beside a float64 array).
+dk are float ``[T, B, D, N]`` (for packed q and k float32, or float64 with ``z_dtype=np.float64``;
+float64 beside a float64 array).
 
 Options (keyword-only, beyond the SPEC section 11 signatures):
     neuron   keyword arguments of ``lif_forward`` for the attention LIF; they update the
@@ -248,7 +249,7 @@ def _packed_inputs(arrays: dict, mode: str, heads, neuron, backend):
         else:
             packed[name] = PackedSpikes(pack_bits(x, axis=3, name=name), shape[3], 3)
     floats = [x for x in arrays.values() if not isinstance(x, PackedSpikes)]
-    return opts, _compute_dtype(*floats), shape, {n: packed[n] for n in arrays}
+    return opts, _compute_dtype(*floats) if floats else None, shape, {n: packed[n] for n in arrays}
 
 
 def _check_padding(name: str, packed: dict, kernel_flagged: bool) -> None:
@@ -329,16 +330,21 @@ class QKTokenCache(NamedTuple):
     counts: dict
 
 
-def _inputs(q, k, mode: str, heads, neuron, backend):
+def _inputs(q, k, mode: str, heads, neuron, backend, z_dtype):
     """Validated inputs: (opts, dtype, shape [T, B, D, N], q, k, packed). ``packed``: both as
     PackedSpikes of the op's layout when either came packed and the packed core runs, else
-    None (q, k then arrays: packed ones unpacked for the dense backend)."""
+    None (q, k then arrays: packed ones unpacked for the dense backend). With packed q and k
+    the float dtype is float32, or float64 when ``z_dtype`` asks for it."""
     if not (isinstance(q, PackedSpikes) or isinstance(k, PackedSpikes)):
         opts, dtype = _check_inputs({"q": q, "k": k}, neuron, backend)
         return opts, dtype, q.shape, q, k, None
     if mode == "token":
         heads = check_positive_int(heads, "heads")
     opts, dtype, shape, packed = _packed_inputs({"q": q, "k": k}, mode, heads, neuron, backend)
+    if dtype is None:
+        wide = not isinstance(z_dtype, str) and z_dtype is not None \
+            and np.dtype(z_dtype) == np.float64
+        dtype = np.dtype(np.float64 if wide else np.float32)
     if backend == "dense":
         q, k = (p.unpack(dtype).reshape(shape) for p in packed.values())
         return opts, dtype, shape, q, k, None
@@ -358,7 +364,7 @@ def qk_token_forward(q, k, heads, *, neuron=None, backend="packed", z_dtype=None
     (``qk_token_layout``); ``z_dtype=Z_PACKED`` returns Z in that layout.
     Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
-    opts, dtype, shape, q, k, packed = _inputs(q, k, "token", heads, neuron, backend)
+    opts, dtype, shape, q, k, packed = _inputs(q, k, "token", heads, neuron, backend, z_dtype)
     T, B, D, N = shape
     heads = _check_heads(heads, D)
     zt = _z_dtype(z_dtype, dtype)
@@ -439,7 +445,7 @@ def qk_channel_forward(q, k, *, neuron=None, backend="packed", z_dtype=None):
     (``qk_channel_layout``); ``z_dtype=Z_PACKED`` returns Z in that layout.
     Returns ``(z, cache)``; ``cache.counts`` as in the module docstring.
     """
-    opts, dtype, shape, q, k, packed = _inputs(q, k, "channel", None, neuron, backend)
+    opts, dtype, shape, q, k, packed = _inputs(q, k, "channel", None, neuron, backend, z_dtype)
     T, B, D, N = shape
     zt = _z_dtype(z_dtype, dtype)
     WN = num_words(N)

@@ -9,7 +9,10 @@ statistics bit for bit; gradients to float64 rounding of BatchNorm's sums, which
 another fixed order. The normalised map is never stored.
 
 The LIF options are those of ``lif_forward``; the fused kernels run the ``"lif"`` neuron type
-with spikes in x's dtype (``bn_lif_fusable`` says whether a set of options qualifies).
+with spikes in x's dtype (``bn_lif_fusable`` says whether a set of options qualifies), or, with
+``pack`` (``(2, group)`` or ``3`` on ``[T, B, C, P]``: the Q-K ops' layouts), as ``PackedSpikes``
+from the packed LIF kernels of ``refsnn.kernels.lif_packed`` (the same affine and neuron step,
+so the same membranes and cache).
 """
 from __future__ import annotations
 
@@ -29,8 +32,7 @@ __all__ = ["bn_lif_forward", "bn_lif_backward", "bn_lif_fusable", "BNLIFCache"]
 def bn_lif_fusable(**neuron) -> bool:
     """Whether ``lif_forward(**neuron)`` runs in the fused kernels (the LIF neuron type, spikes
     in the input's dtype)."""
-    return neuron.get("neuron_type", "lif") == "lif" and neuron.get("spike_dtype") is None \
-        and neuron.get("pack") is None          # packed spikes: the LIF's own kernels
+    return neuron.get("neuron_type", "lif") == "lif" and neuron.get("spike_dtype") is None
 
 
 class BNLIFCache(NamedTuple):
@@ -68,6 +70,10 @@ def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True,
     mean, inv_std, scale, shift, new_mean, new_var = batchnorm_statistics(
         x4.reshape(T * B, C, -1), weight, bias, running_mean, running_var, training=training,
         momentum=momentum, eps=eps, repeats=1, backend=backend)
+    if options["pack"] is not None:     # spikes bit-packed as they fire: refsnn.kernels.lif_packed
+        spikes, h = _forward_packed(x4, x.shape, scale, shift, options)
+        cache = BNLIFCache(x4, h, mean, inv_std, weight, bool(training), options, x.shape)
+        return spikes, cache, new_mean, new_var
     a = _typed_args(options, x.dtype)
     args = (a["tau"], a["v_th"], a["v_reset"], a["hard_reset"], a["decay_input"], a["surrogate"],
             a["alpha"], SPIKE_FNS.index(options["spike_fn"]))
@@ -109,3 +115,33 @@ def bn_lif_backward(dspikes, cache: BNLIFCache, *, check=True):
         dx, dweight, dbias = _k.bn_lif_backward_numpy(ds, h, x, mean, inv_std, w64, training,
                                                       *args)
     return dx.reshape(shape), dweight.astype(weight.dtype), dbias.astype(weight.dtype)
+
+
+def _forward_packed(x4, shape, scale, shift, options):
+    """``bn_lif_forward`` with ``pack`` (``lif_forward``'s option): the spikes as PackedSpikes,
+    H as the float kernel's bit for bit (the same affine, then ``neuron_step``), so the cache
+    and the backward are unchanged. The layouts of the Q-K ops: ``(2, group)``, a group of
+    channels per word row, or the positions of ``[T, B, C, P]`` (axis 3)."""
+    from ..kernels import lif_packed as _kp       # the packed LIF's kernels (issue 13)
+    from ..kernels.bitpack import PackedSpikes
+    from .lif import _pack_view
+    T, B, C, P = x4.shape
+    view, split, axis = _pack_view(shape, options["pack"])
+    if len(shape) != 4 or axis != 3:       # (2, group) splits axis 2, so packs the new axis 3
+        raise ValueError(f"pack: the fused BN+LIF packs [T, B, C, P] along the positions (3) or "
+                         f"the channels in groups ((2, group)), got {options['pack']} for x of "
+                         f"shape {shape}")
+    group = options["pack"][1]
+    if group is None:      # rows (b, c): one channel each
+        sc, sh = np.tile(scale, B), np.tile(shift, B)
+    else:                  # rows (b, group g), element l: channel g * group + l
+        sc, sh = (np.tile(v.reshape(C // group, group), (B, 1)) for v in (scale, shift))
+    x_view = x4.reshape(view)
+    a = _typed_args(options, x4.dtype)
+    run = _kp.lif_forward_packed if options["backend"] == "numba" else _kp.lif_forward_packed_numpy
+    words, h, v_last = run(x_view, a, sc, sh)
+    if not np.isfinite(v_last).all():
+        check_finite(x4, "x")
+        raise NonFiniteError("x: the membrane overflowed to inf or NaN (inputs of about 1e38)")
+    words = words.reshape(split[:axis] + (words.shape[2],) + split[axis + 1:])
+    return PackedSpikes(words, view[2], axis), h.reshape(x4.shape)

@@ -39,21 +39,23 @@ class CMQKA(ResidualCrossFusion):
     """Cross-modal Q-K attention (SPEC section 5).
 
     ``CMQKA(dim, heads, *, mask="token", mask_from="query_modality", residual="scalar",
-    neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=BN_MOMENTUM,
-    bn_eps=BN_EPS, rng, dtype=np.float32)``; the options are those of the module docstring and
-    of ``refsnn.nn.attention`` (``neuron`` / ``attention_neuron``: ``lif_forward`` keyword
+    neuron=None, attention_neuron=None, attention_backend="packed", packed_spikes=False,
+    bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32)``; the options are those of
+    the module docstring and of ``refsnn.nn.attention`` (``packed_spikes``: Q and K as
+    bit-packed spikes between their neurons and the core) (``neuron`` / ``attention_neuron``: ``lif_forward`` keyword
     arguments, e.g. ``Config.neuron_kwargs()`` / ``Config.attention_neuron_kwargs()``).
     Parameters: ``audio_from_visual.*``, ``visual_from_audio.*``, ``alpha``, ``beta``.
     """
 
     def __init__(self, dim, heads, *, mask="token", mask_from="query_modality", residual="scalar",
-                 neuron=None, attention_neuron=None, attention_backend="packed", bn_momentum=BN_MOMENTUM,
-                 bn_eps=BN_EPS, rng, dtype=np.float32):
+                 neuron=None, attention_neuron=None, attention_backend="packed", packed_spikes=False,
+                 bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, mask_from=mask_from, residual=residual, dtype=dtype)
         self.mask = check_choice("mask", mask, QK_MODES)
         self.heads = check_positive_int(heads, "heads")
         direction = dict(neuron=neuron, attention_neuron=attention_neuron,
-                         attention_backend=attention_backend, bn_momentum=bn_momentum,
+                         attention_backend=attention_backend, packed_spikes=packed_spikes,
+                         bn_momentum=bn_momentum,
                          bn_eps=bn_eps, rng=rng, dtype=dtype)
         self.audio_from_visual = QKCrossAttention(dim, heads, mask, **direction)
         self.visual_from_audio = QKCrossAttention(dim, heads, mask, **direction)

@@ -41,7 +41,8 @@ WBLOCK = 32     # words per unit (Q = 1): 2048 neurons, as refsnn.kernels.lif's 
 
 
 @nb.njit(cache=True, inline="always")
-def _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+def _pack_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset, hard_reset,
+               decay_input, one):
     T, P, L, Q = x.shape
     W = words.shape[2]
     nqb = (Q + QBLOCK - 1) // QBLOCK
@@ -57,11 +58,15 @@ def _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_inp
     for j in range(min(64, L - l0)):
         v[:] = v_reset if hard_reset else zero
         sh = np.uint8(j % 8)
+        sa = scale[p, l0 + j] if affine else one
+        sb = shift[p, l0 + j] if affine else zero
         for t in range(T):
             xs, hs = x[t, p, l0 + j, q0:q0 + nq], h[t, p, l0 + j, q0:q0 + nq]
             plane = planes[t, j // 8]
             for i in range(nq):
-                hv, s, vn = neuron_step(v[i], xs[i], tau, v_th, v_reset, hard_reset,
+                # BatchNorm's affine as refsnn.kernels.bnlif applies it (x * scale + shift)
+                y = xs[i] * sa + sb if affine else xs[i]
+                hv, s, vn = neuron_step(v[i], y, tau, v_th, v_reset, hard_reset,
                                         decay_input, 0, 0, one, one, one, lif_charge)
                 hs[i] = hv
                 v[i] = vn
@@ -77,7 +82,8 @@ def _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_inp
 
 
 @nb.njit(cache=True, inline="always")
-def _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one):
+def _pack_last_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset, hard_reset,
+                    decay_input, one):
     T, P, L = x.shape
     W = words.shape[2]
     nwb = (W + WBLOCK - 1) // WBLOCK
@@ -90,10 +96,13 @@ def _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, deca
     v = np.empty(n, dtype=x.dtype)
     v[:] = v_reset if hard_reset else zero
     sb = np.empty(n, dtype=np.uint8)        # the step's spikes as bytes, then packed
+    sa = scale[p] if affine else one
+    sf = shift[p] if affine else zero
     for t in range(T):
         xs, hs = x[t, p, l0:l0 + n], h[t, p, l0:l0 + n]
         for j in range(n):
-            hv, s, vn = neuron_step(v[j], xs[j], tau, v_th, v_reset, hard_reset, decay_input,
+            y = xs[j] * sa + sf if affine else xs[j]
+            hv, s, vn = neuron_step(v[j], y, tau, v_th, v_reset, hard_reset, decay_input,
                                     0, 0, one, one, one, lif_charge)
             hs[j] = hv
             v[j] = vn
@@ -113,19 +122,25 @@ def _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, deca
 
 
 @nb.njit(parallel=True, cache=True)
-def lif_pack_kernel(x, words, h, v_last, units, tau, v_th, v_reset, hard_reset, decay_input, one):
+def lif_pack_kernel(x, scale, shift, affine, words, h, v_last, units, tau, v_th, v_reset,
+                    hard_reset, decay_input, one):
     """x, h ``[T, P, L, Q]`` (Q > 1), words ``[T, P, W, Q]`` uint64, v_last ``[P, L, Q]``;
-    ``units`` = ``lif_pack_units(P, L, Q)``. Float scalars have x's dtype."""
+    ``units`` = ``lif_pack_units(P, L, Q)``. ``affine``: the neurons' input is x * scale +
+    shift, scale and shift ``[P, L]`` (one BatchNorm channel per row), else x (scale and shift
+    unread). Float scalars have x's dtype."""
     for u in nb.prange(units):
-        _pack_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _pack_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset, hard_reset,
+                   decay_input, one)
 
 
 @nb.njit(parallel=True, cache=True)
-def lif_pack_last_kernel(x, words, h, v_last, units, tau, v_th, v_reset, hard_reset,
-                         decay_input, one):
-    """x, h ``[T, P, L]``, words ``[T, P, W]`` uint64, v_last ``[P, L]``."""
+def lif_pack_last_kernel(x, scale, shift, affine, words, h, v_last, units, tau, v_th, v_reset,
+                         hard_reset, decay_input, one):
+    """x, h ``[T, P, L]``, words ``[T, P, W]`` uint64, v_last ``[P, L]``; scale and shift
+    ``[P]`` (one channel per row) when ``affine``."""
     for u in nb.prange(units):
-        _pack_last_unit(x, words, h, v_last, u, tau, v_th, v_reset, hard_reset, decay_input, one)
+        _pack_last_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset,
+                        hard_reset, decay_input, one)
 
 
 def lif_pack_units(P: int, L: int, Q: int) -> int:
@@ -134,10 +149,12 @@ def lif_pack_units(P: int, L: int, Q: int) -> int:
     return P * -(-W // WBLOCK) if Q == 1 else P * W * -(-Q // QBLOCK)
 
 
-def lif_forward_packed(x4: np.ndarray, lif: dict):
+def lif_forward_packed(x4: np.ndarray, lif: dict, scale=None, shift=None):
     """Run the kernels on x4 ``[T, P, L, Q]`` (C-contiguous float32 / float64). ``lif``: the
-    typed scalars of ``refsnn.functional.lif._typed_args``. Returns (words ``[T, P, W, Q]``,
-    h ``[T, P, L, Q]``, v_last ``[P, L, Q]``)."""
+    typed scalars of ``refsnn.functional.lif._typed_args``. ``scale``, ``shift`` (x's dtype,
+    ``[P, L]``, or ``[P]`` when Q = 1 and the rows have one channel): the neurons' input is ``x4 * scale + shift`` (the fused
+    BatchNorm's affine), else x4. Returns (words ``[T, P, W, Q]``, h ``[T, P, L, Q]``, v_last
+    ``[P, L, Q]``)."""
     T, P, L, Q = x4.shape
     W = num_words(L)
     words = np.empty((T, P, W, Q), dtype=np.uint64)
@@ -146,17 +163,27 @@ def lif_forward_packed(x4: np.ndarray, lif: dict):
     scalars = (lif["tau"], lif["v_th"], lif["v_reset"], lif["hard_reset"], lif["decay_input"],
                x4.dtype.type(1.0))
     units = lif_pack_units(P, L, Q)
-    if Q == 1:
-        lif_pack_last_kernel(x4.reshape(T, P, L), words.reshape(T, P, W), h.reshape(T, P, L),
-                             v_last.reshape(P, L), units, *scalars)
+    affine = scale is not None
+    # a per-row scale on the contiguous axis: the last-axis kernel; a scale per element of the
+    # packed axis ([P, L]) runs the middle-axis kernel, with Q = 1 too
+    if Q == 1 and not (affine and scale.ndim == 2):
+        if not affine:      # unread; the same array types as the affine call (one compile)
+            scale = shift = np.zeros(1, dtype=x4.dtype)
+        lif_pack_last_kernel(x4.reshape(T, P, L), scale, shift, affine, words.reshape(T, P, W),
+                             h.reshape(T, P, L), v_last.reshape(P, L), units, *scalars)
     else:
-        lif_pack_kernel(x4, words, h, v_last, units, *scalars)
+        if not affine:
+            scale = shift = np.zeros((1, 1), dtype=x4.dtype)
+        lif_pack_kernel(x4, scale, shift, affine, words, h, v_last, units, *scalars)
     return words, h, v_last
 
 
-def lif_forward_packed_numpy(x4: np.ndarray, lif: dict):
+def lif_forward_packed_numpy(x4: np.ndarray, lif: dict, scale=None, shift=None):
     """Twin of ``lif_forward_packed``: ``lif_forward_numpy``'s spikes packed by ``pack_numpy``."""
     T, P, L, Q = x4.shape
+    if scale is not None:
+        shape = (1, P, L, 1) if scale.ndim == 2 else (1, P, 1, 1)
+        x4 = x4 * scale.reshape(shape) + shift.reshape(shape)
     s, h, v_last = lif_forward_numpy(x4.reshape(T, -1), lif["tau"], lif["v_th"], lif["v_reset"],
                                      lif["hard_reset"], lif["decay_input"], 0, lif["alpha"], 0)
     words = pack_numpy(s.reshape(T * P, L, Q)).reshape(T, P, -1, Q)

@@ -19,6 +19,13 @@ Options: ``neuron`` (keyword arguments of ``lif_forward`` for the projection neu
 bit-packed Numba kernels, the default; "dense": NumPy), ``bn_momentum``, ``bn_eps``, ``rng``
 (a ``numpy.random.Generator``), ``dtype``.
 
+``packed_spikes=True`` (Q-K blocks; off by default): on the packed backend the Q and K neurons
+emit bit-packed spikes in the layout of the core (``lif_forward``'s ``pack``: no float map of
+Q or K is written, the core runs on the bits); Z comes out as a float map of the block's dtype
+for the output convolution. The same results; off by default because the packed core and
+packed LIF kernels it compiles cost about 10 CPU s more before a model's first step than the
+fused float kernels (docs/attention.md).
+
 Operation counts: the cores ``qk`` / ``ssa`` hold the last forward's counts in ``op_counts``
 (see refsnn.functional.attention for the names); the blocks' ``attention_counts`` returns the
 same numbers (summed over their cores). Energy: the cores are synapses that compute their own
@@ -34,6 +41,7 @@ from ..functional.attention import (ATTENTION_BACKENDS, ATTENTION_V_THRESHOLD, a
                                     qk_channel_backward, qk_channel_forward, qk_token_backward,
                                     qk_token_forward, ssa_backward, ssa_forward)
 from ..checks import check_choice, check_float_array, check_positive_int
+from ..kernels.bitpack import PackedSpikes
 from ..functional.norm import BN_EPS, BN_MOMENTUM
 from .layers import LIF, BatchNorm, Conv1x1
 from .counting import CONTAINER, SYNAPSE, SynapseCounts
@@ -120,6 +128,7 @@ class QKCore(Module):
     energy_role = SYNAPSE
     op_kind = "attention"
     _q_read: "QKRead | None" = None     # what the last counted forward read
+    z_dtype = None                      # Z's float dtype from packed q and k (None: float32)
 
     def __init__(self, heads, mode="token", *, neuron=None, backend="packed"):
         super().__init__()
@@ -132,10 +141,15 @@ class QKCore(Module):
         self.op_counts = {}
 
     def forward(self, q, k):
+        # q, k: float maps, or PackedSpikes from neurons that emit them (then Z in the dtype of
+        # the module that set ``z_dtype``, float32 by default)
+        z_dtype = self.z_dtype if isinstance(q, PackedSpikes) and isinstance(k, PackedSpikes) else None
         if self.mode == "token":
-            z, cache = qk_token_forward(q, k, self.heads, neuron=self.neuron, backend=self.backend)
+            z, cache = qk_token_forward(q, k, self.heads, neuron=self.neuron, backend=self.backend,
+                                        z_dtype=z_dtype)
         else:
-            z, cache = qk_channel_forward(q, k, neuron=self.neuron, backend=self.backend)
+            z, cache = qk_channel_forward(q, k, neuron=self.neuron, backend=self.backend,
+                                          z_dtype=z_dtype)
         self._cache = cache
         self.op_counts = dict(cache.counts)
         if self.counter is not None:
@@ -226,12 +240,14 @@ class _ProjectedAttention(Module):
     # its input columns are analog); the output projection is always a Conv1x1
     input_conv = Conv1x1
 
-    def _add_projection(self, name: str, bias: bool, rng) -> None:
-        """The Conv-BN-LIF unit ``self.<name>`` with layers ``<name>_conv``, ``_bn``, ``_lif``."""
+    def _add_projection(self, name: str, bias: bool, rng, pack=None) -> None:
+        """The Conv-BN-LIF unit ``self.<name>`` with layers ``<name>_conv``, ``_bn``, ``_lif``;
+        ``pack``: its LIF emits bit-packed spikes in that layout (``lif_forward``'s option)."""
         conv = (Conv1x1 if name == "proj" else self.input_conv)(self.dim, self.dim, bias=bias, rng=rng,
                                                                  dtype=self.dtype)
+        neuron = self.neuron if pack is None else {**self.neuron, "pack": pack}
         setattr(self, name, ConvBNLIF(self, name, conv, BatchNorm(self.dim, **self._bn),
-                                      LIF(**self.neuron)))
+                                      LIF(**neuron)))
 
     def _check_input(self, x, name: str, like: np.ndarray | None = None) -> None:
         check_token_map(x, name, self.dim, self.dtype, like, "the query input")
@@ -242,13 +258,30 @@ class _ProjectedAttention(Module):
         return sum_counts(*(m.op_counts for _, m in self.named_modules() if m.op_kind == "attention"))
 
 
+def _qk_spike_layout(mode: str, d: int, backend: str, neuron: dict):
+    """The ``pack`` option of the Q and K neurons with ``packed_spikes=True``: on the packed
+    backend they emit their spikes bit-packed in the layout the core reads (QKTA a head's d
+    channels, QKCA the tokens: the core then runs on the bits, and no float map of Q or K is
+    written); None (float spikes) for the dense backend, smooth spikes or another neuron type."""
+    if backend != "packed" or neuron.get("spike_fn", "heaviside") != "heaviside" \
+            or neuron.get("neuron_type", "lif") != "lif" or neuron.get("spike_dtype") is not None:
+        return None
+    return (2, d) if mode == "token" else 3
+
+
 class _QKBlock(_ProjectedAttention):
     def __init__(self, dim, heads, mode="token", *, neuron=None, attention_neuron=None,
-                 attention_backend="packed", bn_momentum=BN_MOMENTUM, bn_eps=BN_EPS, rng, dtype=np.float32):
+                 attention_backend="packed", packed_spikes=False, bn_momentum=BN_MOMENTUM,
+                 bn_eps=BN_EPS, rng, dtype=np.float32):
         super().__init__(dim, heads, neuron, attention_neuron, bn_momentum, bn_eps, rng, dtype)
-        self._add_projection("q", False, rng)
-        self._add_projection("k", False, rng)
+        if not isinstance(packed_spikes, bool):
+            raise ValueError(f"packed_spikes: expected True or False, got {packed_spikes!r}")
+        pack = _qk_spike_layout(mode, self.dim // self.heads, attention_backend, self.neuron) \
+            if packed_spikes else None
+        self._add_projection("q", False, rng, pack)
+        self._add_projection("k", False, rng, pack)
         self.qk = QKCore(self.heads, mode, neuron=self.attention_neuron, backend=attention_backend)
+        self.qk.z_dtype = self.dtype
         self._add_projection("proj", True, rng)
         self.mode = mode
         self.attention_backend = attention_backend
