@@ -42,11 +42,20 @@ def _kernel_args(neuron, dtype):
     return fwd, bwd
 
 
+def _forward_kernel(fwd):
+    return K.forward_kernel(fwd[-1])
+
+
+def _backward_kernel(bwd):
+    return K.backward_kernel(bwd[-1], bwd[-3])
+
+
 @settings(deadline=None, max_examples=40)
 @given(seed=st.integers(0, 2**31 - 1), dims=st.tuples(*[st.integers(1, 4)] * 3),
        P=st.integers(1, 40), dtype=st.sampled_from(DTYPES), which=st.integers(0, len(NEURONS) - 1),
-       training=st.booleans())
-def test_kernels_equal_numpy_twins(seed, dims, P, dtype, which, training):
+       training=st.booleans(), k=st.integers(1, 5))
+def test_kernels_equal_numpy_twins(seed, dims, P, dtype, which, training, k):
+    """Any number of channels per unit k (the results do not depend on it)."""
     rng = np.random.default_rng(seed)
     T, B, C = dims
     x = (rng.standard_normal((T, B, C, P)) * 2).astype(dtype)
@@ -55,14 +64,14 @@ def test_kernels_equal_numpy_twins(seed, dims, P, dtype, which, training):
     one, pi = dtype(1.0), dtype(math.pi)
     spikes, h = np.empty_like(x), np.empty_like(x)
     v_last = np.empty((B, C, P), dtype=dtype)
-    K.bn_lif_forward_kernel(x, scale, shift, spikes, h, v_last, *fwd, one, pi)
+    _forward_kernel(fwd)(x, scale, shift, spikes, h, v_last, k, *fwd, one, pi)
     ds = rng.standard_normal(x.shape).astype(dtype)
     mean, inv_std = rng.standard_normal(C), rng.uniform(0.5, 2, C)
     weight = rng.uniform(0.5, 1.5, C)
     dx = np.empty_like(x)
     dweight, dbias = np.empty(C), np.empty(C)
-    K.bn_lif_backward_kernel(ds, h, x, mean, inv_std, weight, training, dx, dweight, dbias,
-                             *bwd, one, pi)
+    _backward_kernel(bwd)(ds, h, x, mean, inv_std, weight, training, dx, dweight, dbias, k,
+                          *bwd, one, pi)
     want_forward = K.bn_lif_forward_numpy(x, scale, shift, *fwd)
     want_backward = K.bn_lif_backward_numpy(ds, h, x, mean, inv_std, weight, training, *bwd)
     neuron = NEURONS[which]
@@ -97,15 +106,15 @@ def test_kernels_equal_numpy_twins_exactly_on_a_large_row():
         one, pi = dtype(1.0), dtype(math.pi)
         spikes, h = np.empty_like(x), np.empty_like(x)
         v_last = np.empty(x.shape[1:], dtype=dtype)
-        K.bn_lif_forward_kernel(x, scale, shift, spikes, h, v_last, *fwd, one, pi)
+        K.bn_lif_forward_kernel(x, scale, shift, spikes, h, v_last, 2, *fwd, one, pi)
         for got, want in zip((spikes, h, v_last), K.bn_lif_forward_numpy(x, scale, shift, *fwd)):
             np.testing.assert_array_equal(got, want)
         ds = rng.standard_normal(x.shape).astype(dtype)
         mean, inv_std, weight = rng.standard_normal(C), rng.uniform(0.5, 2, C), rng.uniform(0.5, 1.5, C)
         dx = np.empty_like(x)
         dweight, dbias = np.empty(C), np.empty(C)
-        K.bn_lif_backward_kernel(ds, h, x, mean, inv_std, weight, True, dx, dweight, dbias, *bwd,
-                                 one, pi)
+        K.bn_lif_backward_fast_sigmoid_kernel(ds, h, x, mean, inv_std, weight, True, dx, dweight,
+                                              dbias, 2, *bwd, one, pi)
         for got, want in zip((dx, dweight, dbias),
                              K.bn_lif_backward_numpy(ds, h, x, mean, inv_std, weight, True, *bwd)):
             np.testing.assert_array_equal(got, want)

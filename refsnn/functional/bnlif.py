@@ -80,8 +80,9 @@ def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True,
     if backend == "numba":
         spikes, h = np.empty_like(x4), np.empty_like(x4)
         v_last = np.empty(x4.shape[1:], dtype=x.dtype)
-        _k.bn_lif_forward_kernel(x4, scale, shift, spikes, h, v_last, *args, x.dtype.type(1.0),
-                                 x.dtype.type(math.pi))
+        k = _k.channels_per_unit(C, x4.shape[3])
+        _k.forward_kernel(args[-1])(x4, scale, shift, spikes, h, v_last, k, *args,
+                                    x.dtype.type(1.0), x.dtype.type(math.pi))
     else:
         spikes, h, v_last = _k.bn_lif_forward_numpy(x4, scale, shift, *args)
     if not np.isfinite(v_last).all():
@@ -109,8 +110,10 @@ def bn_lif_backward(dspikes, cache: BNLIFCache, *, check=True):
         C = x.shape[2]
         dx = np.empty_like(x)
         dweight, dbias = np.empty(C), np.empty(C)
-        _k.bn_lif_backward_kernel(ds, h, x, mean, inv_std, w64, training, dx, dweight, dbias,
-                                  *args, x.dtype.type(1.0), x.dtype.type(math.pi))
+        k = _k.channels_per_unit(C, x.shape[3])
+        _k.backward_kernel(args[-1], args[-3])(ds, h, x, mean, inv_std, w64, training, dx,
+                                               dweight, dbias, k, *args, x.dtype.type(1.0),
+                                               x.dtype.type(math.pi))
     else:
         dx, dweight, dbias = _k.bn_lif_backward_numpy(ds, h, x, mean, inv_std, w64, training,
                                                       *args)
