@@ -10,8 +10,8 @@ same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `
 torch.nn.functional.conv2d when torch is installed; refsnn and torch run in turn, and the
 fastest runs are compared (other processes only ever add time); (3, ``--parts bnlif``)
 BatchNorm + LIF forward+backward, fused (``refsnn.functional.bnlif``) against the two ops
-chained, at the output shape of each stage's first convolution; (4, ``--parts conv1x1``) the
-1x1 convolution over tokens forward+backward (dx, dW, dbias) at the transformer shapes of each
+chained, at the output shape of each stage's first convolution (``--cold``: inputs from
+memory); (4, ``--parts conv1x1``) the 1x1 convolution over tokens forward+backward (dx, dW, dbias) at the transformer shapes of each
 stage (attention projections d->d, SMLP d->h and h->d), against the torch port's equivalent
 (``torch.nn.functional.linear`` on channels-last tokens ``[T*B, N, C]``: one GEMM).
 
@@ -94,13 +94,20 @@ def bench_lif(threads):
     print(f"ratio SpikingJelly / refsnn = {t_sj / t_numba:.2f}x  (target >= 2)")
 
 
-def bench_bnlif(batch, names, rounds, clock=time.perf_counter):
+def bench_bnlif(batch, names, rounds, clock=time.perf_counter, cold=False):
     """BatchNorm feeding LIF, forward + backward: the fused op against the two ops chained, at
-    the shapes of the first Conv-BN-LIF unit of each stage (conv output [T, B, C, H, W])."""
+    the shapes of the first Conv-BN-LIF unit of each stage (conv output [T, B, C, H, W]).
+    ``cold``: before each timed run, write a 128 MB array (evicting the inputs from the caches,
+    as a model's other layers do between a unit's forward and backward)."""
     from refsnn.functional import batchnorm_backward, batchnorm_forward
     from refsnn.functional.bnlif import bn_lif_backward, bn_lif_forward
     print(f"\n== BatchNorm + LIF forward+backward (train mode), batch {batch}, float32 ==")
-    print(f"fused and unfused run in turn, {rounds} rounds; fastest run (median in brackets)")
+    print(f"fused and unfused run in turn, {rounds} rounds; fastest run (median in brackets); "
+          f"inputs {'cold (caches flushed before each run)' if cold else 'warm'}")
+    flush = np.zeros(32 << 20, np.float32) if cold else None
+
+    def before():
+        flush[::16] += 1            # one write per cache line
     print(f"{'shape':34s} {'unfused ms':>18s} {'fused ms':>18s} {'fused/unfused':>13s}")
     rng = np.random.default_rng(0)
     for name in names:
@@ -122,20 +129,24 @@ def bench_bnlif(batch, names, rounds, clock=time.perf_counter):
                 s, cache, _, _ = bn_lif_forward(x, w, b, rm, rv, check=False)
                 bn_lif_backward(ds, cache, check=False)
 
-            (tu, mu), (tf, mf) = _interleaved([unfused, fused], rounds, clock)
+            (tu, mu), (tf, mf) = _interleaved([unfused, fused], rounds, clock,
+                                              before if cold else None)
             shape = f"{name} {cout}x{H}x{H} (T{T} B{B})"
             print(f"{shape:34s} {tu * 1e3:8.2f} ({mu * 1e3:7.2f}) {tf * 1e3:8.2f} ({mf * 1e3:7.2f}) "
                   f"{tf / tu:12.2f}x")
 
 
-def _interleaved(fns, rounds, clock=time.perf_counter):
+def _interleaved(fns, rounds, clock=time.perf_counter, before=None):
     """Fastest and median time of each function in ``fns``, run in turn ``rounds`` times (after
-    one warm-up each), so that load from other processes falls on all of them alike."""
+    one warm-up each), so that load from other processes falls on all of them alike.
+    ``before``: called (untimed) before each timed run."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(rounds):
         for fn, ts in zip(fns, times):
+            if before is not None:
+                before()
             t0 = clock()
             fn()
             ts.append(clock() - t0)
@@ -267,6 +278,8 @@ def main():
     ap.add_argument("--configs", default="cpu,paper")
     ap.add_argument("--rounds", type=int, default=7, help="conv: runs of refsnn and torch, in turn")
     ap.add_argument("--parts", default="lif,conv", help="which parts to run (lif, conv, bnlif, conv1x1)")
+    ap.add_argument("--cold", action="store_true",
+                    help="bnlif: flush the caches before each timed run (inputs from memory)")
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="conv, conv1x1: 'thread' times the calling thread's CPU time, which other processes "
                          "do not inflate; only with --threads 1 (all work then runs in that thread)")
@@ -287,7 +300,7 @@ def main():
                       time.thread_time if args.clock == "thread" else time.perf_counter)
     if "bnlif" in parts:
         bench_bnlif(args.batch, args.configs.split(","), args.rounds,
-                    time.thread_time if args.clock == "thread" else time.perf_counter)
+                    time.thread_time if args.clock == "thread" else time.perf_counter, args.cold)
 
 
 if __name__ == "__main__":

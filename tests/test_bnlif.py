@@ -4,6 +4,7 @@ statistics bit for bit, gradients to float64 rounding of BatchNorm's sums); floa
 differences in smooth mode; the Conv-BN-LIF unit takes the fused path where it applies."""
 import math
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -118,6 +119,57 @@ def test_kernels_equal_numpy_twins_exactly_on_a_large_row():
         for got, want in zip((dx, dweight, dbias),
                              K.bn_lif_backward_numpy(ds, h, x, mean, inv_std, weight, True, *bwd)):
             np.testing.assert_array_equal(got, want)
+
+
+def _run_kernels(x, scale, shift, ds, mean, inv_std, weight, k, neuron, training):
+    dtype = x.dtype.type
+    fwd, bwd = _kernel_args(neuron, dtype)
+    one, pi = dtype(1.0), dtype(math.pi)
+    T, B, C, P = x.shape
+    spikes, h = np.empty_like(x), np.empty_like(x)
+    v_last = np.empty((B, C, P), dtype=x.dtype)
+    _forward_kernel(fwd)(x, scale, shift, spikes, h, v_last, k, *fwd, one, pi)
+    dx = np.empty_like(x)
+    dweight, dbias = np.empty(C), np.empty(C)
+    _backward_kernel(bwd)(ds, h, x, mean, inv_std, weight, training, dx, dweight, dbias, k, *bwd,
+                          one, pi)
+    return spikes, h, v_last, dx, dweight, dbias
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("training", [True, False])
+def test_results_do_not_depend_on_threads_or_unit_size(training):
+    """Every channel's sums are made by one unit in a fixed order: every output bit for bit the
+    same with 1 and 2 Numba threads and any number of channels per unit (the sigmoid's exp
+    included: the same kernel runs every time)."""
+    rng = np.random.default_rng(21)
+    T, B, C, P = 4, 3, 7, 300
+    x = (rng.standard_normal((T, B, C, P)) * 2).astype(np.float32)
+    scale = rng.uniform(0.5, 2, C).astype(np.float32)
+    shift = rng.standard_normal(C).astype(np.float32)
+    ds = rng.standard_normal(x.shape).astype(np.float32)
+    mean, inv_std, weight = rng.standard_normal(C), rng.uniform(0.5, 2, C), rng.uniform(0.5, 1.5, C)
+    before = numba.get_num_threads()
+    runs = []
+    try:
+        for threads, k in ((1, 1), (2, 1), (2, 2), (2, 3), (1, C), (2, K.channels_per_unit(C, P))):
+            numba.set_num_threads(threads)
+            runs.append(_run_kernels(x, scale, shift, ds, mean, inv_std, weight, k, {}, training))
+        # the public op, which picks k itself, at both thread counts
+        w, b = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+        rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+        public = []
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            spikes, cache, m, v = bn_lif_forward(x, w, b, rm, rv, training=training)
+            public.append((spikes, cache.h, m, v) + bn_lif_backward(ds, cache))
+    finally:
+        numba.set_num_threads(before)
+    for run in runs[1:] + public[1:2]:
+        ref = runs[0] if len(run) == 6 else public[0]
+        for got, want in zip(run, ref):
+            np.testing.assert_array_equal(got, want)
+            assert got.tobytes() == want.tobytes()          # signs of zero too
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,5 +1,6 @@
 """BatchNorm feeding LIF neurons, fused, as a forward/backward pair: ``LIF(BN(x))`` in one pass
-over memory forward and two backward (SPEC sections 3 and 2; kernels in
+over memory forward (after BatchNorm's statistics) and one backward, whose second sweep over
+each group of channels finds its values still in cache (SPEC sections 3 and 2; kernels in
 ``refsnn.kernels.bnlif``).
 
 x ``[T, B, C, P]``: BatchNorm's statistics per channel over T, B and P (as

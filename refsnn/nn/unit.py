@@ -13,7 +13,7 @@ output is broadcast to ``[T, B, ...]`` before the LIF; the backward sums the cop
 (SPEC section 6: identical results, at a fraction of the cost).
 
 Fused: without a pool or a repeat, and while no energy counter is attached, BN and LIF run as
-one op (``refsnn.functional.bnlif``: one pass over memory forward, two backward; the same
+one op (``refsnn.functional.bnlif``: one pass over memory each way; the same
 spikes and running statistics bit for bit, gradients to float64 rounding). The layers keep
 their parameters, buffers and names; the profiler charges the fused op's time to the module
 that owns the unit (``other``), since neither layer's ``forward`` runs.
