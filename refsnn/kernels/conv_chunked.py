@@ -55,10 +55,15 @@ CHUNK_MIN_MACS = 1 << 22
 def chunk_bounds(N: int, P: int, sample_macs: int | None = None) -> list[tuple[int, int]]:
     """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions and, when
     given, ``sample_macs`` multiply-accumulates each)."""
-    if sample_macs is not None and N * sample_macs < CHUNK_MIN_MACS:
+    if _is_small(N, sample_macs):
         return [(0, N)]
     per_chunk = max(1, min(-(-CHUNK_MIN_COLUMNS // P), -(-N // MIN_CHUNKS)))
     return [(a, min(N, a + per_chunk)) for a in range(0, N, per_chunk)]
+
+
+def _is_small(N: int, sample_macs: int | None) -> bool:
+    """A convolution too small for chunks: one chunk, BLAS single-threaded (``_run_chunks``)."""
+    return sample_macs is not None and N * sample_macs < CHUNK_MIN_MACS
 
 
 _lock = threading.Lock()
@@ -81,15 +86,18 @@ def _blas_libraries():
     return _blas
 
 
-def _run_chunks(count: int, task) -> None:
+def _run_chunks(count: int, task, serial: bool = False) -> None:
     """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
     has finished one. With one BLAS thread (or one chunk) everything runs here, every BLAS
     library with numpy's thread count (scipy's may have been loaded after the caller limited
-    the threads, and so not have been limited with numpy's)."""
+    the threads, and so not have been limited with numpy's); ``serial``: everything here with
+    single-threaded BLAS (a small convolution: OpenBLAS's second thread, woken for a GEMM of a
+    few hundred microseconds, then spins beside the next op's threads; the `tiny` training
+    step was 26% slower that way)."""
     libs = _blas_libraries()
     before = [lib.num_threads for lib in libs]
-    threads = before[0] if before else 1
+    threads = 1 if serial else (before[0] if before else 1)
     workers = min(count, threads)
     inner = 1 if workers > 1 else threads
     changed = [(lib, n) for lib, n in zip(libs, before) if n != inner]
@@ -163,7 +171,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
         else:
             _k.cm_to_nchw(w2 @ cols, N, bias, out=y, n0=n0)
 
-    _run_chunks(len(bounds), task)
+    _run_chunks(len(bounds), task, serial=_is_small(N, O * K * P))
     return y.reshape(N, O, Ho, Wo)
 
 
@@ -193,7 +201,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
             np.matmul(w2t, dy_chunk, out=cols)
             _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
 
-    _run_chunks(len(bounds), task)
+    _run_chunks(len(bounds), task, serial=_is_small(N, O * K * P))
     dweight_t = np.add.reduce(dwt_parts, axis=0)     # in chunk order: the same for any thread count
     return dx, np.ascontiguousarray(dweight_t.T).reshape(weight.shape)
 
