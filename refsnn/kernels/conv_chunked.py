@@ -71,31 +71,40 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0
 _blas = None
+_blas_scipy = None
 
 
-def _blas_libraries():
-    """threadpoolctl's controllers of the loaded BLAS libraries, numpy's first, cached. scipy's
-    BLAS (its own OpenBLAS, which the 1x1 convolution's in-place GEMM uses) is loaded first,
-    so that it is among them; it is imported here rather than with refsnn (~0.3 s)."""
-    global _blas
+def _blas_libraries(with_scipy: bool = False):
+    """threadpoolctl's controllers of numpy's BLAS, and of scipy's (its own OpenBLAS, which the
+    1x1 convolution's in-place GEMM uses; imported then, ~0.3 s) with ``with_scipy``; cached.
+    scipy's is listed, loaded and set only for the ops that call it, so that the other
+    convolutions do exactly what they did before it was used."""
+    global _blas, _blas_scipy
+    if with_scipy:
+        if _blas_scipy is None:
+            from scipy.linalg import blas  # noqa: F401  (loaded before the listing)
+            _blas_scipy = _list_blas(lambda path: "scipy" in path and "numpy" not in path)
+        return _blas_libraries() + _blas_scipy
     if _blas is None:
-        from scipy.linalg import blas  # noqa: F401
-        from threadpoolctl import ThreadpoolController
-        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-        _blas = sorted(libs, key=lambda lib: "numpy" not in os.path.basename(os.path.dirname(lib.filepath)))
+        _blas = _list_blas(lambda path: "numpy" in path) or _list_blas(lambda path: True)[:1]
     return _blas
 
 
-def _run_chunks(count: int, task, serial: bool = False) -> None:
+def _list_blas(keep):
+    """Controllers of the loaded BLAS libraries whose folder name passes ``keep``."""
+    from threadpoolctl import ThreadpoolController
+    return [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and keep(os.path.basename(os.path.dirname(lib.filepath)))]
+
+
+def _run_chunks(count: int, task, serial: bool = False, scipy_blas: bool = False) -> None:
     """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
-    has finished one. With one BLAS thread (or one chunk) everything runs here, every BLAS
-    library with numpy's thread count (scipy's may have been loaded after the caller limited
-    the threads, and so not have been limited with numpy's); ``serial``: everything here with
-    single-threaded BLAS (a small convolution: OpenBLAS's second thread, woken for a GEMM of a
-    few hundred microseconds, then spins beside the next op's threads; the `tiny` training
-    step was 26% slower that way)."""
-    libs = _blas_libraries()
+    has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS with
+    numpy's thread count; ``serial``: everything here with single-threaded BLAS (a small
+    convolution). ``scipy_blas``: the tasks call scipy's BLAS too, which is then set like
+    numpy's (it may have been loaded after the caller limited the threads)."""
+    libs = _blas_libraries(scipy_blas)
     before = [lib.num_threads for lib in libs]
     threads = 1 if serial else (before[0] if before else 1)
     workers = min(count, threads)
@@ -217,7 +226,7 @@ CONV1X1_CHUNK_MIN_MACS = 1 << 24
 def _gemm(dtype):
     """BLAS ``?gemm`` of scipy for ``dtype`` (float32 or float64): C = alpha op(A) op(B) + beta C
     with C updated in place, which numpy's matmul cannot do."""
-    from scipy.linalg import blas     # loaded already by _blas_libraries
+    from scipy.linalg import blas
     return blas.get_blas_funcs("gemm", dtype=dtype)
 
 
@@ -279,7 +288,7 @@ def conv1x1_chunked_backward(dy, x, weight, need_bias=False):
             # numpy's two-axis sum makes two
             np.add.reduce(np.matmul(dy[m0:m1], ones), axis=0, out=db_parts[i])
 
-    _run_chunks(len(bounds), task)
+    _run_chunks(len(bounds), task, scipy_blas=True)
     dweight = np.add.reduce(dw_parts, axis=0)       # in chunk order
     dbias = np.add.reduce(db_parts, axis=0) if need_bias else None
     return dx, dweight, dbias
