@@ -108,23 +108,17 @@ def test_im2col_kernels_equal_twins(N, C, H, W, k, stride, pad, dtype, chunk, se
 
 
 @pytest.mark.parametrize("N,H,k,stride,pad", [(9, 4, 3, 1, 1), (5, 32, 3, 1, 1), (6, 9, 3, 2, 1), (3, 5, 1, 1, 0)])
-@pytest.mark.parametrize("chunked", [True, False])
-def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad, chunked, monkeypatch):
-    """Chunks of one or several samples (these small convolutions are one chunk unless
-    CHUNK_MIN_MACS is lowered), one or two BLAS threads (so one or two workers): the same
-    bytes, equal to one GEMM over the whole batch (NumPy twins) to rounding."""
+def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad):
+    """Chunks of one or several samples, one or two BLAS threads (so one or two workers): the
+    same bytes, equal to one GEMM over the whole batch (NumPy twins) to rounding."""
     from threadpoolctl import threadpool_limits
     from refsnn.kernels import conv_chunked as CC
-    if chunked:
-        monkeypatch.setattr(CC, "CHUNK_MIN_MACS", 0)
     rng = np.random.default_rng(N)
     x = rng.normal(size=(N, 3, H, H)).astype(np.float32)
     w = rng.normal(size=(5, 3, k, k)).astype(np.float32)
     b = rng.normal(size=5).astype(np.float32)
-    P = K.conv_out_size(H, k, stride, pad) ** 2
-    bounds = CC.chunk_bounds(N, P, 5 * 3 * k * k * P)
+    bounds = CC.chunk_bounds(N, K.conv_out_size(H, k, stride, pad) ** 2)
     assert bounds[0][0] == 0 and bounds[-1][1] == N and all(a[1] == c[0] for a, c in zip(bounds, bounds[1:]))
-    assert (len(bounds) > 1) == (chunked and N > 1)
     results = []
     for threads in (1, 2):
         with threadpool_limits(threads, user_api="blas"):

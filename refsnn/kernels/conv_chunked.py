@@ -35,7 +35,7 @@ from . import im2col as _k
 
 __all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
-           "CHUNK_MIN_MACS", "CONV1X1_CHUNK_MIN_MACS"]
+           "CONV1X1_CHUNK_MIN_MACS"]
 
 # a chunk holds whole samples and at least this many output positions (GEMM columns), so that
 # one GEMM per chunk runs near the single-thread BLAS peak; measured in bench_engine.py
@@ -45,25 +45,13 @@ CHUNK_MIN_COLUMNS = 512
 MIN_CHUNKS = 4
 
 
-# ...unless the whole convolution is smaller than this (multiply-accumulates): then it is one
-# chunk, run on the calling thread, as the thread hand-off and the per-chunk calls cost more
-# than they save (the `tiny` shapes, 0.6-1.2 M, ran 1.4-3.8x slower in chunks; the `cpu` and
-# `paper` ones are 19 M and more)
-CHUNK_MIN_MACS = 1 << 22
-
-
-def chunk_bounds(N: int, P: int, sample_macs: int | None = None) -> list[tuple[int, int]]:
-    """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions and, when
-    given, ``sample_macs`` multiply-accumulates each)."""
-    if _is_small(N, sample_macs):
-        return [(0, N)]
+def chunk_bounds(N: int, P: int) -> list[tuple[int, int]]:
+    """``[(n0, n1), ...]``: consecutive chunks of the N samples (P output positions each).
+    Also the `tiny` convolutions (0.6-1.2 M multiply-accumulates) run in chunks: as one chunk
+    on the calling thread, each call alone was 1.4-3.8x faster, but the `tiny` training step
+    1.47x slower (bench_against.py, 7 rounds)."""
     per_chunk = max(1, min(-(-CHUNK_MIN_COLUMNS // P), -(-N // MIN_CHUNKS)))
     return [(a, min(N, a + per_chunk)) for a in range(0, N, per_chunk)]
-
-
-def _is_small(N: int, sample_macs: int | None) -> bool:
-    """A convolution too small for chunks: one chunk, BLAS single-threaded (``_run_chunks``)."""
-    return sample_macs is not None and N * sample_macs < CHUNK_MIN_MACS
 
 
 _lock = threading.Lock()
@@ -97,16 +85,15 @@ def _list_blas(keep):
             if lib.user_api == "blas" and keep(os.path.basename(os.path.dirname(lib.filepath)))]
 
 
-def _run_chunks(count: int, task, serial: bool = False, scipy_blas: bool = False) -> None:
+def _run_chunks(count: int, task, scipy_blas: bool = False) -> None:
     """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
     has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS with
-    numpy's thread count; ``serial``: everything here with single-threaded BLAS (a small
-    convolution). ``scipy_blas``: the tasks call scipy's BLAS too, which is then set like
+    numpy's thread count. ``scipy_blas``: the tasks call scipy's BLAS too, which is then set like
     numpy's (it may have been loaded after the caller limited the threads)."""
     libs = _blas_libraries(scipy_blas)
     before = [lib.num_threads for lib in libs]
-    threads = 1 if serial else (before[0] if before else 1)
+    threads = before[0] if before else 1
     workers = min(count, threads)
     inner = 1 if workers > 1 else threads
     changed = [(lib, n) for lib, n in zip(libs, before) if n != inner]
@@ -168,7 +155,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight).reshape(O, K)
     y = np.empty((N, O, P), dtype=x.dtype)
-    bounds = chunk_bounds(N, P, O * K * P)
+    bounds = chunk_bounds(N, P)
 
     def task(i):
         n0, n1 = bounds[i]
@@ -180,7 +167,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
         else:
             _k.cm_to_nchw(w2 @ cols, N, bias, out=y, n0=n0)
 
-    _run_chunks(len(bounds), task, serial=_is_small(N, O * K * P))
+    _run_chunks(len(bounds), task)
     return y.reshape(N, O, Ho, Wo)
 
 
@@ -194,7 +181,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
-    bounds = chunk_bounds(N, P, O * K * P)
+    bounds = chunk_bounds(N, P)
     dwt_parts = np.empty((len(bounds), K, O), dtype=x.dtype)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
 
@@ -210,7 +197,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
             np.matmul(w2t, dy_chunk, out=cols)
             _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
 
-    _run_chunks(len(bounds), task, serial=_is_small(N, O * K * P))
+    _run_chunks(len(bounds), task)
     dweight_t = np.add.reduce(dwt_parts, axis=0)     # in chunk order: the same for any thread count
     return dx, np.ascontiguousarray(dweight_t.T).reshape(weight.shape)
 
