@@ -242,3 +242,51 @@ def test_fused_kernels_on_threads_equal_twin(mode, threads, seed):
     for g, w in zip(got[:4], want[:4]):
         np.testing.assert_array_equal(g, w)
     assert got[4] == want[4]
+
+
+@settings(deadline=None, max_examples=40)
+@given(mode=st.sampled_from(["token", "channel"]), T=st.integers(1, 3), G=st.integers(1, 4),
+       length=st.sampled_from([1, 7, 64, 65, 130]), N=st.sampled_from([1, 5, 64, 1030]),
+       rate_q=RATES, rate_k=RATES, opts=LIF_OPTIONS,
+       dtypes=st.sampled_from([(np.float32, np.float32), (np.float64, np.float64),
+                               (np.float32, np.uint8)]),
+       seed=st.integers(0, 2**16))
+def test_words_kernels_equal_twin(mode, T, G, length, N, rate_q, rate_k, opts, dtypes, seed):
+    # from packed Q, K to an unpacked Z in one pass (refsnn.kernels.qk_fused.qk_*_from_words):
+    # the twin unpacks and runs the fused twin; the packed core agrees on A and H
+    lif_dtype, z_dtype = dtypes
+    shape = (T, G, length, N) if mode == "token" else (T, G, length)
+    q, k = _pair(seed, shape, rate_q, rate_k, np.float32)
+    qw, kw = pack_bits(q, axis=2), pack_bits(k, axis=2)
+    lif = _typed(opts, lif_dtype)
+    run, twin, core = (F.qk_token_from_words, F.qk_token_from_words_numpy, K.qk_token_packed) \
+        if mode == "token" else \
+        (F.qk_channel_from_words, F.qk_channel_from_words_numpy, K.qk_channel_packed)
+    z, a, h, counts, padded = run(qw, kw, length, lif, z_dtype)
+    zr, ar, hr, countsr = twin(qw, kw, length, lif, z_dtype)
+    assert not padded and z.dtype == z_dtype
+    for got, want in ((z, zr), (a, ar), (h, hr)):
+        np.testing.assert_array_equal(got, want)
+    assert counts == countsr
+    _, a2, h2, counts2, _ = core(qw, kw, lif, length=length)
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(h, h2)
+    assert counts == counts2
+    if length % 64:     # a padding bit is flagged
+        kw[-1, -1, -1] |= np.uint64(1) << np.uint64(63)
+        assert run(qw, kw, length, lif, z_dtype)[-1]
+
+
+@settings(deadline=None, max_examples=4)
+@given(mode=st.sampled_from(["token", "channel"]), seed=st.integers(0, 2**16))
+def test_words_kernels_on_threads_equal_twin(mode, seed):
+    shape = (2, 5, 70, 700) if mode == "token" else (2, 150, 300)
+    q, k = _pair(seed, shape, 0.3, 0.4, np.float32)
+    qw, kw = pack_bits(q, axis=2), pack_bits(k, axis=2)
+    lif = _typed(ATTENTION_LIF, np.float32)
+    run, twin = (F.qk_token_from_words, F.qk_token_from_words_numpy) if mode == "token" else \
+        (F.qk_channel_from_words, F.qk_channel_from_words_numpy)
+    got, want = run(qw, kw, shape[2], lif, np.float32), twin(qw, kw, shape[2], lif, np.float32)
+    for g, w in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(g, w)
+    assert got[3] == want[3]

@@ -16,8 +16,9 @@ both), in the layout their packed core reads: QKTA a head's d = D/h channels (th
 viewed ``[T, B, h, d, N]``, packed along axis 3: ``qk_token_layout(x, heads)``), QKCA the
 tokens (``[T, B, D, N]`` along axis 3: ``qk_channel_layout(x)``). Their padding bits must be
 0 (the core flags a set one while it reads the words; the op then names the argument). From
-packed spikes the forward is the packed core alone (``refsnn.kernels.qk``); ``z_dtype=
-Z_PACKED`` returns Z in the same layout. The backward is the same whatever the forms: dz, dq,
+packed spikes the forward is one pass over the words: the packed core
+(``refsnn.kernels.qk``) for ``z_dtype=Z_PACKED`` (Z in the same layout), else
+``refsnn.kernels.qk_fused.qk_*_from_words`` writing the unpacked Z directly. The backward is the same whatever the forms: dz, dq,
 dk are float ``[T, B, D, N]`` (for packed q and k float32, or float64 with ``z_dtype=np.float64``;
 float64 beside a float64 array).
 
@@ -59,8 +60,7 @@ import numpy as np
 from ..kernels import BACKENDS
 from ..kernels import qk as _k
 from ..kernels import qk_fused as _f
-from ..kernels.bitpack import (PackedSpikes, check_packed, num_words, pack_bits, padding_set,
-                               unpack_bits)
+from ..kernels.bitpack import PackedSpikes, check_packed, num_words, pack_bits, padding_set
 from ..checks import (check_array, check_binary, check_choice, check_finite, check_float_array,
                       check_positive_int)
 from .lif import LIFCache, _options as _lif_options, _typed_args as _lif_typed_args
@@ -264,15 +264,6 @@ def _check_padding(name: str, packed: dict, kernel_flagged: bool) -> None:
     raise AssertionError(f"{name}: the kernel flagged a padding bit that padding_set does not find")
 
 
-def _z_out(zw: np.ndarray, packed_shape: tuple, length: int, zt, shape: tuple):
-    """Z from its words: PackedSpikes (``zw`` viewed as ``packed_shape``) or unpacked to
-    ``zt``, ``shape``."""
-    words = zw.reshape(packed_shape)
-    if zt == Z_PACKED:
-        return PackedSpikes(words, length, 3)
-    return unpack_bits(words, length, axis=3, dtype=zt).reshape(shape)
-
-
 def _z_words(kw: np.ndarray, a: np.ndarray) -> np.ndarray:
     """Z's words from K's and A (a word per A entry, broadcast on kw's axis 2)."""
     mask = np.where(a != 0, _ALL_ONES, np.uint64(0))
@@ -377,10 +368,14 @@ def qk_token_forward(q, k, heads, *, neuron=None, backend="packed", z_dtype=None
         if packed is not None:
             # a head's d channels are one [Wd, N] slab of words: K stays packed for the backward
             kc = packed["k"].words.reshape(T, B * heads, Wd, N)
-            zw, a, h, counts, padded = _k.qk_token_packed(
-                packed["q"].words.reshape(T, B * heads, Wd, N), kc, lif, length=d)
+            qc = packed["q"].words.reshape(T, B * heads, Wd, N)
+            if zt == Z_PACKED:      # the packed core: words in, words out
+                zw, a, h, counts, padded = _k.qk_token_packed(qc, kc, lif, length=d)
+                z = PackedSpikes(zw.reshape(words_shape), d, 3)
+            else:                   # one pass from the words to the unpacked Z
+                z, a, h, counts, padded = _f.qk_token_from_words(qc, kc, d, lif, zt)
+                z = z.reshape(shape)
             _check_padding("qk_token", packed, padded)
-            z = _z_out(zw, words_shape, d, zt, shape)
         else:
             # a head's d channels are one [d, N] slab; K is packed per head, word w holding its
             # channels 64w .. 64w+63, so the backward never reads another head's bits
@@ -455,10 +450,14 @@ def qk_channel_forward(q, k, *, neuron=None, backend="packed", z_dtype=None):
         lif = _lif_typed_args(opts, dtype)
         if packed is not None:
             kc = packed["k"].words.reshape(T, B * D, WN)
-            zw, a, h, counts, padded = _k.qk_channel_packed(
-                packed["q"].words.reshape(T, B * D, WN), kc, lif, length=N)
+            qc = packed["q"].words.reshape(T, B * D, WN)
+            if zt == Z_PACKED:
+                zw, a, h, counts, padded = _k.qk_channel_packed(qc, kc, lif, length=N)
+                z = PackedSpikes(zw.reshape(words_shape), N, 3)
+            else:
+                z, a, h, counts, padded = _f.qk_channel_from_words(qc, kc, N, lif, zt)
+                z = z.reshape(shape)
             _check_padding("qk_channel", packed, padded)
-            z = _z_out(zw, words_shape, N, zt, shape)
         else:
             z, kc, a, h, counts = _fused_core("qk_channel", _f.qk_channel_fused, q, k,
                                               (T, B * D, N), lif, np.uint8 if zt == Z_PACKED else zt)

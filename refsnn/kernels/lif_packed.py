@@ -23,7 +23,9 @@ neuron's input was, as in ``lif_forward_kernel``). Two kernels, one per case:
                            buffer in L1 (the loop of the uint8-spike LIF), then each word is
                            packed from 64 bytes in a loop of constant trip count.
 
-Heaviside spikes only (smooth spikes are not 0/1), the ``"lif"`` neuron type.
+Heaviside spikes only (smooth spikes are not 0/1), the ``"lif"`` neuron type. The kernels are
+serial and release the GIL; ``lif_forward_packed`` spreads their units over threads
+(``refsnn.kernels.qk_fused.run_units``: half the compile time of a ``parallel=True`` kernel).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from .bitpack import num_words, pack_numpy
 from .lif import lif_charge, lif_forward_numpy, neuron_step
+from .qk_fused import run_units
 
 __all__ = ["lif_pack_kernel", "lif_pack_last_kernel", "lif_pack_units", "lif_forward_packed",
            "lif_forward_packed_numpy", "QBLOCK", "WBLOCK"]
@@ -121,24 +124,24 @@ def _pack_last_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_r
     v_last[p, l0:l0 + n] = v
 
 
-@nb.njit(parallel=True, cache=True)
-def lif_pack_kernel(x, scale, shift, affine, words, h, v_last, units, tau, v_th, v_reset,
+@nb.njit(cache=True, nogil=True)
+def lif_pack_kernel(x, scale, shift, affine, words, h, v_last, u0, u1, tau, v_th, v_reset,
                     hard_reset, decay_input, one):
     """x, h ``[T, P, L, Q]`` (Q > 1), words ``[T, P, W, Q]`` uint64, v_last ``[P, L, Q]``;
-    ``units`` = ``lif_pack_units(P, L, Q)``. ``affine``: the neurons' input is x * scale +
-    shift, scale and shift ``[P, L]`` (one BatchNorm channel per row), else x (scale and shift
-    unread). Float scalars have x's dtype."""
-    for u in nb.prange(units):
+    units u0 .. u1 - 1 of ``lif_pack_units(P, L, Q)``. ``affine``: the neurons' input is x *
+    scale + shift, scale and shift ``[P, L]`` (one BatchNorm channel per row), else x (scale and
+    shift unread). Float scalars have x's dtype."""
+    for u in range(u0, u1):
         _pack_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset, hard_reset,
                    decay_input, one)
 
 
-@nb.njit(parallel=True, cache=True)
-def lif_pack_last_kernel(x, scale, shift, affine, words, h, v_last, units, tau, v_th, v_reset,
+@nb.njit(cache=True, nogil=True)
+def lif_pack_last_kernel(x, scale, shift, affine, words, h, v_last, u0, u1, tau, v_th, v_reset,
                          hard_reset, decay_input, one):
     """x, h ``[T, P, L]``, words ``[T, P, W]`` uint64, v_last ``[P, L]``; scale and shift
     ``[P]`` (one channel per row) when ``affine``."""
-    for u in nb.prange(units):
+    for u in range(u0, u1):
         _pack_last_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset,
                         hard_reset, decay_input, one)
 
@@ -169,12 +172,14 @@ def lif_forward_packed(x4: np.ndarray, lif: dict, scale=None, shift=None):
     if Q == 1 and not (affine and scale.ndim == 2):
         if not affine:      # unread; the same array types as the affine call (one compile)
             scale = shift = np.zeros(1, dtype=x4.dtype)
-        lif_pack_last_kernel(x4.reshape(T, P, L), scale, shift, affine, words.reshape(T, P, W),
-                             h.reshape(T, P, L), v_last.reshape(P, L), units, *scalars)
+        run_units(lif_pack_last_kernel, units,
+                  (x4.reshape(T, P, L), scale, shift, affine, words.reshape(T, P, W),
+                   h.reshape(T, P, L), v_last.reshape(P, L), *scalars), x4.size, lead=7)
     else:
         if not affine:
             scale = shift = np.zeros((1, 1), dtype=x4.dtype)
-        lif_pack_kernel(x4, scale, shift, affine, words, h, v_last, units, *scalars)
+        run_units(lif_pack_kernel, units, (x4, scale, shift, affine, words, h, v_last, *scalars),
+                  x4.size, lead=7)
     return words, h, v_last
 
 

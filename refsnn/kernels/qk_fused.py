@@ -1,5 +1,7 @@
 """Q-K cores on unpacked spike maps in one pass (SPEC section 4), with their NumPy twins.
 
+(The last section: from packed Q and K to an unpacked Z, ``qk_*_from_words``.)
+
 The packed kernels of ``refsnn.kernels.qk`` need Q and K as bits; from float32 maps, packing
 both and unpacking Z cost 25x the packed core (issue 13). These kernels read the maps as they
 are (float32, float64, uint8: one specialisation each), once:
@@ -35,9 +37,11 @@ from numba.extending import overload
 
 from .bitpack import PARALLEL_MIN_WORK, popcount64
 from .lif import lif_charge, lif_forward_numpy, neuron_step
-from .qk import TOKEN_BLOCK, token_units
+from .qk import TOKEN_BLOCK, _pad_mask, token_units
 
 __all__ = ["qk_token_fused_kernel", "qk_channel_fused_kernel", "qk_token_fused", "qk_channel_fused", "run_units",
+           "qk_token_words_kernel", "qk_channel_words_kernel", "qk_token_from_words",
+           "qk_channel_from_words", "qk_token_from_words_numpy", "qk_channel_from_words_numpy",
            "qk_token_fused_numpy", "qk_channel_fused_numpy"]
 
 
@@ -242,13 +246,13 @@ def _pool_for(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run_units(kernel, units: int, args: tuple, work: int) -> None:
-    """``kernel(*args[:8], u0, u1, *args[8:])`` over units 0 .. units - 1: on this thread when
-    ``work`` (elements) is below ``PARALLEL_MIN_WORK`` or one thread is set, else in chunks
-    over ``numba.get_num_threads()`` threads."""
+def run_units(kernel, units: int, args: tuple, work: int, lead: int = 8) -> None:
+    """``kernel(*args[:lead], u0, u1, *args[lead:])`` over units 0 .. units - 1: on this thread
+    when ``work`` (elements) is below ``PARALLEL_MIN_WORK`` or one thread is set, else in
+    chunks over ``numba.get_num_threads()`` threads."""
     threads = min(nb.get_num_threads(), units)
     if threads <= 1 or work < PARALLEL_MIN_WORK:
-        kernel(*args[:8], 0, units, *args[8:])
+        kernel(*args[:lead], 0, units, *args[lead:])
         return
     step = max(1, -(-units // (threads * _CHUNKS_PER_THREAD)))
     bounds = [(u0, min(units, u0 + step)) for u0 in range(0, units, step)]
@@ -262,7 +266,7 @@ def run_units(kernel, units: int, args: tuple, work: int) -> None:
                 nxt = next(chunks, None)
             if nxt is None:
                 return
-            kernel(*args[:8], nxt[0], nxt[1], *args[8:])
+            kernel(*args[:lead], nxt[0], nxt[1], *args[lead:])
 
     helpers = [pool.submit(drain) for _ in range(threads - 1)]
     drain()
@@ -341,3 +345,180 @@ def qk_channel_fused_numpy(q, k, lif, z_dtype):
     zb = kb & (a[:, :, None] != 0)
     counts = dict(additions=int(qb.sum()), selects=int(kb.sum()), kept=int(zb.sum()))
     return zb.astype(z_dtype), _pack_twin(kb, 2), a, h, counts
+
+
+# --------------------------------------------------------------------------------------------
+# From packed Q and K (PackedSpikes in the ops' layouts) to an unpacked Z in one pass: Q's
+# words popcounted, the attention LIF, Z written from K's bits where A fires. One inlined LIF
+# step (the packed cores of refsnn.kernels.qk inline four per option and compile 3x longer),
+# and no second pass to unpack Z.
+# --------------------------------------------------------------------------------------------
+
+@nb.njit(cache=True, inline="always")
+def _token_words_unit(qw, kw, z, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
+                      decay_input, one):
+    T, G, Wd, N = qw.shape
+    d = z.shape[2]
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    g = u // nblk
+    n0 = (u - g * nblk) * TOKEN_BLOCK
+    m = min(N, n0 + TOKEN_BLOCK) - n0
+    zero = one - one
+    v = np.empty(m, dtype=a.dtype)
+    v[:] = v_reset if hard_reset else zero
+    acc = np.empty(m, dtype=np.int64)
+    fire = np.empty(m, dtype=z.dtype)
+    adds = 0
+    sel = 0
+    kept = 0
+    padacc = np.uint64(0)
+    for t in range(T):
+        acc[:] = 0
+        for w in range(Wd):
+            qrow = qw[t, g, w, n0:n0 + m]
+            for j in range(m):
+                acc[j] += popcount64(qrow[j])
+        arow, hrow = a[t, g, n0:n0 + m], h[t, g, n0:n0 + m]
+        for j in range(m):
+            adds += acc[j]
+            hv, s, v[j] = neuron_step(v[j], a.dtype.type(acc[j]), tau, v_th, v_reset, hard_reset,
+                                      decay_input, 0, 0, one, one, one, lif_charge)
+            hrow[j] = hv
+            arow[j] = s
+            fire[j] = s
+        for w in range(Wd):
+            krow = kw[t, g, w, n0:n0 + m]
+            for j in range(m):
+                pk = popcount64(krow[j])
+                sel += pk
+                if fire[j] != 0:
+                    kept += pk
+            for c in range(64 * w, min(d, 64 * w + 64)):
+                sh = np.uint64(c - 64 * w)
+                zrow = z[t, g, c, n0:n0 + m]
+                for j in range(m):
+                    zrow[j] = z.dtype.type((krow[j] >> sh) & np.uint64(1)) * fire[j]
+        qlast, klast = qw[t, g, Wd - 1, n0:n0 + m], kw[t, g, Wd - 1, n0:n0 + m]
+        for j in range(m):
+            padacc |= (qlast[j] | klast[j]) & pad
+    counts[u, 0] = adds
+    counts[u, 1] = sel
+    counts[u, 2] = kept
+    bad[u] = padacc
+
+
+@nb.njit(cache=True, nogil=True)
+def qk_token_words_kernel(qw, kw, z, a, h, counts, bad, pad, u0, u1, tau, v_th, v_reset,
+                          hard_reset, decay_input, one):
+    """QKTA from packed qw, kw ``[T, G, Wd, N]`` to an unpacked z ``[T, G, d, N]`` (any numeric
+    dtype): fills z, a, h ``[T, G, N]``, counts ``[units, 3]`` and bad ``[units]`` (the OR of
+    Q's and K's bits in ``pad``, the padding of each token's last word) for units u0 .. u1 - 1."""
+    for u in range(u0, u1):
+        _token_words_unit(qw, kw, z, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
+                          decay_input, one)
+
+
+@nb.njit(cache=True, inline="always")
+def _channel_words_unit(qw, kw, z, a, h, counts, bad, pad, g, tau, v_th, v_reset, hard_reset,
+                        decay_input, one):
+    T, G, WN = qw.shape
+    N = z.shape[2]
+    zero = one - one
+    xb = np.empty(1, dtype=a.dtype)     # carries the LIF dtype (an int -> float cast gives float64)
+    v = v_reset if hard_reset else zero
+    adds = 0
+    sel = 0
+    kept = 0
+    padacc = np.uint64(0)
+    for t in range(T):
+        p = 0
+        qrow = qw[t, g]
+        for w in range(WN):
+            p += popcount64(qrow[w])
+        adds += p
+        xb[0] = p
+        hv, s, v = neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one,
+                               one, one, lif_charge)
+        h[t, g] = hv
+        a[t, g] = s
+        on = s != zero
+        f = z.dtype.type(s)
+        krow, zrow = kw[t, g], z[t, g]
+        for w in range(WN):
+            kv = krow[w]
+            cnt = popcount64(kv)
+            sel += cnt
+            if on:
+                kept += cnt
+            n0 = w * 64
+            if n0 + 64 <= N:            # a constant trip count: the word vectorises
+                seg = zrow[n0:n0 + 64]
+                for j in range(64):
+                    seg[j] = z.dtype.type((kv >> np.uint64(j)) & np.uint64(1)) * f
+            else:
+                for j in range(N - n0):
+                    zrow[n0 + j] = z.dtype.type((kv >> np.uint64(j)) & np.uint64(1)) * f
+        padacc |= (qrow[WN - 1] | krow[WN - 1]) & pad
+    counts[g, 0] = adds
+    counts[g, 1] = sel
+    counts[g, 2] = kept
+    bad[g] = padacc
+
+
+@nb.njit(cache=True, nogil=True)
+def qk_channel_words_kernel(qw, kw, z, a, h, counts, bad, pad, u0, u1, tau, v_th, v_reset,
+                            hard_reset, decay_input, one):
+    """QKCA from packed qw, kw ``[T, G, WN]`` to an unpacked z ``[T, G, N]``; a, h ``[T, G]``,
+    counts ``[G, 3]``, bad ``[G]`` as ``qk_token_words_kernel``, for the groups u0 .. u1 - 1."""
+    for g in range(u0, u1):
+        _channel_words_unit(qw, kw, z, a, h, counts, bad, pad, g, tau, v_th, v_reset, hard_reset,
+                            decay_input, one)
+
+
+def qk_token_from_words(qw: np.ndarray, kw: np.ndarray, d: int, lif: dict, z_dtype):
+    """QKTA from packed spikes ``[T, G, Wd, N]`` (a head's d channels; C-contiguous) to Z
+    ``[T, G, d, N]`` of ``z_dtype``. Returns (z, a, h, counts, padded): ``padded`` True when Q
+    or K had a bit set past d (the outputs are then invalid)."""
+    T, G, Wd, N = qw.shape
+    dtype = lif["tau"].dtype
+    z = np.empty((T, G, d, N), dtype=z_dtype)
+    a = np.empty((T, G, N), dtype=dtype)
+    h = np.empty((T, G, N), dtype=dtype)
+    units = np.empty((token_units(G, N), 3), dtype=np.int64)
+    bad = np.empty(units.shape[0], dtype=np.uint64)
+    run_units(qk_token_words_kernel, units.shape[0],
+              (qw, kw, z, a, h, units, bad, _pad_mask(d, Wd), *_scalars(lif)), z.size)
+    return z, a, h, _counts(units), bool(bad.any())
+
+
+def qk_channel_from_words(qw: np.ndarray, kw: np.ndarray, N: int, lif: dict, z_dtype):
+    """QKCA from packed spikes ``[T, G, WN]`` (the N tokens) to Z ``[T, G, N]``; as
+    ``qk_token_from_words`` (a, h ``[T, G]``)."""
+    T, G, WN = qw.shape
+    dtype = lif["tau"].dtype
+    z = np.empty((T, G, N), dtype=z_dtype)
+    a = np.empty((T, G), dtype=dtype)
+    h = np.empty((T, G), dtype=dtype)
+    units = np.empty((G, 3), dtype=np.int64)
+    bad = np.empty(G, dtype=np.uint64)
+    run_units(qk_channel_words_kernel, G, (qw, kw, z, a, h, units, bad, _pad_mask(N, WN),
+                                           *_scalars(lif)), z.size)
+    return z, a, h, _counts(units), bool(bad.any())
+
+
+def qk_token_from_words_numpy(qw, kw, d: int, lif, z_dtype):
+    """Twin of ``qk_token_from_words`` (valid words): unpack, then ``qk_token_fused_numpy``."""
+    from .bitpack import unpack_numpy
+    T, G, Wd, N = qw.shape
+    q, k = (unpack_numpy(w.reshape(T * G, Wd, N), d).reshape(T, G, d, N) for w in (qw, kw))
+    z, _, a, h, counts = qk_token_fused_numpy(q, k, lif, z_dtype)
+    return z, a, h, counts
+
+
+def qk_channel_from_words_numpy(qw, kw, N: int, lif, z_dtype):
+    """Twin of ``qk_channel_from_words`` (valid words)."""
+    from .bitpack import unpack_numpy
+    T, G, WN = qw.shape
+    q, k = (unpack_numpy(w.reshape(T * G, WN, 1), N).reshape(T, G, N) for w in (qw, kw))
+    z, _, a, h, counts = qk_channel_fused_numpy(q, k, lif, z_dtype)
+    return z, a, h, counts

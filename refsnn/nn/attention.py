@@ -22,9 +22,9 @@ bit-packed Numba kernels, the default; "dense": NumPy), ``bn_momentum``, ``bn_ep
 ``packed_spikes=True`` (Q-K blocks; off by default): on the packed backend the Q and K neurons
 emit bit-packed spikes in the layout of the core (``lif_forward``'s ``pack``: no float map of
 Q or K is written, the core runs on the bits); Z comes out as a float map of the block's dtype
-for the output convolution. The same results; off by default because the packed core and
-packed LIF kernels it compiles cost about 10 CPU s more before a model's first step than the
-fused float kernels (docs/attention.md).
+for the output convolution. The same results; off by default because the packed LIF kernel
+it compiles costs 3-5 CPU s more before a model's first step, for a step no faster at the
+presets' shapes (docs/attention.md).
 
 Operation counts: the cores ``qk`` / ``ssa`` hold the last forward's counts in ``op_counts``
 (see refsnn.functional.attention for the names); the blocks' ``attention_counts`` returns the
