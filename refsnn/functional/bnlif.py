@@ -81,8 +81,9 @@ def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True,
     if backend == "numba":
         spikes, h = np.empty_like(x4), np.empty_like(x4)
         v_last = np.empty(x4.shape[1:], dtype=x.dtype)
-        k = _k.channels_per_unit(C, x4.shape[3])
-        _k.forward_kernel(args[-1])(x4, scale, shift, spikes, h, v_last, k, *args,
+        # one (sample, channel) per unit: in a model's steps as fast as longer units or
+        # faster (benchmarks/README.md, BN+LIF); the backward's units are longer
+        _k.forward_kernel(args[-1])(x4, scale, shift, spikes, h, v_last, 1, *args,
                                     x.dtype.type(1.0), x.dtype.type(math.pi))
     else:
         spikes, h, v_last = _k.bn_lif_forward_numpy(x4, scale, shift, *args)

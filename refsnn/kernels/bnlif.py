@@ -25,7 +25,8 @@ Memory order. Both kernels work on units of whole channels, ``k`` consecutive on
 (``channels_per_unit``), so that each step reads runs of k * P contiguous values (rows of P
 alone, 256 bytes at P = 64, were too short for the hardware prefetchers when the arrays come
 from memory, as they do in a model: 3x slower than from cache). The forward's units are
-(sample, channel group) with t inside; the backward's are channel groups with b and t inside,
+(sample, channel group) with t inside (the fused op runs it with one channel per unit, as fast
+in a model's step as longer units); the backward's are channel groups with b and t inside,
 so that every channel's sums are made by one unit in the fixed order above: the results do not
 depend on k or on the number of threads.
 
