@@ -76,7 +76,7 @@ def main():
     print(f"machine: {machine()}")
     print(f"BLAS: {blas_report()}; threads {args.threads or os.cpu_count()}")
     print(f"\n== training step (forward + CE + backward + AdamW), batch {args.batch}, median of {args.steps} ==")
-    kinds = ("conv", "bn", "lif", "attention", "fusion", "pool", "other")
+    from refsnn.profiling import KINDS as kinds
     print(f"{'preset':8s} {'params':>10s} {'step ms':>9s} {'peak GiB':>9s}   " + " ".join(f"{k:>9s}" for k in kinds))
     results = {}
     for preset in args.configs.split(","):

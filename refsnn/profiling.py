@@ -4,11 +4,14 @@
         ... forward, backward, optimizer ...
     prof.shares(total_seconds)    # {"conv": 0.41, "bn": 0.12, ...}
 
-Every module's ``forward`` and ``backward`` is timed (exclusive of the modules it calls) and
-charged to a kind: ``fusion`` for anything inside a fusion module (``fusion1``...), else the
-kind its class declares in ``op_kind``: ``conv`` (Conv2d, Conv1x1, Linear), ``bn``, ``lif``,
-``attention`` (the Q-K and SSA cores), ``pool``; time outside every module (data, loss, optimizer, glue) is ``other`` when a total is
-given. The wrappers are instance attributes, removed on exit.
+Every module's ``forward`` and ``backward`` (the methods its class lists in ``op_methods``) is
+timed, exclusive of the modules it calls, and charged to a kind: ``fusion`` for anything
+inside a fusion module (``fusion1``...), else the kind the class declares for the method
+(``op_methods``, by default its ``op_kind``): ``conv`` (Conv2d, Conv1x1, Linear), ``bn``,
+``lif``, ``bn+lif`` (BatchNorm and LIF fused, run by the BatchNorm of a Conv-BN-LIF unit),
+``attention`` (the Q-K and SSA cores), ``pool``; time outside every module (data, loss,
+optimizer, glue) is ``other`` when a total is given. The wrappers are instance attributes,
+removed on exit.
 """
 from __future__ import annotations
 
@@ -17,14 +20,14 @@ from collections import defaultdict
 
 __all__ = ["OpProfiler", "KINDS"]
 
-KINDS = ("conv", "bn", "lif", "attention", "fusion", "pool", "other")
+KINDS = ("conv", "bn", "lif", "bn+lif", "attention", "fusion", "pool", "other")
 
 
-def _kind(name: str, module):
+def _kind(name: str, module, method: str):
     if name.split(".", 1)[0].startswith("fusion"):
         return "fusion"
-    return module.op_kind    # declared by the layer class; None for containers (their own
-                             # time is glue: "other")
+    # declared by the layer class; None for containers (their own time is glue: "other")
+    return module.op_methods[method] or module.op_kind
 
 
 class OpProfiler:
@@ -57,10 +60,9 @@ class OpProfiler:
 
     def __enter__(self):
         for name, module in self.model.named_modules():
-            kind = _kind(name, module) if name else None
-            for method in ("forward", "backward"):
+            for method in module.op_methods:
                 if hasattr(module, method):
-                    self._wrap(module, method, kind)
+                    self._wrap(module, method, _kind(name, module, method) if name else None)
         return self
 
     def __exit__(self, *exc):

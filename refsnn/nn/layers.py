@@ -27,7 +27,8 @@ import numpy as np
 
 from ..functional import conv as F
 from ..checks import check_choice, check_float_array
-from ..functional.lif import lif_backward, lif_forward, lif_options
+from ..functional.bnlif import bn_lif_backward, bn_lif_forward
+from ..functional.lif import LIFCache, lif_backward, lif_forward, lif_options
 from ..kernels.bitpack import PackedSpikes
 from ..functional.norm import BN_EPS, BN_MOMENTUM, batchnorm_backward, batchnorm_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
@@ -247,6 +248,9 @@ class BatchNorm(TimeFolded):
 
     energy_role = FREE
     op_kind = "bn"
+    # the fused BN + LIF of a Conv-BN-LIF unit runs here (refsnn.nn.unit); profiled apart
+    op_methods = {"forward": "bn", "backward": "bn", "forward_with_lif": "bn+lif",
+                  "backward_with_lif": "bn+lif"}
 
     def __init__(self, channels, *, momentum=BN_MOMENTUM, eps=BN_EPS, dtype=np.float32):
         super().__init__()
@@ -277,6 +281,28 @@ class BatchNorm(TimeFolded):
         self.weight.grad += dw
         self.bias.grad += db
         return dx.reshape(dy.shape)
+
+    def forward_with_lif(self, h, lif: "LIF"):
+        """``lif(self(h))`` as one op (``refsnn.functional.bnlif``) on h ``[T, B, C, ...]``:
+        returns ``(spikes, cache)`` for ``backward_with_lif``; updates the running statistics,
+        and leaves ``lif`` describing its last forward (readers of its membrane: the
+        conformance margins; the same array, no copy)."""
+        spikes, cache, mean, var = bn_lif_forward(
+            h, self.weight.value, self.bias.value, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps, check=False,
+            **lif.neuron)
+        if self.training:
+            self.set_buffer("running_mean", mean)
+            self.set_buffer("running_var", var)
+        lif._cache = LIFCache(cache.h.reshape(cache.shape[0], -1), cache.lif, cache.shape)
+        return spikes, cache
+
+    def backward_with_lif(self, dspikes, cache):
+        """dL/dspikes -> dL/dh of ``forward_with_lif``; accumulates the weight and bias grads."""
+        dh, dw, db = bn_lif_backward(dspikes, cache, check=False)
+        self.weight.grad += dw
+        self.bias.grad += db
+        return dh
 
 
 class LIF(Module):

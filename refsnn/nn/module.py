@@ -50,6 +50,8 @@ class Module:
     # that does not, rather than leaving it out of the count.
     energy_role: str | None = None
     op_kind: str | None = None      # "conv", "bn", "lif", "attention", "pool" (profiling)
+    # the methods refsnn.profiling times, and the kind each is charged to (None: op_kind)
+    op_methods: dict = {"forward": None, "backward": None}
 
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())

@@ -15,15 +15,15 @@ output is broadcast to ``[T, B, ...]`` before the LIF; the backward sums the cop
 Fused: without a pool or a repeat, and while no energy counter is attached, BN and LIF run as
 one op (``refsnn.functional.bnlif``: one pass over memory each way; the same
 spikes and running statistics bit for bit, gradients to float64 rounding). The layers keep
-their parameters, buffers and names; the profiler charges the fused op's time to the module
-that owns the unit (``other``), since neither layer's ``forward`` runs.
+their parameters, buffers and names; the BatchNorm layer runs the fused op
+(``BatchNorm.forward_with_lif`` / ``backward_with_lif``), which the profiler charges to
+``bn+lif``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..functional.bnlif import bn_lif_backward, bn_lif_forward, bn_lif_fusable
-from ..functional.lif import LIFCache
+from ..functional.bnlif import bn_lif_fusable
 from .module import Module
 
 __all__ = ["ConvBNLIF"]
@@ -59,7 +59,8 @@ class ConvBNLIF:
         repeats = int(np.prod([repeat_to[i] for i in spread], dtype=np.int64)) if spread else 1
         self._fused = None
         if not spread and self._fusable():
-            return self._forward_fused(self.conv.forward(x))
+            spikes, self._fused = self.bn.forward_with_lif(self.conv.forward(x), self.lif)
+            return spikes
         h = self.bn.forward(self.conv.forward(x), repeats=repeats)
         if self.pool is not None:
             h = self.pool.forward(h)
@@ -72,28 +73,9 @@ class ConvBNLIF:
         return (self.pool is None and self.bn.counter is None and self.lif.counter is None
                 and bn_lif_fusable(**self.lif.neuron))
 
-    def _forward_fused(self, h: np.ndarray) -> np.ndarray:
-        """BN + LIF on h ``[T, B, C, ...]`` as one op; updates the BN's running statistics."""
-        bn = self.bn
-        spikes, self._fused, mean, var = bn_lif_forward(
-            h, bn.weight.value, bn.bias.value, bn.running_mean, bn.running_var,
-            training=bn.training, momentum=bn.momentum, eps=bn.eps, check=False,
-            **self.lif.neuron)
-        if bn.training:
-            bn.set_buffer("running_mean", mean)
-            bn.set_buffer("running_var", var)
-        # the LIF layer still describes its last forward (readers of its membrane: the
-        # conformance margins); the same array, no copy
-        c = self._fused
-        self.lif._cache = LIFCache(c.h.reshape(c.shape[0], -1), c.lif, c.shape)
-        return spikes
-
     def backward(self, dspikes: np.ndarray, **conv_options) -> np.ndarray:
         if self._fused is not None:
-            dh, dw, db = bn_lif_backward(dspikes, self._fused, check=False)
-            self.bn.weight.grad += dw
-            self.bn.bias.grad += db
-            return self.conv.backward(dh, **conv_options)
+            return self.conv.backward(self.bn.backward_with_lif(dspikes, self._fused), **conv_options)
         dh = self.lif.backward(dspikes)
         if self._repeat:
             dh = dh.sum(axis=self._repeat, keepdims=True)
