@@ -28,7 +28,8 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "passive_thread_wait", "limit_threads"]
+__all__ = ["keep_freed_memory", "passive_thread_wait", "limit_threads", "threads_for",
+           "SERIAL_WORK"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -88,5 +89,28 @@ def limit_threads(n: int | None):
     try:
         with threadpool_limits(int(n)):
             yield
+    finally:
+        numba.set_num_threads(before)
+
+
+# Below this many elements a parallel Numba kernel runs on the calling thread alone: waking
+# the passive-waiting OpenMP workers costs 50-100 us on this machine kind, more than two
+# threads save on a small map (a `tiny` step: 53 ms with two threads, 35 with one).
+SERIAL_WORK = 1 << 16
+
+
+@contextlib.contextmanager
+def threads_for(work: int):
+    """Run the body with one Numba thread when ``work`` (elements the kernel touches) is below
+    ``SERIAL_WORK``, else as configured. Results do not change: refsnn's kernels give the same
+    bytes for any thread count."""
+    import numba
+    before = numba.get_num_threads()
+    if work >= SERIAL_WORK or before == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
     finally:
         numba.set_num_threads(before)

@@ -37,3 +37,21 @@ def test_keep_freed_memory_applies_and_can_be_switched_off():
     code = "import refsnn.runtime as r; print(r.keep_freed_memory())"
     assert run(code).stdout.strip() == "True"
     assert run(code, REFSNN_KEEP_FREED_MEMORY="0").stdout.strip() == "False"
+
+
+def test_threads_for_runs_small_work_on_one_thread_and_restores():
+    import numba
+    from refsnn.runtime import SERIAL_WORK, threads_for
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    with threads_for(SERIAL_WORK - 1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with threads_for(SERIAL_WORK):
+        assert numba.get_num_threads() == before
+    try:
+        with threads_for(1):
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert numba.get_num_threads() == before

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..checks import NonFiniteError, check_finite, check_float_array
 from ..kernels import bnlif as _k
+from ..runtime import threads_for
 from .lif import SPIKE_FNS, _typed_args, lif_options
 from .norm import BN_EPS, BN_MOMENTUM, batchnorm_statistics
 
@@ -83,8 +84,9 @@ def bn_lif_forward(x, weight, bias, running_mean, running_var, *, training=True,
         v_last = np.empty(x4.shape[1:], dtype=x.dtype)
         # one (sample, channel) per unit: in a model's steps as fast as longer units or
         # faster (benchmarks/README.md, BN+LIF); the backward's units are longer
-        _k.forward_kernel(args[-1])(x4, scale, shift, spikes, h, v_last, 1, *args,
-                                    x.dtype.type(1.0), x.dtype.type(math.pi))
+        with threads_for(x4.size):
+            _k.forward_kernel(args[-1])(x4, scale, shift, spikes, h, v_last, 1, *args,
+                                        x.dtype.type(1.0), x.dtype.type(math.pi))
     else:
         spikes, h, v_last = _k.bn_lif_forward_numpy(x4, scale, shift, *args)
     if not np.isfinite(v_last).all():
@@ -113,9 +115,10 @@ def bn_lif_backward(dspikes, cache: BNLIFCache, *, check=True):
         dx = np.empty_like(x)
         dweight, dbias = np.empty(C), np.empty(C)
         k = _k.channels_per_unit(C, x.shape[3])
-        _k.backward_kernel(args[-1], args[-3])(ds, h, x, mean, inv_std, w64, training, dx,
-                                               dweight, dbias, k, *args, x.dtype.type(1.0),
-                                               x.dtype.type(math.pi))
+        with threads_for(x.size):
+            _k.backward_kernel(args[-1], args[-3])(ds, h, x, mean, inv_std, w64, training, dx,
+                                                   dweight, dbias, k, *args, x.dtype.type(1.0),
+                                                   x.dtype.type(math.pi))
     else:
         dx, dweight, dbias = _k.bn_lif_backward_numpy(ds, h, x, mean, inv_std, w64, training,
                                                       *args)

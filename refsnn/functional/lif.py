@@ -34,6 +34,7 @@ from ..kernels import lif as _k
 from ..kernels import lif_packed as _kp
 from ..kernels.bitpack import PackedSpikes
 from ..checks import NonFiniteError, check_choice, check_finite, check_float_array
+from ..runtime import threads_for
 
 __all__ = ["lif_forward", "lif_backward", "SURROGATES", "SPIKE_FNS", "DEFAULT_ALPHA", "LIFCache", "NeuronType",
            "NEURON_TYPES", "register_neuron", "lif_options", "LIF_DEFAULTS"]
@@ -233,10 +234,11 @@ def lif_forward(x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
         h = np.empty_like(x2)
         v_last = np.empty(x2.shape[1], dtype=x.dtype)
         consts = (x.dtype.type(1.0), x.dtype.type(math.pi))
-        if neuron_type == "lif":        # the compiled, disk-cached kernel
-            _k.forward_kernel(args[-1])(x2, spikes, h, v_last, *args, *consts)
-        else:
-            _k.neuron_forward_kernel(x2, spikes, h, v_last, *args, *consts, neuron.charge)
+        with threads_for(x2.size):
+            if neuron_type == "lif":        # the compiled, disk-cached kernel
+                _k.forward_kernel(args[-1])(x2, spikes, h, v_last, *args, *consts)
+            else:
+                _k.neuron_forward_kernel(x2, spikes, h, v_last, *args, *consts, neuron.charge)
     else:
         spikes, h, v_last = _k.lif_forward_numpy(x2, *args, charge=neuron.charge.py_func)
         spikes = spikes.astype(options["spike_dtype"] or x.dtype, copy=False)
@@ -281,10 +283,11 @@ def lif_backward(dspikes, cache: LIFCache, *, check=True):
     if o["backend"] == "numba":
         dx = np.empty_like(ds)
         consts = (dtype.type(1.0), dtype.type(math.pi))
-        if o["neuron_type"] == "lif":
-            _k.backward_kernel(args[-1], args[-3])(ds, h, dx, *args, *consts)
-        else:
-            _k.neuron_backward_kernel(ds, h, dx, *args, *consts, neuron.charge_backward)
+        with threads_for(ds.size):
+            if o["neuron_type"] == "lif":
+                _k.backward_kernel(args[-1], args[-3])(ds, h, dx, *args, *consts)
+            else:
+                _k.neuron_backward_kernel(ds, h, dx, *args, *consts, neuron.charge_backward)
     else:
         dx = _k.lif_backward_numpy(ds, h, *args, charge_backward=neuron.charge_backward.py_func)
     return dx.reshape(shape)

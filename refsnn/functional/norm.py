@@ -15,6 +15,7 @@ import numpy as np
 from ..kernels import BACKENDS
 from ..kernels import norm as _k
 from ..checks import check_choice, check_float_array
+from ..runtime import threads_for
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_statistics", "BatchNormCache",
            "BN_MOMENTUM", "BN_EPS"]
@@ -56,7 +57,8 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, *, training=Tr
         eps=eps, repeats=repeats, backend=backend)
     if backend == "numba":
         y = np.empty_like(x)
-        _k.bn_apply_kernel(x, scale, shift, y)
+        with threads_for(x.size):
+            _k.bn_apply_kernel(x, scale, shift, y)
     else:
         y = _k.bn_apply_numpy(x, scale, shift)
     return y, BatchNormCache(x, mean, inv_std, weight, training, backend), new_mean, new_var
@@ -76,7 +78,8 @@ def batchnorm_statistics(x, weight, bias, running_mean, running_var, *, training
             raise ValueError(f"x: BatchNorm in train mode needs more than one value per channel, got shape {x.shape}")
         if backend == "numba":
             mean, var = np.empty(C), np.empty(C)
-            _k.bn_stats_kernel(x, mean, var)
+            with threads_for(x.size):
+                _k.bn_stats_kernel(x, mean, var)
         else:
             mean, var = _k.bn_stats_numpy(x)
         total = count * repeats
@@ -105,8 +108,9 @@ def batchnorm_backward(dy, cache, *, check=True):
         C = x.shape[1]
         dx = np.empty_like(x)
         dweight, dbias = np.empty(C), np.empty(C)
-        _k.bn_backward_kernel(dy, x, mean, inv_std, weight.astype(np.float64), training, dx,
-                              dweight, dbias)
+        with threads_for(x.size):
+            _k.bn_backward_kernel(dy, x, mean, inv_std, weight.astype(np.float64), training, dx,
+                                  dweight, dbias)
     else:
         dx, dweight, dbias = _k.bn_backward_numpy(dy, x, mean, inv_std, weight, training)
     return dx, dweight.astype(weight.dtype), dbias.astype(weight.dtype)

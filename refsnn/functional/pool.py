@@ -13,6 +13,7 @@ import numpy as np
 from ..kernels import BACKENDS
 from ..kernels import pool as _k
 from ..checks import check_choice, check_float_array
+from ..runtime import threads_for
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "mean_pool_forward", "mean_pool_backward",
            "MaxPool2dCache", "MeanPoolCache"]
@@ -39,7 +40,8 @@ def maxpool2d_forward(x, *, kernel_size=3, stride=2, padding=1, backend="numba",
     if backend == "numba":
         y = np.empty((N * C, Ho, Wo), dtype=x.dtype)
         argmax = np.empty((N * C, Ho, Wo), dtype=np.int64)
-        _k.maxpool_forward_kernel(x3, kernel_size, stride, padding, y, argmax)
+        with threads_for(x3.size):
+            _k.maxpool_forward_kernel(x3, kernel_size, stride, padding, y, argmax)
     else:
         y, argmax = _k.maxpool_forward_numpy(x3, kernel_size, stride, padding)
     return y.reshape(N, C, Ho, Wo), MaxPool2dCache(argmax, x.shape, backend)
@@ -53,7 +55,8 @@ def maxpool2d_backward(dy, cache, *, check=True):
     dy3 = np.ascontiguousarray(dy).reshape(argmax.shape)
     if backend == "numba":
         dx = np.zeros((N * C, H, W), dtype=dy.dtype)
-        _k.maxpool_backward_kernel(dy3, argmax, H, W, dx)
+        with threads_for(dx.size):
+            _k.maxpool_backward_kernel(dy3, argmax, H, W, dx)
     else:
         dx = _k.maxpool_backward_numpy(dy3, argmax, H, W)
     return dx.reshape(N, C, H, W)
