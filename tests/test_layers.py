@@ -107,12 +107,16 @@ def test_im2col_kernels_equal_twins(N, C, H, W, k, stride, pad, dtype, chunk, se
     np.testing.assert_array_equal(K.nchw_to_cm(dy, n0=n0, n1=n1), K.nchw_to_cm_numpy(dy[n0:n1]))
 
 
+@pytest.mark.parametrize("pool_min_macs", [0, None])
 @pytest.mark.parametrize("N,H,k,stride,pad", [(9, 4, 3, 1, 1), (5, 32, 3, 1, 1), (6, 9, 3, 2, 1), (3, 5, 1, 1, 0)])
-def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad):
-    """Chunks of one or several samples, one or two BLAS threads (so one or two workers): the
-    same bytes, equal to one GEMM over the whole batch (NumPy twins) to rounding."""
+def test_conv2d_chunked_same_for_any_thread_count(N, H, k, stride, pad, pool_min_macs, monkeypatch):
+    """Chunks of one or several samples, one or two BLAS threads (so one or two workers, or
+    with a small convolution every chunk on the calling thread): the same bytes, equal to one
+    GEMM over the whole batch (NumPy twins) to rounding."""
     from threadpoolctl import threadpool_limits
     from refsnn.kernels import conv_chunked as CC
+    if pool_min_macs is not None:       # these shapes are small: make them use the pool
+        monkeypatch.setattr(CC, "CONV2D_POOL_MIN_MACS", pool_min_macs)
     rng = np.random.default_rng(N)
     x = rng.normal(size=(N, 3, H, H)).astype(np.float32)
     w = rng.normal(size=(5, 3, k, k)).astype(np.float32)

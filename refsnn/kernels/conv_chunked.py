@@ -35,7 +35,7 @@ from . import im2col as _k
 
 __all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
-           "CONV1X1_CHUNK_MIN_MACS"]
+           "CONV1X1_CHUNK_MIN_MACS", "CONV2D_POOL_MIN_MACS"]
 
 # a chunk holds whole samples and at least this many output positions (GEMM columns), so that
 # one GEMM per chunk runs near the single-thread BLAS peak; measured in bench_engine.py
@@ -85,16 +85,24 @@ def _list_blas(keep):
             if lib.user_api == "blas" and keep(os.path.basename(os.path.dirname(lib.filepath)))]
 
 
-def _run_chunks(count: int, task, scipy_blas: bool = False) -> None:
+# Below this many multiply-accumulates a convolution's chunks all run on the calling thread
+# (BLAS with its own threads): handing chunks to the pool's threads costs more than it saves
+# there (idle machine, `tiny` step 38-42 ms with the pool, 28 ms without; `cpu` shapes, all
+# above it, 8-10% faster with the pool)
+CONV2D_POOL_MIN_MACS = 1 << 24
+
+
+def _run_chunks(count: int, task, scipy_blas: bool = False, pool: bool = True) -> None:
     """``task(i)`` for i in range(count), over as many threads as numpy's BLAS has (this one
     included), each thread's BLAS calls single-threaded; a thread takes the next chunk when it
     has finished one. With one BLAS thread (or one chunk) everything runs here, BLAS with
     numpy's thread count. ``scipy_blas``: the tasks call scipy's BLAS too, which is then set like
-    numpy's (it may have been loaded after the caller limited the threads)."""
+    numpy's (it may have been loaded after the caller limited the threads). ``pool=False``: every
+chunk here, as with one BLAS thread."""
     libs = _blas_libraries(scipy_blas)
     before = [lib.num_threads for lib in libs]
     threads = before[0] if before else 1
-    workers = min(count, threads)
+    workers = min(count, threads) if pool else 1
     inner = 1 if workers > 1 else threads
     changed = [(lib, n) for lib, n in zip(libs, before) if n != inner]
     for lib, _ in changed:
@@ -167,7 +175,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
         else:
             _k.cm_to_nchw(w2 @ cols, N, bias, out=y, n0=n0)
 
-    _run_chunks(len(bounds), task)
+    _run_chunks(len(bounds), task, pool=N * P * O * K >= CONV2D_POOL_MIN_MACS)
     return y.reshape(N, O, Ho, Wo)
 
 
@@ -197,7 +205,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
             np.matmul(w2t, dy_chunk, out=cols)
             _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
 
-    _run_chunks(len(bounds), task)
+    _run_chunks(len(bounds), task, pool=N * P * O * K >= CONV2D_POOL_MIN_MACS)
     dweight_t = np.add.reduce(dwt_parts, axis=0)     # in chunk order: the same for any thread count
     return dx, np.ascontiguousarray(dweight_t.T).reshape(weight.shape)
 
