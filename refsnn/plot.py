@@ -25,8 +25,8 @@ def _pyplot():
     return plt
 
 
-def plot_run(run_dir, out=None) -> list[str]:
-    run_dir = os.fspath(run_dir)
+def _read_metrics(run_dir: str) -> list[dict]:
+    """The rows of ``run_dir``/metrics.jsonl, one per finished epoch."""
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(metrics_path):
         raise ValueError(f"{run_dir}: no metrics.jsonl (not a run directory of refsnn.train?)")
@@ -40,10 +40,18 @@ def plot_run(run_dir, out=None) -> list[str]:
                     raise ValueError(f"{metrics_path}: line {n} is not JSON") from None
     if not rows:
         raise ValueError(f"{metrics_path}: no epoch finished yet")
-    plt = _pyplot()
-    out = os.fspath(out or run_dir)
-    os.makedirs(out, exist_ok=True)
-    written = []
+    return rows
+
+
+def _save(plt, fig, out: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves(plt, rows: list[dict], title: str):
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label, ax in (("train_loss", "train", ax1), ("val_loss", "validation", ax1),
@@ -56,51 +64,60 @@ def plot_run(run_dir, out=None) -> list[str]:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(os.path.basename(os.path.abspath(run_dir)))
-    fig.tight_layout()
-    path = os.path.join(out, "curves.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    fig.suptitle(title)
+    return fig
+
+
+def _layer_bars(plt, names: list[str]):
+    """A horizontal bar chart with one row per layer name, the first at the top."""
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
+    ax.set_yticks(range(len(names)), names, fontsize=6)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    return fig, ax
+
+
+def _plot_firing_rates(plt, rates: dict):
+    names = list(rates)
+    fig, ax = _layer_bars(plt, names)
+    ax.barh(range(len(names)), [rates[n] for n in names], color="tab:orange")
+    ax.set(xlabel="spikes per neuron and time step", title="firing rate per LIF layer")
+    return fig
+
+
+def _plot_energy(plt, energy: dict):
+    layers, c, t = energy["layers"], energy["constants"], energy["totals"]
+    names = list(layers)
+    mac = [layers[n]["macs"] * c["E_MAC_pJ"] * 1e-6 for n in names]       # pJ -> uJ
+    ac = [layers[n]["acs"] * c["E_AC_pJ"] * 1e-6 for n in names]
+    fig, ax = _layer_bars(plt, names)
+    ax.barh(range(len(names)), mac, label="MAC", color="tab:red")
+    ax.barh(range(len(names)), ac, left=mac, label="AC", color="tab:blue")
+    ax.set(xlabel="energy per sample (uJ)",
+           title=f"energy per layer: SNN {t['snn_mJ']:.4f} mJ, ANN reference {t['ann_mJ']:.4f} mJ")
+    ax.legend()
+    return fig
+
+
+def plot_run(run_dir, out=None) -> list[str]:
+    """Writes the figures of the module docstring into ``out`` (default: the run directory);
+    returns their paths."""
+    run_dir = os.fspath(run_dir)
+    rows = _read_metrics(run_dir)
+    plt = _pyplot()
+    out = os.fspath(out or run_dir)
+    os.makedirs(out, exist_ok=True)
+    title = os.path.basename(os.path.abspath(run_dir))
+    written = [_save(plt, _plot_curves(plt, rows, title), out, "curves.png")]
     report_path = os.path.join(run_dir, "report.json")
     if os.path.isfile(report_path):
         with open(report_path) as f:
             rep = json.load(f)
-        rates = rep.get("firing_rates") or {}
-        if rates:
-            names = list(rates)
-            fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
-            ax.barh(range(len(names)), [rates[n] for n in names], color="tab:orange")
-            ax.set_yticks(range(len(names)), names, fontsize=6)
-            ax.invert_yaxis()
-            ax.set(xlabel="spikes per neuron and time step", title="firing rate per LIF layer")
-            ax.grid(axis="x", alpha=0.3)
-            fig.tight_layout()
-            path = os.path.join(out, "firing_rates.png")
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
-        layers = (rep.get("energy") or {}).get("layers") or {}
-        if layers:
-            names = list(layers)
-            c = rep["energy"]["constants"]
-            mac = [layers[n]["macs"] * c["E_MAC_pJ"] * 1e-6 for n in names]       # pJ -> uJ
-            ac = [layers[n]["acs"] * c["E_AC_pJ"] * 1e-6 for n in names]
-            fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
-            ax.barh(range(len(names)), mac, label="MAC", color="tab:red")
-            ax.barh(range(len(names)), ac, left=mac, label="AC", color="tab:blue")
-            ax.set_yticks(range(len(names)), names, fontsize=6)
-            ax.invert_yaxis()
-            t = rep["energy"]["totals"]
-            ax.set(xlabel="energy per sample (uJ)",
-                   title=f"energy per layer: SNN {t['snn_mJ']:.4f} mJ, ANN reference {t['ann_mJ']:.4f} mJ")
-            ax.legend()
-            ax.grid(axis="x", alpha=0.3)
-            fig.tight_layout()
-            path = os.path.join(out, "energy.png")
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            written.append(path)
+        if rep.get("firing_rates"):
+            written.append(_save(plt, _plot_firing_rates(plt, rep["firing_rates"]), out,
+                                 "firing_rates.png"))
+        if (rep.get("energy") or {}).get("layers"):
+            written.append(_save(plt, _plot_energy(plt, rep["energy"]), out, "energy.png"))
     return written
 
 

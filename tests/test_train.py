@@ -173,6 +173,7 @@ def test_cli_short_tiny_training_and_the_other_commands(tmp_path):
     r = run_cli("refsnn.plot", str(out))
     assert r.returncode == 0, r.stderr
     assert (out / "curves.png").stat().st_size > 1000 and (out / "firing_rates.png").exists()
+    assert (out / "energy.png").stat().st_size > 1000
 
 
 def test_cli_sigint_saves_and_exits_zero(tmp_path):

@@ -78,6 +78,56 @@ def select_cases(manifest: dict, suites=None, pattern=None) -> list[tuple[str, s
     return out
 
 
+def _problem(spec: dict, expected: np.ndarray, got, dtype: str):
+    """``(array, None)`` when ``got`` can be compared with ``expected``, else ``(None, why)``."""
+    if got is None:
+        return None, "missing from the adapter's outputs"
+    try:
+        g = np.asarray(got)
+    except Exception as exc:  # an object that is not array-like
+        return None, f"not an array ({type(got).__name__}: {exc})"
+    if g.shape != expected.shape:
+        return None, f"shape {tuple(g.shape)}, expected {tuple(expected.shape)}"
+    # every rank, 0-d included: a float64 loss in a float32 run was computed in float64
+    if spec["kind"] in ("value", "gradient") and np.issubdtype(g.dtype, np.floating) \
+            and g.dtype != np.dtype(dtype):
+        return None, f"dtype {g.dtype} in a {dtype} run"
+    if not (np.issubdtype(g.dtype, np.number) or g.dtype == np.bool_):
+        return None, f"dtype {g.dtype} is not numeric"
+    if spec["kind"] == "integer" and np.issubdtype(expected.dtype, np.integer) \
+            and np.issubdtype(g.dtype, np.floating) \
+            and (not np.all(np.isfinite(g)) or not np.all(g == np.round(g))):
+        return None, "non-integer values in an integer output"
+    return g, None
+
+
+def _differences(spec: dict, expected: np.ndarray, g: np.ndarray, tol: dict):
+    """``(diff_mask, abs_error, expected as float64)``: where g is out of tolerance."""
+    e_f = expected.astype(np.float64)
+    if spec["kind"] == "integer" and np.issubdtype(expected.dtype, np.integer):
+        # compare integers as integers: uint64 words do not fit float64 exactly
+        ge = g.astype(expected.dtype) if g.dtype != expected.dtype else g
+        return ge != expected, np.abs(ge.astype(np.float64) - e_f), e_f
+    d_abs = np.abs(g.astype(np.float64) - e_f)
+    d_abs = np.where(np.isnan(d_abs), np.inf, d_abs)
+    return d_abs > tol["atol"] + tol["rtol"] * np.abs(e_f), d_abs, e_f
+
+
+def _flips(expected, g, diff_mask, margin) -> dict:
+    """The first flipped spikes (with their distance to the threshold when ``margin`` is given)."""
+    flips = []
+    for idx in np.argwhere(diff_mask)[:MAX_FLIPS_SHOWN]:
+        idx_t = tuple(int(i) for i in idx)
+        flip = {"index": list(idx_t), "expected": float(expected[idx_t]), "got": float(g[idx_t])}
+        if margin is not None:
+            flip["h_minus_v_th"] = float(margin[idx_t])
+        flips.append(flip)
+    out = {"flips": flips}
+    if margin is not None:
+        out["min_flip_distance"] = float(np.abs(margin[diff_mask]).min())
+    return out
+
+
 def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
                    margin: np.ndarray | None = None) -> dict:
     """Compare one output (``spec`` its case.json entry) in a run of ``dtype``; returns a
@@ -85,41 +135,11 @@ def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
     tol = tolerance_for(spec, dtype)
     rec: dict = {"kind": spec["kind"], "compare": spec["compare"], "size": int(expected.size),
                  "rtol": tol["rtol"], "atol": tol["atol"]}
-    if got is None:
-        rec.update(ok=False, problem="missing from the adapter's outputs")
+    g, problem = _problem(spec, expected, got, dtype)
+    if problem is not None:
+        rec.update(ok=False, problem=problem)
         return rec
-    try:
-        g = np.asarray(got)
-    except Exception as exc:  # an object that is not array-like
-        rec.update(ok=False, problem=f"not an array ({type(got).__name__}: {exc})")
-        return rec
-    if g.shape != expected.shape:
-        rec.update(ok=False, problem=f"shape {tuple(g.shape)}, expected {tuple(expected.shape)}")
-        return rec
-    # every rank, 0-d included: a float64 loss in a float32 run was computed in float64
-    if spec["kind"] in ("value", "gradient") and np.issubdtype(g.dtype, np.floating) \
-            and g.dtype != np.dtype(dtype):
-        rec.update(ok=False, problem=f"dtype {g.dtype} in a {dtype} run")
-        return rec
-    if not (np.issubdtype(g.dtype, np.number) or g.dtype == np.bool_):
-        rec.update(ok=False, problem=f"dtype {g.dtype} is not numeric")
-        return rec
-    if spec["kind"] == "integer" and np.issubdtype(expected.dtype, np.integer):
-        if np.issubdtype(g.dtype, np.floating):
-            if not np.all(np.isfinite(g)) or not np.all(g == np.round(g)):
-                rec.update(ok=False, problem="non-integer values in an integer output")
-                return rec
-        # compare integers as integers: uint64 words do not fit float64 exactly
-        ge = g.astype(expected.dtype) if g.dtype != expected.dtype else g
-        diff_mask = ge != expected
-        e_f = expected.astype(np.float64)
-        d_abs = np.abs(ge.astype(np.float64) - e_f)
-    else:
-        e_f = expected.astype(np.float64)
-        g_f = g.astype(np.float64)
-        d_abs = np.abs(g_f - e_f)
-        d_abs = np.where(np.isnan(d_abs), np.inf, d_abs)
-        diff_mask = d_abs > tol["atol"] + tol["rtol"] * np.abs(e_f)
+    diff_mask, d_abs, e_f = _differences(spec, expected, g, tol)
     n_bad = int(diff_mask.sum())
     rec["max_abs"] = float(d_abs.max()) if d_abs.size else 0.0
     scale = np.abs(e_f)
@@ -127,16 +147,7 @@ def compare_tensor(spec: dict, expected: np.ndarray, got, dtype: str,
     rec["max_rel"] = float((d_abs[big] / scale[big]).max()) if big.any() else 0.0
     rec["mismatches"] = n_bad
     if n_bad and spec["kind"] == "spikes":
-        flips = []
-        for idx in np.argwhere(diff_mask)[:MAX_FLIPS_SHOWN]:
-            idx_t = tuple(int(i) for i in idx)
-            flip = {"index": list(idx_t), "expected": float(expected[idx_t]), "got": float(g_f[idx_t])}
-            if margin is not None:
-                flip["h_minus_v_th"] = float(margin[idx_t])
-            flips.append(flip)
-        rec["flips"] = flips
-        if margin is not None:
-            rec["min_flip_distance"] = float(np.abs(margin[diff_mask]).min())
+        rec.update(_flips(expected, g, diff_mask, margin))
     rec["ok"] = n_bad == 0
     return rec
 

@@ -60,6 +60,25 @@ _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @nb.njit(cache=True, inline="always")
+def _store_unit(counts, bad, u, adds, sel, kept, flag):
+    """A work unit's counters (additions, selects, kept) and its bad-input flag."""
+    counts[u, 0] = adds
+    counts[u, 1] = sel
+    counts[u, 2] = kept
+    bad[u] = flag
+
+
+@nb.njit(cache=True, inline="always")
+def _attention_step(v, p, xb, tau, v_th, v_reset, hard_reset, decay_input, one):
+    """The attention LIF (Heaviside) on a count p of Q spikes: ``(h, spike, v)``. ``xb``: a
+    one-element buffer of the LIF dtype; a scalar int -> float conversion in Numba gives
+    float64, and float32 arithmetic must stay float32 to match lif_forward."""
+    xb[0] = p
+    return neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one, one,
+                       one, lif_charge)
+
+
+@nb.njit(cache=True, inline="always")
 def _token_step_one_word(qrow, krow, zrow, hrow, arow, v, m, pad, tau, v_th, v_reset, one,
                          hard_reset, decay_input):
     """One time step of a QKTA unit whose heads fit one word (d <= 64), fused in one loop
@@ -145,10 +164,7 @@ def _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_
             sel += c[1]
             kept += c[2]
             padacc |= c[3]
-        counts[u, 0] = adds
-        counts[u, 1] = sel
-        counts[u, 2] = kept
-        bad[u] = padacc
+        _store_unit(counts, bad, u, adds, sel, kept, padacc)
         return
     for t in range(T):
         acc[:] = 0
@@ -184,10 +200,7 @@ def _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_
         qlast, klast = qw[t, g, Wd - 1, n0:n0 + m], kw[t, g, Wd - 1, n0:n0 + m]
         for j in range(m):
             padacc |= (qlast[j] | klast[j]) & pad
-    counts[u, 0] = adds
-    counts[u, 1] = sel
-    counts[u, 2] = kept
-    bad[u] = padacc
+    _store_unit(counts, bad, u, adds, sel, kept, padacc)
 
 
 @nb.njit(cache=True, inline="always")
@@ -197,9 +210,7 @@ def _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, har
     padding of each row's last word)."""
     T, G, WN = qw.shape
     r = v_reset if hard_reset else one - one
-    # a one-element buffer carries the LIF dtype: a scalar int -> float conversion in Numba
-    # gives float64, and float32 arithmetic must stay float32 to match lif_forward
-    xb = np.empty(1, dtype=a.dtype)
+    xb = np.empty(1, dtype=a.dtype)     # the LIF dtype (_attention_step)
     v = r
     adds = 0
     sel = 0
@@ -212,9 +223,7 @@ def _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, har
         for w in range(WN):
             p += popcount64(qrow[w])
         adds += p
-        xb[0] = p
-        hv, s, v = neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one,
-                               one, one, lif_charge)
+        hv, s, v = _attention_step(v, p, xb, tau, v_th, v_reset, hard_reset, decay_input, one)
         h[t, g] = hv
         a[t, g] = s
         mask = _ALL_ONES if s != 0 else np.uint64(0)
@@ -226,10 +235,7 @@ def _channel_unit(qw, kw, zw, a, h, counts, bad, pad, g, tau, v_th, v_reset, har
             zrow[w] = zv
             sel += popcount64(kv)
             kept += popcount64(zv)
-    counts[g, 0] = adds
-    counts[g, 1] = sel
-    counts[g, 2] = kept
-    bad[g] = padacc
+    _store_unit(counts, bad, g, adds, sel, kept, padacc)
 
 
 @nb.njit(cache=True, inline="always")

@@ -37,7 +37,7 @@ from numba.extending import overload
 
 from .bitpack import PARALLEL_MIN_WORK, popcount64
 from .lif import lif_charge, lif_forward_numpy, neuron_step
-from .qk import TOKEN_BLOCK, _pad_mask, token_units
+from .qk import TOKEN_BLOCK, _attention_step, _pad_mask, _store_unit, token_units
 
 __all__ = ["qk_token_fused_kernel", "qk_channel_fused_kernel", "qk_token_fused", "qk_channel_fused", "run_units",
            "qk_token_words_kernel", "qk_channel_words_kernel", "qk_token_from_words",
@@ -134,10 +134,7 @@ def _token_unit(q, k, z, kw, a, h, counts, bad, u, tau, v_th, v_reset, hard_rese
     badacc = np.uint8(0)
     for j in range(m):
         badacc |= flags[j]
-    counts[u, 0] = adds
-    counts[u, 1] = sel
-    counts[u, 2] = kept
-    bad[u] = badacc
+    _store_unit(counts, bad, u, adds, sel, kept, badacc)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -170,9 +167,7 @@ def _channel_unit(q, k, z, kw, a, h, counts, bad, g, tau, v_th, v_reset, hard_re
             badacc |= _flag(x)
             p += np.int64(_bit(x))
         adds += p
-        xb[0] = p
-        hv, s, v = neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one,
-                               one, one, lif_charge)
+        hv, s, v = _attention_step(v, p, xb, tau, v_th, v_reset, hard_reset, decay_input, one)
         h[t, g] = hv
         a[t, g] = s
         on = s != zero
@@ -199,10 +194,7 @@ def _channel_unit(q, k, z, kw, a, h, counts, bad, g, tau, v_th, v_reset, hard_re
             sel += cnt
             if on:
                 kept += cnt
-    counts[g, 0] = adds
-    counts[g, 1] = sel
-    counts[g, 2] = kept
-    bad[g] = badacc
+    _store_unit(counts, bad, g, adds, sel, kept, badacc)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -401,10 +393,7 @@ def _token_words_unit(qw, kw, z, a, h, counts, bad, pad, u, tau, v_th, v_reset, 
         qlast, klast = qw[t, g, Wd - 1, n0:n0 + m], kw[t, g, Wd - 1, n0:n0 + m]
         for j in range(m):
             padacc |= (qlast[j] | klast[j]) & pad
-    counts[u, 0] = adds
-    counts[u, 1] = sel
-    counts[u, 2] = kept
-    bad[u] = padacc
+    _store_unit(counts, bad, u, adds, sel, kept, padacc)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -436,9 +425,7 @@ def _channel_words_unit(qw, kw, z, a, h, counts, bad, pad, g, tau, v_th, v_reset
         for w in range(WN):
             p += popcount64(qrow[w])
         adds += p
-        xb[0] = p
-        hv, s, v = neuron_step(v, xb[0], tau, v_th, v_reset, hard_reset, decay_input, 0, 0, one,
-                               one, one, lif_charge)
+        hv, s, v = _attention_step(v, p, xb, tau, v_th, v_reset, hard_reset, decay_input, one)
         h[t, g] = hv
         a[t, g] = s
         on = s != zero
@@ -459,10 +446,7 @@ def _channel_words_unit(qw, kw, z, a, h, counts, bad, pad, g, tau, v_th, v_reset
                 for j in range(N - n0):
                     zrow[n0 + j] = z.dtype.type((kv >> np.uint64(j)) & np.uint64(1)) * f
         padacc |= (qrow[WN - 1] | krow[WN - 1]) & pad
-    counts[g, 0] = adds
-    counts[g, 1] = sel
-    counts[g, 2] = kept
-    bad[g] = padacc
+    _store_unit(counts, bad, g, adds, sel, kept, padacc)
 
 
 @nb.njit(cache=True, nogil=True)
