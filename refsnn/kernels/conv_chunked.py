@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import im2col as _k
+from . import winograd as _wg
 
 __all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
@@ -160,6 +161,9 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
     O, _, KH, KW = weight.shape
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     P, K = Ho * Wo, C * KH * KW
+    pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
+    if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
+        return _wg.winograd_forward(x, weight, bias, lambda count, task: _run_chunks(count, task, pool=pool))
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight).reshape(O, K)
     y = np.empty((N, O, P), dtype=x.dtype)
@@ -175,7 +179,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
         else:
             _k.cm_to_nchw(w2 @ cols, N, bias, out=y, n0=n0)
 
-    _run_chunks(len(bounds), task, pool=N * P * O * K >= CONV2D_POOL_MIN_MACS)
+    _run_chunks(len(bounds), task, pool=pool)
     return y.reshape(N, O, Ho, Wo)
 
 
@@ -186,6 +190,10 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
     O, _, KH, KW = weight.shape
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     P, K = Ho * Wo, C * KH * KW
+    pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
+    if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
+        return _wg.winograd_backward(dy, x, weight, need_dx,
+                                     lambda count, task: _run_chunks(count, task, pool=pool))
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
@@ -205,7 +213,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
             np.matmul(w2t, dy_chunk, out=cols)
             _k.col2im(cols, x.shape, KH, KW, stride, padding, out=dx, n0=n0, n1=n1)
 
-    _run_chunks(len(bounds), task, pool=N * P * O * K >= CONV2D_POOL_MIN_MACS)
+    _run_chunks(len(bounds), task, pool=pool)
     dweight_t = np.add.reduce(dwt_parts, axis=0)     # in chunk order: the same for any thread count
     return dx, np.ascontiguousarray(dweight_t.T).reshape(weight.shape)
 
