@@ -32,60 +32,65 @@ def winograd_everywhere(monkeypatch):
        W=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_transform_kernels_equal_twins(N, C, O, H, W, dtype, seed):
     rng = np.random.default_rng(seed)
+    th, tw = WG.tiles_of(H, W)
     x = rng.normal(size=(N, C, H, W)).astype(dtype)
-    V = WG.input_transform(x)
-    np.testing.assert_array_equal(V, WG.input_transform_numpy(x))
+    xp = WG.to_tiles_layout(x, 1)
+    np.testing.assert_array_equal(xp, WG.to_tiles_layout_numpy(x, 1))
     n0, n1 = (1, N) if N > 1 else (0, 1)        # a chunk that does not start at sample 0
-    np.testing.assert_array_equal(WG.input_transform(x, n0, n1), WG.input_transform_numpy(x[n0:n1]))
-    M = rng.normal(size=(16, O, V.shape[2])).astype(dtype)
+    np.testing.assert_array_equal(WG.to_tiles_layout(x, 1, n0, n1), WG.to_tiles_layout_numpy(x[n0:n1], 1))
+    V = WG.input_transform(xp)
+    np.testing.assert_array_equal(V, WG.input_transform_numpy(xp))
+    M = rng.normal(size=(16, V.shape[1], O)).astype(dtype)
     bias = rng.normal(size=O).astype(dtype)
-    y = np.full((N, O, H, W), np.nan, dtype=dtype)
-    WG.output_transform(M, y, bias=bias)
-    np.testing.assert_array_equal(y, WG.output_transform_numpy(M, y.shape, bias))
-    WG.output_transform(M, y)
-    np.testing.assert_array_equal(y, WG.output_transform_numpy(M, y.shape))
+    yp = WG.output_transform(M, (th, tw), bias)
+    np.testing.assert_array_equal(yp, WG.output_transform_numpy(M, (th, tw), bias))
+    np.testing.assert_array_equal(WG.output_transform(M, (th, tw)), WG.output_transform_numpy(M, (th, tw)))
+    y = np.full((N + 1, O, H, W), np.nan, dtype=dtype)
+    WG.from_tiles_layout(yp, y, 0, 1)
+    np.testing.assert_array_equal(y[1:], WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0))
+    assert np.isnan(y[0]).all()                 # only the chunk's samples are written
     dy = rng.normal(size=(N, O, H, W)).astype(dtype)
-    np.testing.assert_array_equal(WG.grad_output_transform(dy), WG.grad_output_transform_numpy(dy))
-    dV = rng.normal(size=(16, C, V.shape[2])).astype(dtype)
-    dx = np.full(x.shape, np.nan, dtype=dtype)
-    np.testing.assert_array_equal(WG.input_grad_transform(dV, dx), WG.input_grad_transform_numpy(dV, x.shape))
+    dyp = WG.to_tiles_layout(dy, 0)
+    np.testing.assert_array_equal(dyp, WG.to_tiles_layout_numpy(dy, 0))
+    np.testing.assert_array_equal(WG.grad_output_transform(dyp), WG.grad_output_transform_numpy(dyp))
+    dV = rng.normal(size=V.shape).astype(dtype)
+    dxp = WG.input_grad_transform(dV, (th, tw))
+    np.testing.assert_array_equal(dxp, WG.input_grad_transform_numpy(dV, (th, tw)))
+    np.testing.assert_array_equal(WG.from_tiles_layout(dxp, np.empty_like(x), 1),
+                                  WG.from_tiles_layout_numpy(dxp, x.shape, 1))
     w = rng.normal(size=(O, C, 3, 3)).astype(dtype)
     np.testing.assert_array_equal(WG.weight_transform(w), WG.weight_transform_numpy(w))
-    dU = rng.normal(size=(16, O, C)).astype(dtype)
-    np.testing.assert_array_equal(WG.weight_transform_adjoint(dU), WG.weight_transform_adjoint_numpy(dU))
-
-
-def _windows(x):
-    """[N, C, th, tw, 4, 4] zero-padded input windows of the tiles."""
-    N, C, H, W = x.shape
-    th, tw = WG.tiles_of(H, W)
-    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2))
-    xp[:, :, 1:H + 1, 1:W + 1] = x
-    return np.stack([np.stack([xp[:, :, a:a + 2 * th:2, b:b + 2 * tw:2] for b in range(4)], -1)
-                     for a in range(4)], -2)
+    dUt = rng.normal(size=(16, C, O)).astype(dtype)
+    np.testing.assert_array_equal(WG.weight_transform_adjoint(dUt), WG.weight_transform_adjoint_numpy(dUt))
 
 
 @pytest.mark.parametrize("H,W", [(4, 6), (5, 3), (1, 1)])
 def test_twins_are_the_textbook_matrices_and_their_adjoints(H, W):
     """Bᵀ d B, Aᵀ m A, G g Gᵀ written with the matrices; each backward transform is the
-    adjoint of its forward one (<T a, b> = <a, T* b>)."""
+    adjoint of its forward one (<T a, b> = <a, T* b>), the layouts included."""
     rng = np.random.default_rng(H * 10 + W)
     N, C, O = 2, 3, 2
     th, tw = WG.tiles_of(H, W)
     x = rng.normal(size=(N, C, H, W))
-    V = np.einsum("ai,nctuij,bj->abcntu", WG.BT, _windows(x), WG.BT).reshape(16, C, -1)
-    np.testing.assert_allclose(WG.input_transform_numpy(x), V, atol=1e-12)
-    M = rng.normal(size=(16, O, N * th * tw))
-    Y = np.einsum("ia,abontu,jb->notiuj", WG.AT, M.reshape(4, 4, O, N, th, tw), WG.AT)
-    y = WG.output_transform_numpy(M, (N, O, H, W))
-    np.testing.assert_allclose(y, Y.reshape(N, O, 2 * th, 2 * tw)[:, :, :H, :W], atol=1e-12)
+    xp = WG.to_tiles_layout_numpy(x, 1)
+    win = np.stack([np.stack([xp[:, i:i + 2 * th:2, j:j + 2 * tw:2] for j in range(4)], -1)
+                    for i in range(4)], -2)                          # [N, th, tw, C, 4, 4]
+    V = np.einsum("ai,ntucij,bj->abntuc", WG.BT, win, WG.BT).reshape(16, -1, C)
+    np.testing.assert_allclose(WG.input_transform_numpy(xp), V, atol=1e-12)
+    M = rng.normal(size=(16, N * th * tw, O))
+    Y = np.einsum("ia,abntuo,jb->ntiujo", WG.AT, M.reshape(4, 4, N, th, tw, O), WG.AT)
+    yp = WG.output_transform_numpy(M, (th, tw))
+    np.testing.assert_allclose(yp, Y.reshape(N, 2 * th, 2 * tw, O), atol=1e-12)
     w = rng.normal(size=(O, C, 3, 3))
-    U = np.einsum("ai,ocij,bj->aboc", WG.G, w, WG.G).reshape(16, O, C)
-    np.testing.assert_allclose(WG.weight_transform_numpy(w), U, atol=1e-12)
-    dy, dV, dU = rng.normal(size=y.shape), rng.normal(size=V.shape), rng.normal(size=U.shape)
-    assert np.isclose(np.sum(y * dy), np.sum(M * WG.grad_output_transform_numpy(dy)))
-    assert np.isclose(np.sum(V * dV), np.sum(x * WG.input_grad_transform_numpy(dV, x.shape)))
-    assert np.isclose(np.sum(U * dU), np.sum(w * WG.weight_transform_adjoint_numpy(dU)))
+    Ut = np.einsum("ai,ocij,bj->abco", WG.G, w, WG.G).reshape(16, C, O)
+    np.testing.assert_allclose(WG.weight_transform_numpy(w), Ut, atol=1e-12)
+    y = WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0)
+    dy, dV, dUt = rng.normal(size=y.shape), rng.normal(size=V.shape), rng.normal(size=Ut.shape)
+    dM = WG.grad_output_transform_numpy(WG.to_tiles_layout_numpy(dy, 0))
+    assert np.isclose(np.sum(y * dy), np.sum(M * dM))
+    dx = WG.from_tiles_layout_numpy(WG.input_grad_transform_numpy(dV, (th, tw)), x.shape, 1)
+    assert np.isclose(np.sum(V * dV), np.sum(x * dx))
+    assert np.isclose(np.sum(Ut * dUt), np.sum(w * WG.weight_transform_adjoint_numpy(dUt)))
 
 
 @pytest.mark.parametrize("N,C,O,H,W", [(2, 3, 4, 9, 7), (3, 2, 2, 1, 1), (1, 5, 3, 2, 5)])
@@ -161,10 +166,25 @@ def test_winograd_applies_only_where_it_was_measured_faster():
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 1, 1), 1, 1)    # 1x1
 
 
-def test_stack16_spreads_the_matrices_over_cache_sets():
-    for rows, cols, dtype in [(192, 128, np.float32), (96, 512, np.float32), (5, 7, np.float64)]:
-        s = WG.stack16(rows, cols, dtype)
+def test_stack_of_spreads_the_matrices_over_cache_sets():
+    for rows, cols, dtype in [(128, 192, np.float32), (512, 96, np.float32), (5, 7, np.float64)]:
+        s = WG.stack_of(16, rows, cols, dtype)
         assert s.shape == (16, rows, cols) and s.strides[1:] == (cols * s.itemsize, s.itemsize)
         assert s.strides[0] >= rows * cols * s.itemsize and s.strides[0] % 4096 == 64
         s[...] = 1.0                            # every element is inside its buffer
-        assert WG._as_stack16(s) is s
+
+
+def test_the_forward_hands_its_transformed_weight_to_the_backward(winograd_everywhere):
+    """``Conv2dCache.prepared``: the Winograd path's transformed weight, computed once; the
+    results are those of a backward that computes it again."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4, 6, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
+    y, cache = F.conv2d_forward(x, w, stride=1, padding=1)
+    np.testing.assert_array_equal(cache.prepared, WG.weight_transform(w))
+    dy = np.cos(y)
+    dx, dw, _ = F.conv2d_backward(dy, cache)
+    dx2, dw2 = CC.conv2d_chunked_backward(dy, x, w, 1, 1)
+    np.testing.assert_array_equal(dx, dx2)
+    np.testing.assert_array_equal(dw, dw2)
+    assert F.conv2d_forward(x, w, stride=2, padding=1)[1].prepared is None      # im2col

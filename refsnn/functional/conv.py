@@ -17,7 +17,7 @@ import numpy as np
 from ..kernels import im2col as _k
 from ..kernels.conv_chunked import (CONV1X1_CHUNK_MIN_MACS, conv1x1_chunked_backward,
                                     conv1x1_chunked_forward, conv2d_chunked_backward,
-                                    conv2d_chunked_forward)
+                                    conv2d_chunked_forward, conv2d_prepare)
 from ..checks import check_float_array
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1x1_forward", "conv1x1_backward",
@@ -50,6 +50,7 @@ class Conv2dCache(NamedTuple):
     stride: int
     padding: int
     macs: int                   # multiply-accumulates executed
+    prepared: object = None     # what the backward reuses (the Winograd path's transformed weight)
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
@@ -64,14 +65,16 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, check=True):
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"x: spatial size {H}x{W} is too small for a {KH}x{KW} kernel with padding {padding}")
-    y = conv2d_chunked_forward(x, weight, bias, stride, padding)
-    return y, Conv2dCache(x, weight, bias is not None, stride, padding, int(O * C * KH * KW * N * Ho * Wo))
+    prepared = conv2d_prepare(x.shape, weight, stride, padding)
+    y = conv2d_chunked_forward(x, weight, bias, stride, padding, prepared)
+    return y, Conv2dCache(x, weight, bias is not None, stride, padding, int(O * C * KH * KW * N * Ho * Wo),
+                          prepared)
 
 
 def conv2d_backward(dy, cache, *, need_dx=True, check=True):
     """Returns ``(dx, dweight, dbias)``; dbias is None without a bias, dx is None with
     ``need_dx=False`` (the first layer of a network, whose input is data)."""
-    x, weight, has_bias, stride, padding, _ = cache
+    x, weight, has_bias, stride, padding = cache.x, cache.weight, cache.has_bias, cache.stride, cache.padding
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     check_float_array(dy, "dy", ndim=4, finite=check)
@@ -79,7 +82,7 @@ def conv2d_backward(dy, cache, *, need_dx=True, check=True):
     if dy.shape != (N, O, Ho, Wo):
         raise ValueError(f"dy: expected shape {(N, O, Ho, Wo)}, got {dy.shape}")
     dy = dy.astype(x.dtype, copy=False)
-    dx, dweight = conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx)
+    dx, dweight = conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx, cache.prepared)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
 

@@ -34,7 +34,7 @@ import numpy as np
 from . import im2col as _k
 from . import winograd as _wg
 
-__all__ = ["conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
+__all__ = ["conv2d_prepare", "conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
            "CONV1X1_CHUNK_MIN_MACS", "CONV2D_POOL_MIN_MACS"]
 
@@ -154,16 +154,29 @@ def _run_on_pool(count: int, task, workers: int) -> None:
         raise failed[0]
 
 
-def conv2d_chunked_forward(x, weight, bias, stride, padding):
+def conv2d_prepare(x_shape, weight, stride, padding):
+    """What the forward and the backward of this convolution can share (the transformed weight
+    of the Winograd path, ``refsnn.kernels.winograd``), or None (im2col: nothing)."""
+    if _wg.winograd_applies(x_shape, weight.shape, stride, padding):
+        return _wg.weight_transform(weight)
+    return None
+
+
+def conv2d_chunked_forward(x, weight, bias, stride, padding, prepared=None):
     """y ``[N, O, Ho, Wo]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, KH, KW]``) + bias ``[O]``
-    (or None); x and weight of one float dtype, shapes already checked by the caller."""
+    (or None); x and weight of one float dtype, shapes already checked by the caller.
+    ``prepared``: ``conv2d_prepare``'s result for this weight, if the caller has it.
+
+    3x3 stride-1 convolutions with enough channels and work run by Winograd's F(2x2, 3x3)
+    (``winograd.winograd_applies``), the others by im2col + GEMM."""
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
     P, K = Ho * Wo, C * KH * KW
     pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
     if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
-        return _wg.winograd_forward(x, weight, bias, lambda count, task: _run_chunks(count, task, pool=pool))
+        return _wg.winograd_forward(x, weight, bias, lambda count, task: _run_chunks(count, task, pool=pool),
+                                    Ut=prepared)
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight).reshape(O, K)
     y = np.empty((N, O, P), dtype=x.dtype)
@@ -183,7 +196,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding):
     return y.reshape(N, O, Ho, Wo)
 
 
-def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
+def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True, prepared=None):
     """``(dx, dweight)`` of ``conv2d_chunked_forward`` for the upstream gradient dy
     ``[N, O, Ho, Wo]`` (x's dtype); dx is None with ``need_dx=False``."""
     N, C, H, W = x.shape
@@ -193,7 +206,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True):
     pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
     if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
         return _wg.winograd_backward(dy, x, weight, need_dx,
-                                     lambda count, task: _run_chunks(count, task, pool=pool))
+                                     lambda count, task: _run_chunks(count, task, pool=pool), Ut=prepared)
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)
