@@ -1,7 +1,10 @@
-"""Winograd F(2x2, 3x3) convolution (refsnn.kernels.winograd): each Numba transform equals its
-NumPy twin bit for bit, the twins equal the textbook matrices (Bᵀ d B, Aᵀ m A, G g Gᵀ and their
-adjoints) to rounding, the convolution equals the direct one (scipy correlation) and im2col's,
-its gradients pass float64 finite differences, and it gives the same bytes for any thread count."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) convolutions (refsnn.kernels.winograd): each Numba
+kernel equals its NumPy twin bit for bit, the generated formulas are the textbook matrices
+(Bᵀ d B, Aᵀ m A, G g Gᵀ and their adjoints), the checked-in formulas are the generator's
+output, the convolution equals the direct one (scipy correlation) and im2col's, its gradients
+pass float64 finite differences, and it gives the same bytes for any thread count."""
+import math
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -10,9 +13,11 @@ from hypothesis import given, settings, strategies as st
 from refsnn import functional as F
 from refsnn.kernels import conv_chunked as CC
 from refsnn.kernels import winograd as WG
+from refsnn.kernels import winograd_codegen
 from refsnn.testing import gradient_error, numerical_gradient
 
 DTYPES = st.sampled_from([np.float32, np.float64])
+TILES = st.sampled_from([2, 4])
 
 
 def _run_here(count, task):
@@ -27,79 +32,94 @@ def winograd_everywhere(monkeypatch):
     monkeypatch.setattr(WG, "WINOGRAD_MIN_MACS", 0)
 
 
-@settings(deadline=None, max_examples=25)
-@given(N=st.integers(1, 3), C=st.integers(1, 4), O=st.integers(1, 4), H=st.integers(1, 9),
+def test_generated_formulas_are_up_to_date():
+    with open(winograd_codegen.PATH) as f:
+        assert f.read() == winograd_codegen.source(), "run python -m refsnn.kernels.winograd_codegen"
+
+
+@settings(deadline=None, max_examples=30)
+@given(m=TILES, N=st.integers(1, 3), C=st.integers(1, 10), O=st.integers(1, 10), H=st.integers(1, 9),
        W=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 2**16))
-def test_transform_kernels_equal_twins(N, C, O, H, W, dtype, seed):
+def test_transform_kernels_equal_twins(m, N, C, O, H, W, dtype, seed):
     rng = np.random.default_rng(seed)
-    th, tw = WG.tiles_of(H, W)
+    th, tw = WG.tiles_of(H, W, m)
+    T = N * th * tw
     x = rng.normal(size=(N, C, H, W)).astype(dtype)
-    xp = WG.to_tiles_layout(x, 1)
-    np.testing.assert_array_equal(xp, WG.to_tiles_layout_numpy(x, 1))
+    xp = WG.to_tiles_layout(x, m, 1)
+    np.testing.assert_array_equal(xp[..., :C], WG.to_tiles_layout_numpy(x, m, 1))
+    assert not xp[..., C:].any()                # padded channels are zero
     n0, n1 = (1, N) if N > 1 else (0, 1)        # a chunk that does not start at sample 0
-    np.testing.assert_array_equal(WG.to_tiles_layout(x, 1, n0, n1), WG.to_tiles_layout_numpy(x[n0:n1], 1))
-    V = WG.input_transform(xp)
-    np.testing.assert_array_equal(V, WG.input_transform_numpy(xp))
-    M = rng.normal(size=(16, V.shape[1], O)).astype(dtype)
+    np.testing.assert_array_equal(WG.to_tiles_layout(x, m, 1, n0, n1)[..., :C],
+                                  WG.to_tiles_layout_numpy(x[n0:n1], m, 1))
+    V = WG.input_transform(xp, m)
+    np.testing.assert_array_equal(V[:, :T, :C], WG.input_transform_numpy(xp[..., :C], m))
+    M = rng.normal(size=(V.shape[0], T, O)).astype(dtype)
     bias = rng.normal(size=O).astype(dtype)
-    yp = WG.output_transform(M, (th, tw), bias)
-    np.testing.assert_array_equal(yp, WG.output_transform_numpy(M, (th, tw), bias))
-    np.testing.assert_array_equal(WG.output_transform(M, (th, tw)), WG.output_transform_numpy(M, (th, tw)))
+    yp = WG.output_transform(M, (N, th, tw), m, bias)
+    np.testing.assert_array_equal(yp, WG.output_transform_numpy(M, (N, th, tw), m, bias))
+    np.testing.assert_array_equal(WG.output_transform(M, (N, th, tw), m),
+                                  WG.output_transform_numpy(M, (N, th, tw), m))
     y = np.full((N + 1, O, H, W), np.nan, dtype=dtype)
     WG.from_tiles_layout(yp, y, 0, 1)
     np.testing.assert_array_equal(y[1:], WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0))
     assert np.isnan(y[0]).all()                 # only the chunk's samples are written
     dy = rng.normal(size=(N, O, H, W)).astype(dtype)
-    dyp = WG.to_tiles_layout(dy, 0)
-    np.testing.assert_array_equal(dyp, WG.to_tiles_layout_numpy(dy, 0))
-    np.testing.assert_array_equal(WG.grad_output_transform(dyp), WG.grad_output_transform_numpy(dyp))
-    dV = rng.normal(size=V.shape).astype(dtype)
-    dxp = WG.input_grad_transform(dV, (th, tw))
-    np.testing.assert_array_equal(dxp, WG.input_grad_transform_numpy(dV, (th, tw)))
+    dyp = WG.to_tiles_layout(dy, m, 0)
+    np.testing.assert_array_equal(dyp[..., :O], WG.to_tiles_layout_numpy(dy, m, 0))
+    np.testing.assert_array_equal(WG.grad_output_transform(dyp, m)[:, :T, :O],
+                                  WG.grad_output_transform_numpy(dyp[..., :O], m))
+    dV = rng.normal(size=(V.shape[0], T, C)).astype(dtype)
+    dxp = WG.input_grad_transform(dV, (N, th, tw), m)
+    np.testing.assert_array_equal(dxp, WG.input_grad_transform_numpy(dV, (N, th, tw), m))
     np.testing.assert_array_equal(WG.from_tiles_layout(dxp, np.empty_like(x), 1),
                                   WG.from_tiles_layout_numpy(dxp, x.shape, 1))
     w = rng.normal(size=(O, C, 3, 3)).astype(dtype)
-    np.testing.assert_array_equal(WG.weight_transform(w), WG.weight_transform_numpy(w))
-    dUt = rng.normal(size=(16, C, O)).astype(dtype)
-    np.testing.assert_array_equal(WG.weight_transform_adjoint(dUt), WG.weight_transform_adjoint_numpy(dUt))
+    np.testing.assert_array_equal(WG.weight_transform(w, m)[:, :C], WG.weight_transform_numpy(w, m))
+    dUt = rng.normal(size=(V.shape[0], C, O)).astype(dtype)
+    np.testing.assert_array_equal(WG.weight_transform_adjoint(dUt, m), WG.weight_transform_adjoint_numpy(dUt, m))
 
 
-@pytest.mark.parametrize("H,W", [(4, 6), (5, 3), (1, 1)])
-def test_twins_are_the_textbook_matrices_and_their_adjoints(H, W):
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("H,W", [(4, 6), (5, 3), (1, 1), (9, 8)])
+def test_twins_are_the_textbook_matrices_and_their_adjoints(m, H, W):
     """Bᵀ d B, Aᵀ m A, G g Gᵀ written with the matrices; each backward transform is the
     adjoint of its forward one (<T a, b> = <a, T* b>), the layouts included."""
-    rng = np.random.default_rng(H * 10 + W)
+    rng = np.random.default_rng(H * 10 + W + m)
+    BT, G, AT = WG.matrices(m)
+    a = m + 2
     N, C, O = 2, 3, 2
-    th, tw = WG.tiles_of(H, W)
+    th, tw = WG.tiles_of(H, W, m)
     x = rng.normal(size=(N, C, H, W))
-    xp = WG.to_tiles_layout_numpy(x, 1)
-    win = np.stack([np.stack([xp[:, i:i + 2 * th:2, j:j + 2 * tw:2] for j in range(4)], -1)
-                    for i in range(4)], -2)                          # [N, th, tw, C, 4, 4]
-    V = np.einsum("ai,ntucij,bj->abntuc", WG.BT, win, WG.BT).reshape(16, -1, C)
-    np.testing.assert_allclose(WG.input_transform_numpy(xp), V, atol=1e-12)
-    M = rng.normal(size=(16, N * th * tw, O))
-    Y = np.einsum("ia,abntuo,jb->ntiujo", WG.AT, M.reshape(4, 4, N, th, tw, O), WG.AT)
-    yp = WG.output_transform_numpy(M, (th, tw))
-    np.testing.assert_allclose(yp, Y.reshape(N, 2 * th, 2 * tw, O), atol=1e-12)
+    xp = WG.to_tiles_layout_numpy(x, m, 1)
+    win = np.stack([np.stack([xp[:, i:i + m * th:m, j:j + m * tw:m] for j in range(a)], -1)
+                    for i in range(a)], -2)                          # [N, th, tw, C, a, a]
+    V = np.einsum("pi,ntucij,qj->pqntuc", BT, win, BT).reshape(a * a, -1, C)
+    np.testing.assert_allclose(WG.input_transform_numpy(xp, m), V, atol=1e-12)
+    M = rng.normal(size=(a * a, N * th * tw, O))
+    Y = np.einsum("ip,pqntuo,jq->ntiujo", AT, M.reshape(a, a, N, th, tw, O), AT)
+    yp = WG.output_transform_numpy(M, (N, th, tw), m)
+    np.testing.assert_allclose(yp, Y.reshape(N, m * th, m * tw, O), atol=1e-12)
     w = rng.normal(size=(O, C, 3, 3))
-    Ut = np.einsum("ai,ocij,bj->abco", WG.G, w, WG.G).reshape(16, C, O)
-    np.testing.assert_allclose(WG.weight_transform_numpy(w), Ut, atol=1e-12)
+    Ut = np.einsum("pi,ocij,qj->pqco", G, w, G).reshape(a * a, C, O)
+    np.testing.assert_allclose(WG.weight_transform_numpy(w, m), Ut, atol=1e-12)
     y = WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0)
     dy, dV, dUt = rng.normal(size=y.shape), rng.normal(size=V.shape), rng.normal(size=Ut.shape)
-    dM = WG.grad_output_transform_numpy(WG.to_tiles_layout_numpy(dy, 0))
+    dM = WG.grad_output_transform_numpy(WG.to_tiles_layout_numpy(dy, m, 0), m)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM))
-    dx = WG.from_tiles_layout_numpy(WG.input_grad_transform_numpy(dV, (th, tw)), x.shape, 1)
+    dx = WG.from_tiles_layout_numpy(WG.input_grad_transform_numpy(dV, (N, th, tw), m), x.shape, 1)
     assert np.isclose(np.sum(V * dV), np.sum(x * dx))
-    assert np.isclose(np.sum(Ut * dUt), np.sum(w * WG.weight_transform_adjoint_numpy(dUt)))
+    assert np.isclose(np.sum(Ut * dUt), np.sum(w * WG.weight_transform_adjoint_numpy(dUt, m)))
 
 
+@pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("N,C,O,H,W", [(2, 3, 4, 9, 7), (3, 2, 2, 1, 1), (1, 5, 3, 2, 5)])
-def test_winograd_matches_direct_correlation(N, C, O, H, W, winograd_everywhere):
+def test_winograd_matches_direct_correlation(m, N, C, O, H, W, winograd_everywhere, monkeypatch):
+    monkeypatch.setattr(WG, "F4_MIN_SIZE", 1 if m == 4 else 10**6)
     rng = np.random.default_rng(N + C + H)
     x = rng.normal(size=(N, C, H, W))
     w = rng.normal(size=(O, C, 3, 3))
     b = rng.normal(size=O)
-    assert WG.winograd_applies(x.shape, w.shape, 1, 1)
+    assert WG.winograd_applies(x.shape, w.shape, 1, 1) and WG.tile_size(x.shape) == m
     y, _ = F.conv2d_forward(x, w, b, stride=1, padding=1)
     ref = np.zeros_like(y)
     for n in range(N):
@@ -109,19 +129,19 @@ def test_winograd_matches_direct_correlation(N, C, O, H, W, winograd_everywhere)
 
 
 @settings(deadline=None, max_examples=12)
-@given(N=st.integers(1, 3), C=st.integers(1, 3), O=st.integers(1, 3), H=st.integers(1, 6),
+@given(m=TILES, N=st.integers(1, 3), C=st.integers(1, 3), O=st.integers(1, 3), H=st.integers(1, 6),
        W=st.integers(1, 6), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_winograd_gradients(N, C, O, H, W, bias, seed):
+def test_winograd_gradients(m, N, C, O, H, W, bias, seed):
     """float64 central differences of <conv(x, w) + b, dy> against the Winograd backward."""
     rng = np.random.default_rng(seed)
     x, w = rng.normal(size=(N, C, H, W)), rng.normal(size=(O, C, 3, 3))
     b = rng.normal(size=O) if bias else None
     dy = rng.normal(size=(N, O, H, W))
-    dx, dw = WG.winograd_backward(dy, x, w, True, _run_here)
-    assert WG.winograd_backward(dy, x, w, False, _run_here)[0] is None
+    dx, dw = WG.winograd_backward(dy, x, w, True, _run_here, m=m)
+    assert WG.winograd_backward(dy, x, w, False, _run_here, m=m)[0] is None
 
     def loss():
-        return float(np.sum(WG.winograd_forward(x, w, b, _run_here) * dy))
+        return float(np.sum(WG.winograd_forward(x, w, b, _run_here, m=m) * dy))
 
     assert gradient_error(dx, numerical_gradient(loss, x)) < 1e-6
     assert gradient_error(dw, numerical_gradient(loss, w)) < 1e-6
@@ -131,7 +151,8 @@ def test_winograd_gradients(N, C, O, H, W, bias, seed):
 @pytest.mark.parametrize("N,H", [(9, 4), (5, 16), (4, 7)])
 def test_winograd_same_for_any_thread_count_and_close_to_im2col(N, H, dtype, winograd_everywhere,
                                                                  monkeypatch):
-    """One or two BLAS threads (two pool workers): the same bytes; im2col's result to rounding."""
+    """One or two BLAS threads (two pool workers): the same bytes; im2col's result to rounding
+    (F(4x4, 3x3) at H = 16, F(2x2, 3x3) below)."""
     from threadpoolctl import threadpool_limits
     monkeypatch.setattr(CC, "CONV2D_POOL_MIN_MACS", 0)
     monkeypatch.setattr(WG, "CHUNK_MIN_TILES", 8)       # several chunks at these sizes
@@ -139,7 +160,8 @@ def test_winograd_same_for_any_thread_count_and_close_to_im2col(N, H, dtype, win
     x = (rng.random((N, 6, H, H)) < 0.3).astype(dtype)
     w = rng.normal(0, 0.3, size=(5, 6, 3, 3)).astype(dtype)
     b = rng.normal(size=5).astype(dtype)
-    assert len(WG.winograd_chunk_bounds(N, WG.tiles_of(H, H)[0] ** 2)) > 1
+    m = WG.tile_size(x.shape)
+    assert len(WG.winograd_chunk_bounds(N, WG.tiles_of(H, H, m)[0] ** 2)) > 1
     results = []
     for threads in (1, 2):
         with threadpool_limits(threads, user_api="blas"):
@@ -151,7 +173,7 @@ def test_winograd_same_for_any_thread_count_and_close_to_im2col(N, H, dtype, win
     monkeypatch.setattr(WG, "WINOGRAD_MIN_CHANNELS", 10**9)    # im2col
     y0 = CC.conv2d_chunked_forward(x, w, b, 1, 1)
     dx0, dw0 = CC.conv2d_chunked_backward(np.cos(results[0][0]), x, w, 1, 1)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
+    tol = (1e-5 if m == 2 else 2e-5) if dtype == np.float32 else 1e-12
     for got, ref in zip(results[0], (y0, dx0, dw0)):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
@@ -164,14 +186,17 @@ def test_winograd_applies_only_where_it_was_measured_faster():
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 2, 1)    # stride 2
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 1, 0)    # padding 0
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 1, 1), 1, 1)    # 1x1
+    assert WG.tile_size((32, 96, 16, 16)) == 4 and WG.tile_size((32, 192, 8, 8)) == 2
 
 
 def test_stack_of_spreads_the_matrices_over_cache_sets():
-    for rows, cols, dtype in [(128, 192, np.float32), (512, 96, np.float32), (5, 7, np.float64)]:
-        s = WG.stack_of(16, rows, cols, dtype)
-        assert s.shape == (16, rows, cols) and s.strides[1:] == (cols * s.itemsize, s.itemsize)
-        assert s.strides[0] >= rows * cols * s.itemsize and s.strides[0] % 4096 == 64
-        s[...] = 1.0                            # every element is inside its buffer
+    for count, rows, cols, dtype in [(16, 512, 48, np.float32), (36, 128, 192, np.float32),
+                                     (16, 5, 7, np.float64)]:
+        s = WG.stack_of(count, rows, cols, dtype)
+        assert s.flags.c_contiguous and s.shape[0] == count and s.shape[1] >= rows and s.shape[2] == cols
+        sets = {(k * s.strides[0]) % 4096 // 64 for k in range(count)}
+        reachable = 4096 // max(64, math.gcd(cols * s.itemsize, 4096))   # sets a whole row apart
+        assert len(sets) >= min(count, reachable), sets
 
 
 def test_the_forward_hands_its_transformed_weight_to_the_backward(winograd_everywhere):
@@ -181,7 +206,7 @@ def test_the_forward_hands_its_transformed_weight_to_the_backward(winograd_every
     x = rng.normal(size=(3, 4, 6, 5)).astype(np.float32)
     w = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
     y, cache = F.conv2d_forward(x, w, stride=1, padding=1)
-    np.testing.assert_array_equal(cache.prepared, WG.weight_transform(w))
+    np.testing.assert_array_equal(cache.prepared, WG.weight_transform(w, WG.tile_size(x.shape)))
     dy = np.cos(y)
     dx, dw, _ = F.conv2d_backward(dy, cache)
     dx2, dw2 = CC.conv2d_chunked_backward(dy, x, w, 1, 1)

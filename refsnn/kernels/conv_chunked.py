@@ -159,7 +159,7 @@ def conv2d_prepare(x_shape, weight, stride, padding):
     """What the forward and the backward of this convolution can share (the transformed weight
     of the Winograd path, ``refsnn.kernels.winograd``), or None (im2col: nothing)."""
     if _wg.winograd_applies(x_shape, weight.shape, stride, padding):
-        return _wg.weight_transform(weight)
+        return _wg.weight_transform(weight, _wg.tile_size(x_shape))
     return None
 
 

@@ -62,13 +62,18 @@ def _im2col_kernel(x, n0, n1, KH, KW, stride, pad, Ho, Wo, cols):
             if same:
                 # a 'same' stride-1 tap is one shifted copy of the plane: the interior rows in
                 # one contiguous run, then the column that wrapped into the next row zeroed
-                src = np.uint64((n * C + c) * H * W + (kh - pad) * W + (kw - pad) + h_lo * W)
+                first = (n * C + c) * H * W + (kh - pad) * W + (kw - pad) + h_lo * W
                 start = np.uint64(h_lo * W)
                 stop = np.uint64(h_hi * W)
                 for i in range(np.uint64(0), start):
                     out[base + i] = zero
-                for i in range(np.uint64(0), stop - start):
-                    out[base + start + i] = xf[src + i]
+                # the run's first and last values can lie one before or after x (the wrapped
+                # columns, zeroed below): they are not read
+                i_lo = np.uint64(max(0, -first))
+                i_hi = np.uint64(max(0, min(h_hi * W - h_lo * W, N * C * H * W - first)))
+                src = np.uint64(max(0, first))
+                for i in range(i_lo, i_hi):
+                    out[base + start + i] = xf[src + i - i_lo]
                 for i in range(stop, np.uint64(P)):
                     out[base + i] = zero
                 for ho in range(h_lo, h_hi):
