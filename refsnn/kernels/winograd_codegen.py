@@ -149,7 +149,10 @@ def input_transform_{m}(xp, V, k):
                 t = (n * th + ti) * tw + tj
                 for i in range({a}):
                     for j in range({a}):
-                        d[i, j] = xp[n, {m} * ti + i, {m} * tj + j]
+                        src = xp[n, {m} * ti + i, {m} * tj + j]
+                        dst = d[i, j]
+                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
+                            dst[c] = src[c]
 {calls_input}
 
 
@@ -166,7 +169,10 @@ def output_transform_{m}(M, th, tw, bias, has_bias, yp, k):
 {calls_output}
                 for i in range({m}):
                     for j in range({m}):
-                        yp[n, {m} * ti + i, {m} * tj + j] = y[i, j]
+                        src = y[i, j]
+                        dst = yp[n, {m} * ti + i, {m} * tj + j]
+                        for o in range(O):
+                            dst[o] = src[o]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -181,7 +187,10 @@ def grad_output_transform_{m}(dyp, dM, k):
                 t = (n * th + ti) * tw + tj
                 for i in range({m}):
                     for j in range({m}):
-                        dy[i, j] = dyp[n, {m} * ti + i, {m} * tj + j]
+                        src = dyp[n, {m} * ti + i, {m} * tj + j]
+                        dst = dy[i, j]
+                        for o in range(O):
+                            dst[o] = src[o]
 {calls_grad_output}
 
 

@@ -1505,7 +1505,10 @@ def input_transform_2(xp, V, k):
                 t = (n * th + ti) * tw + tj
                 for i in range(4):
                     for j in range(4):
-                        d[i, j] = xp[n, 2 * ti + i, 2 * tj + j]
+                        src = xp[n, 2 * ti + i, 2 * tj + j]
+                        dst = d[i, j]
+                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
+                            dst[c] = src[c]
                 for c in range(C):
                     input_2_0(d, c, V, t, k)
                 for c in range(C):
@@ -1532,7 +1535,10 @@ def output_transform_2(M, th, tw, bias, has_bias, yp, k):
                     output_2_1(M, t, o, y, bias[o] if has_bias else zero, k)
                 for i in range(2):
                     for j in range(2):
-                        yp[n, 2 * ti + i, 2 * tj + j] = y[i, j]
+                        src = y[i, j]
+                        dst = yp[n, 2 * ti + i, 2 * tj + j]
+                        for o in range(O):
+                            dst[o] = src[o]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -1547,7 +1553,10 @@ def grad_output_transform_2(dyp, dM, k):
                 t = (n * th + ti) * tw + tj
                 for i in range(2):
                     for j in range(2):
-                        dy[i, j] = dyp[n, 2 * ti + i, 2 * tj + j]
+                        src = dyp[n, 2 * ti + i, 2 * tj + j]
+                        dst = dy[i, j]
+                        for o in range(O):
+                            dst[o] = src[o]
                 for o in range(O):
                     grad_output_2_0(dy, o, dM, t, k)
                 for o in range(O):
@@ -1627,7 +1636,10 @@ def input_transform_4(xp, V, k):
                 t = (n * th + ti) * tw + tj
                 for i in range(6):
                     for j in range(6):
-                        d[i, j] = xp[n, 4 * ti + i, 4 * tj + j]
+                        src = xp[n, 4 * ti + i, 4 * tj + j]
+                        dst = d[i, j]
+                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
+                            dst[c] = src[c]
                 for c in range(C):
                     input_4_0(d, c, V, t, k)
                 for c in range(C):
@@ -1662,7 +1674,10 @@ def output_transform_4(M, th, tw, bias, has_bias, yp, k):
                     output_4_3(M, t, o, y, bias[o] if has_bias else zero, k)
                 for i in range(4):
                     for j in range(4):
-                        yp[n, 4 * ti + i, 4 * tj + j] = y[i, j]
+                        src = y[i, j]
+                        dst = yp[n, 4 * ti + i, 4 * tj + j]
+                        for o in range(O):
+                            dst[o] = src[o]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -1677,7 +1692,10 @@ def grad_output_transform_4(dyp, dM, k):
                 t = (n * th + ti) * tw + tj
                 for i in range(4):
                     for j in range(4):
-                        dy[i, j] = dyp[n, 4 * ti + i, 4 * tj + j]
+                        src = dyp[n, 4 * ti + i, 4 * tj + j]
+                        dst = dy[i, j]
+                        for o in range(O):
+                            dst[o] = src[o]
                 for o in range(O):
                     grad_output_4_0(dy, o, dM, t, k)
                 for o in range(O):
