@@ -213,3 +213,37 @@ def test_the_forward_hands_its_transformed_weight_to_the_backward(winograd_every
     np.testing.assert_array_equal(dx, dx2)
     np.testing.assert_array_equal(dw, dw2)
     assert F.conv2d_forward(x, w, stride=2, padding=1)[1].prepared is None      # im2col
+
+
+_IN_BOUNDS_SCRIPT = r"""
+import numpy as np
+from refsnn.kernels import conv_chunked as CC, winograd as WG
+from refsnn.kernels.conv_chunked import _run_chunks
+rng = np.random.default_rng(0)
+for N, C, O, H, W in [(3, 5, 7, 9, 10), (2, 3, 2, 1, 1), (2, 3, 2, 5, 1), (4, 9, 8, 2, 3)]:
+    x = rng.normal(size=(N, C, H, W)).astype(np.float32)
+    w = rng.normal(size=(O, C, 3, 3)).astype(np.float32)
+    b = rng.normal(size=O).astype(np.float32)
+    for m in (2, 4):
+        y = WG.winograd_forward(x, w, b, _run_chunks, m=m)
+        WG.winograd_backward(np.cos(y), x, w, True, _run_chunks, m=m)
+    for stride, pad in [(1, 1), (2, 1), (1, 0)]:
+        if H + 2 * pad >= 3 and W + 2 * pad >= 3:
+            y = CC.conv2d_chunked_forward(x, w, b, stride, pad)
+            CC.conv2d_chunked_backward(np.cos(y), x, w, stride, pad)
+print("in bounds")
+"""
+
+
+@pytest.mark.slow
+def test_convolution_kernels_stay_in_bounds(tmp_path):
+    """The Winograd and im2col kernels under Numba's bounds checking (NUMBA_BOUNDSCHECK=1, a
+    fresh cache), odd sizes and one-pixel maps included: how an out-of-bounds read in im2col's
+    same-padding path and a write past the chunk in the Winograd output were found."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _IN_BOUNDS_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0 and "in bounds" in out.stdout, out.stderr[-3000:]
