@@ -7,7 +7,9 @@ Prints (1) LIF forward+backward at T=4 and 1M neurons: the Numba kernel, its Num
 when torch and spikingjelly are installed, SpikingJelly's multi-step LIFNode on the CPU with the
 same threads; (2) Conv2d forward+backward at the stage shapes of the `cpu` and `paper` configs
 (batch 8, T=4) in GFLOP/s beside numpy's matmul peak measured in the same run, and the ratio to
-torch.nn.functional.conv2d when torch is installed; refsnn and torch run in turn, and the
+torch.nn.functional.conv2d when torch is installed, with the algorithm refsnn chose (im2col, or
+Winograd F(2x2, 3x3) / F(4x4, 3x3): their GFLOP/s count the direct convolution's 2*MACs, as
+cuDNN and oneDNN report theirs, so they can exceed the matmul peak); refsnn and torch run in turn, and the
 fastest runs are compared (other processes only ever add time); (3, ``--parts bnlif``)
 BatchNorm + LIF forward+backward, fused (``refsnn.functional.bnlif``) against the two ops
 chained, at the output shape of each stage's first convolution (``--cold``: inputs from
@@ -174,7 +176,8 @@ def bench_conv(batch, names, rounds, clock=time.perf_counter):
     peak = _peak(rounds, clock)
     print(f"numpy matmul peak (2048^3, fastest of {rounds}, measured now): {peak:.0f} GFLOP/s")
     rng = np.random.default_rng(0)
-    print(f"{'shape':34s} {'ms':>16s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>16s} {'refsnn/torch':>12s}")
+    print("GFLOP/s: the direct convolution's FLOPs over the time (Winograd does fewer multiplies)")
+    print(f"{'shape':34s} {'ms':>16s} {'GFLOP/s':>8s} {'% peak':>7s} {'torch ms':>16s} {'refsnn/torch':>12s}  algorithm")
     for name in names:
         for label, N, cin, cout, H in conv_shapes(name, batch):
             x = (rng.random((N, cin, H, H)) < 0.2).astype(np.float32)
@@ -205,8 +208,16 @@ def bench_conv(batch, names, rounds, clock=time.perf_counter):
             if torch is not None:
                 tt, ttm = res[1]
                 line += f" {tt * 1e3:7.2f} ({ttm * 1e3:6.2f}) {t / tt:12.2f}"
-            print(line, flush=True)
+            print(line + "  " + _conv_algorithm(x.shape, w.shape), flush=True)
     print(f"numpy matmul peak again after the table: {_peak(rounds, clock):.0f} GFLOP/s")
+
+
+def _conv_algorithm(x_shape, w_shape) -> str:
+    from refsnn.kernels import winograd as WG
+    if WG.winograd_applies(x_shape, w_shape, 1, 1):
+        m = WG.tile_size(x_shape)
+        return f"Winograd F({m}x{m}, 3x3)"
+    return "im2col + GEMM"
 
 
 def conv1x1_shapes(name: str, batch: int):
@@ -267,8 +278,16 @@ def bench_conv1x1(batch, names, rounds, threads, clock=time.perf_counter):
             if torch is not None:
                 tt, ttm = res[1]
                 line += f" {tt * 1e3:7.2f} ({ttm * 1e3:6.2f}) {t / tt:12.2f}"
-            print(line, flush=True)
+            print(line + "  " + _conv_algorithm(x.shape, w.shape), flush=True)
     print(f"numpy matmul peak again after the table: {_peak(rounds, clock):.0f} GFLOP/s")
+
+
+def _conv_algorithm(x_shape, w_shape) -> str:
+    from refsnn.kernels import winograd as WG
+    if WG.winograd_applies(x_shape, w_shape, 1, 1):
+        m = WG.tile_size(x_shape)
+        return f"Winograd F({m}x{m}, 3x3)"
+    return "im2col + GEMM"
 
 
 def main():
