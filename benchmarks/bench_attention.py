@@ -25,7 +25,10 @@
     NumPy version of the same op (sum per head, LIF, broadcast, multiply); the model's chain
     (the Q and K LIFs and the op, Z float32) with the LIFs emitting float32 maps or packed
     spikes (``lif_forward(..., pack=...)``); pack_bits / unpack_bits of one float32 map in GB/s
-    of the float32 map, beside np.copyto.
+    of the float32 map, beside np.copyto; and the floor of a public op from float32 maps: the
+    machine's read and write bandwidth (parallel Numba loops over one map; writes into a reused
+    buffer and into a fresh one, whose pages are touched first) and the time to read Q and
+    write a new float32 Z at those rates, beside the time 5x the dense version allows.
 
 Times are the fastest of the repeats (the machine is shared; see ``timed``).
 """
@@ -194,6 +197,43 @@ def bench_model_shapes(repeat):
     gb = q.nbytes / 1e9
     print(f"pack_bits {gb / best['pack_bits']:.1f} GB/s, unpack_bits {gb / best['unpack_bits']:.1f} GB/s "
           f"of float32 map (target >= 8); np.copyto {2 * gb / best['np.copyto']:.1f} GB/s read + write")
+    mask = K.qk_token_dense(q, k, HEADS, lif, count=False)[1]            # [T, B, heads, N]
+    _memory_floor(q, repeat, best["token dense NumPy"], float(np.mean(mask != 0)))
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _read_all(a):
+    total = 0.0
+    for i in numba.prange(a.size):
+        total += a[i]
+    return total
+
+
+@numba.njit(parallel=True, cache=True)
+def _write_all(a, value):
+    for i in numba.prange(a.size):
+        a[i] = value
+
+
+def _memory_floor(q, repeat, dense_token, kept):
+    """Read / write bandwidth over one map like q, and the floor they set on an op that reads
+    q (and k where the mask keeps a token: the fraction ``kept``) and returns a new float32
+    map of q's size."""
+    flat = q.reshape(-1)
+    out = np.empty_like(flat)
+    _read_all(flat)
+    _write_all(out, np.float32(1))
+    read = min(timed(lambda: _read_all(flat), 1, warmup=0)[0] for _ in range(repeat))
+    write = min(timed(lambda: _write_all(out, np.float32(2)), 1, warmup=0)[0] for _ in range(repeat))
+    fresh = min(timed(lambda: _write_all(np.empty_like(flat), np.float32(2)), 1, warmup=0)[0]
+                for _ in range(repeat))
+    gb = q.nbytes / 1e9
+    print(f"memory: read {gb / read:.1f} GB/s, write {gb / write:.1f} GB/s (reused buffer), "
+          f"{gb / fresh:.1f} GB/s (fresh buffer)")
+    print(f"floor of the public token op from float32 maps: read Q, write a new float32 Z "
+          f"{(read + fresh) * 1e3:.1f} ms; and read K where the mask keeps the token ({kept:.1%} of "
+          f"them) {(read * (1 + kept) + fresh) * 1e3:.1f} ms; 5x the dense token op is "
+          f"{dense_token / 5 * 1e3:.1f} ms")
 
 
 def _fwd_bwd_cmqka(N, mask):

@@ -278,16 +278,8 @@ def bench_conv1x1(batch, names, rounds, threads, clock=time.perf_counter):
             if torch is not None:
                 tt, ttm = res[1]
                 line += f" {tt * 1e3:7.2f} ({ttm * 1e3:6.2f}) {t / tt:12.2f}"
-            print(line + "  " + _conv_algorithm(x.shape, w.shape), flush=True)
+            print(line, flush=True)
     print(f"numpy matmul peak again after the table: {_peak(rounds, clock):.0f} GFLOP/s")
-
-
-def _conv_algorithm(x_shape, w_shape) -> str:
-    from refsnn.kernels import winograd as WG
-    if WG.winograd_applies(x_shape, w_shape, 1, 1):
-        m = WG.tile_size(x_shape)
-        return f"Winograd F({m}x{m}, 3x3)"
-    return "im2col + GEMM"
 
 
 def main():

@@ -79,7 +79,7 @@ def grouped(name, T_rows, T_cols, load, store, args, doc, consts):
             rows.append(f"r{j}")
             lines.append(f"    r{j} = {combination(row, [f's{i}_{j}' for i in range(n_src)], consts)}")
         lines += [f"    {store(p, q, combination(col, rows, consts))}" for q, col in enumerate(T_cols)]
-        out.append("\n".join([f"@nb.njit(inline=\"always\")", f"def {name}_{p}({args}):",
+        out.append("\n".join(["@nb.njit(inline=\"always\")", f"def {name}_{p}({args}):",
                               f'    """{doc} (row {p})"""'] + lines) + "\n")
     return out
 
