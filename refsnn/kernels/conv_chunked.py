@@ -13,6 +13,9 @@ It also needs no ``[K, N*P]`` matrix for the whole batch (56 MB at the `paper` s
 transpose of the output for chunks of one sample (``y[n] = w @ cols`` is already NCHW), and
 the chunk's matrix stays in cache between the im2col and the GEMM.
 
+The 3x3 stride-1 'same' convolutions with many channels go to ``refsnn.kernels.winograd`` (the
+same chunks and pool, fewer multiplies).
+
 A 1x1 convolution over tokens (``x [M, C, N]``, ``w [O, C]``; ``conv1x1_chunked_*``) runs the
 same way without im2col: one GEMM per sample, the weight gradient accumulated in place per
 chunk. Before (numpy's stacked matmul over all samples with 2-thread OpenBLAS, then a sum of
@@ -168,8 +171,9 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding, prepared=None):
     (or None); x and weight of one float dtype, shapes already checked by the caller.
     ``prepared``: ``conv2d_prepare``'s result for this weight, if the caller has it.
 
-    3x3 stride-1 convolutions with enough channels and work run by Winograd's F(2x2, 3x3)
-    (``winograd.winograd_applies``), the others by im2col + GEMM."""
+    3x3 stride-1 convolutions with enough channels and work run by Winograd's F(4x4, 3x3) or
+    F(2x2, 3x3) (``winograd.winograd_applies``, ``winograd.tile_size``), the others by im2col +
+    GEMM."""
     N, C, H, W = x.shape
     O, _, KH, KW = weight.shape
     Ho, Wo = _k.conv_out_size(H, KH, stride, padding), _k.conv_out_size(W, KW, stride, padding)
