@@ -6,3 +6,4 @@ __version__ = "0.1.0"
 
 _runtime.passive_thread_wait()
 _runtime.keep_freed_memory()
+_runtime.allow_vector_memory_checks()

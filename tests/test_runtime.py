@@ -7,7 +7,8 @@ import pytest
 
 
 def run(code, **env):
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "REFSNN_KEEP_FREED_MEMORY")}
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "REFSNN_KEEP_FREED_MEMORY", "REFSNN_VECTORIZE_CHECKS")}
     full.update(env)
     return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
                           env=full, timeout=120)
@@ -37,6 +38,26 @@ def test_keep_freed_memory_applies_and_can_be_switched_off():
     code = "import refsnn.runtime as r; print(r.keep_freed_memory())"
     assert run(code).stdout.strip() == "True"
     assert run(code, REFSNN_KEEP_FREED_MEMORY="0").stdout.strip() == "False"
+
+
+_MANY_STREAMS = """
+import refsnn, numba, numpy as np
+src = "def f(d, V, t):\\n    for c in range(d.shape[2]):\\n" + "".join(
+    f"        V[{k}, t, c] = d[0, {k}, c] - d[2, {k}, c] + d[4, {k}, c] - d[1, {(k + 1) % 6}, c]\\n"
+    for k in range(6))
+scope = {}
+exec(src, scope)
+f = numba.njit(scope["f"])
+f(np.zeros((6, 6, 48), np.float32), np.zeros((6, 4, 48), np.float32), 1)
+print(refsnn.runtime.allow_vector_memory_checks(), "<8 x float>" in f.inspect_llvm(f.signatures[0]))
+"""
+
+
+def test_channel_loops_with_many_streams_are_vectorised_and_can_be_left_alone():
+    """A loop writing 6 rows and reading 24 (a Winograd transform's row group): LLVM vectorises
+    it with refsnn's setting, and leaves it scalar at its default (REFSNN_VECTORIZE_CHECKS=0)."""
+    assert run(_MANY_STREAMS).stdout.split() == ["True", "True"]
+    assert run(_MANY_STREAMS, REFSNN_VECTORIZE_CHECKS="0").stdout.split() == ["False", "False"]
 
 
 def test_threads_for_runs_small_work_on_one_thread_and_restores():

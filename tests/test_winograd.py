@@ -181,7 +181,8 @@ def test_winograd_same_for_any_thread_count_and_close_to_im2col(N, H, dtype, win
 def test_winograd_applies_only_where_it_was_measured_faster():
     assert WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 1, 1)        # paper stage 2
     assert WG.winograd_applies((32, 48, 32, 32), (48, 48, 3, 3), 1, 1)        # paper stage 1
-    assert not WG.winograd_applies((32, 24, 64, 64), (48, 24, 3, 3), 1, 1)    # 24 channels
+    assert WG.winograd_applies((32, 24, 64, 64), (48, 24, 3, 3), 1, 1)        # paper stage 1 proj1
+    assert not WG.winograd_applies((32, 8, 128, 128), (16, 8, 3, 3), 1, 1)    # 8 channels
     assert not WG.winograd_applies((32, 64, 4, 4), (64, 64, 3, 3), 1, 1)      # cpu: small
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 2, 1)    # stride 2
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 1, 0)    # padding 0

@@ -51,10 +51,11 @@ __all__ = ["winograd_applies", "tile_size", "winograd_forward", "winograd_backwa
 
 # Where it applies (``winograd_applies``) and with which tiles (``tile_size``), measured with
 # bench_engine.py --parts conv and at each stage shape alone (2 threads, idle, 2026-11-29):
-# with fewer channels than this the GEMMs (K = C, or O columns) are too skinny to gain from the
-# fewer multiplies, and below this many multiply-accumulates (every `cpu` and `tiny` shape) the
-# extra passes cost more than the GEMMs save.
-WINOGRAD_MIN_CHANNELS = 32
+# below this many multiply-accumulates (every `cpu` and `tiny` shape: 16->32 @16 1.11x, 64->32
+# @8 1.08x im2col's time) the extra passes cost more than the GEMMs save; with fewer channels
+# than this the GEMMs (K = C, or O columns) are too skinny (`paper` stage 1 proj1, 24 channels,
+# took 0.79x im2col's time once the transforms were vectorised: refsnn.runtime).
+WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_MACS = 1 << 27
 # F(4x4, 3x3) from this height and width on; smaller maps have too few tiles per sample
 F4_MIN_SIZE = 16
