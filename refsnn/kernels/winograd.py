@@ -20,7 +20,8 @@ im2col's, relative to the largest value), F(4x4, 3x3)'s go from 1/24 to 8 (~5e-6
 
 The tiles are transformed channels last: a chunk of samples is first copied to ``[n, h, w, c]``
 with a zero border, so that each transform is straight-line arithmetic vectorised over the
-channels (48-192 of them at the `paper` shapes). The formulas and the kernels that run them
+channels (24-192 of them at the `paper` shapes; ``refsnn.runtime.allow_vector_memory_checks``
+lets LLVM vectorise those loops). The formulas and the kernels that run them
 are generated from the matrices (``refsnn.kernels.winograd_codegen`` ->
 ``winograd_formulas.py``); the NumPy twins here run the same formulas' Python code on arrays.
 Tiles are numbered ``(n - n0, ti, tj)`` within a chunk; tile (ti, tj) produces outputs
