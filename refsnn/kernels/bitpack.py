@@ -65,6 +65,19 @@ def use_parallel(work: int, parallel: bool | None, min_work: int = PARALLEL_MIN_
 
 
 @nb.njit(cache=True, inline="always")
+def unit_block(u, W, Q, qblock):
+    """``(p, w, q0, nq)`` of unit u of a ``[P, W words, Q]`` layout cut into word rows and blocks
+    of ``qblock`` positions: row p, word w, positions q0 .. q0 + nq (the packing kernels' and
+    the packed LIF's units)."""
+    nqb = (Q + qblock - 1) // qblock
+    p = u // (W * nqb)
+    rem = u - p * W * nqb
+    w = rem // nqb
+    q0 = (rem - w * nqb) * qblock
+    return p, w, q0, min(Q, q0 + qblock) - q0
+
+
+@nb.njit(cache=True, inline="always")
 def _pack_unit(x, out, bad, u):
     """Pack one unit of a ``[P, L, Q]`` array (Q > 1): the word row (p, w), a block of Q.
 
@@ -73,12 +86,7 @@ def _pack_unit(x, out, bad, u):
     little-endian word holds its bits 8i .. 8i+7."""
     P, L, Q = x.shape
     W = out.shape[1]
-    nqb = (Q + _QBLOCK - 1) // _QBLOCK
-    p = u // (W * nqb)
-    rem = u - p * W * nqb
-    w = rem // nqb
-    q0 = (rem - w * nqb) * _QBLOCK
-    nq = min(Q, q0 + _QBLOCK) - q0
+    p, w, q0, nq = unit_block(u, W, Q, _QBLOCK)
     l0 = w * 64
     nbits = min(64, L - l0)
     planes = np.zeros((8, nq), dtype=np.uint8)
@@ -142,12 +150,7 @@ def _unpack_unit(words, out, u):
     rows at a time is cut from the words, then each row is read from the plane in uint8 lanes."""
     P, L, Q = out.shape
     W = words.shape[1]
-    nqb = (Q + _QBLOCK - 1) // _QBLOCK
-    p = u // (W * nqb)
-    rem = u - p * W * nqb
-    w = rem // nqb
-    q0 = (rem - w * nqb) * _QBLOCK
-    nq = min(Q, q0 + _QBLOCK) - q0
+    p, w, q0, nq = unit_block(u, W, Q, _QBLOCK)
     l0 = w * 64
     src = words[p, w, q0:q0 + nq]
     plane = np.empty(nq, dtype=np.uint8)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .bitpack import num_words, pack_numpy
+from .bitpack import num_words, pack_numpy, unit_block
 from .lif import lif_charge, lif_forward_numpy, neuron_step
 from .qk_fused import run_units
 
@@ -48,12 +48,7 @@ def _pack_unit(x, scale, shift, affine, words, h, v_last, u, tau, v_th, v_reset,
                decay_input, one):
     T, P, L, Q = x.shape
     W = words.shape[2]
-    nqb = (Q + QBLOCK - 1) // QBLOCK
-    p = u // (W * nqb)
-    rem = u - p * W * nqb
-    w = rem // nqb
-    q0 = (rem - w * nqb) * QBLOCK
-    nq = min(Q, q0 + QBLOCK) - q0
+    p, w, q0, nq = unit_block(u, W, Q, QBLOCK)
     l0 = w * 64
     zero = one - one
     planes = np.zeros((T, 8, nq), dtype=np.uint8)

@@ -121,6 +121,15 @@ def _lif_row(hrow, arow, v, m, tau, v_th, v_reset, one, hard_reset, decay_input)
 
 
 @nb.njit(cache=True, inline="always")
+def token_block(u, N):
+    """``(g, n0, m)`` of token unit u: group g, tokens n0 .. n0 + m (blocks of TOKEN_BLOCK)."""
+    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
+    g = u // nblk
+    n0 = (u - g * nblk) * TOKEN_BLOCK
+    return g, n0, min(N, n0 + TOKEN_BLOCK) - n0
+
+
+@nb.njit(cache=True, inline="always")
 def _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_reset,
                 decay_input, one):
     """QKTA forward of unit u: group g (sample and head), a block of TOKEN_BLOCK tokens.
@@ -132,10 +141,7 @@ def _token_unit(qw, kw, zw, a, h, counts, bad, pad, u, tau, v_th, v_reset, hard_
     T, G, Wd, N = qw.shape
     zero = one - one
     r = v_reset if hard_reset else zero
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    g = u // nblk
-    n0 = (u - g * nblk) * TOKEN_BLOCK
-    m = min(N, n0 + TOKEN_BLOCK) - n0
+    g, n0, m = token_block(u, N)
     v = np.empty(m, dtype=a.dtype)
     v[:] = r
     acc = np.empty(m, dtype=np.int64)
@@ -244,10 +250,7 @@ def _token_backward_unit(kw, a, dz, dk, da, finite, u):
     head's channels, in order, of dz where K is 1. ``finite[u]`` = the sum of dz * 0 over the
     unit: 0, or NaN when the unit read an inf or NaN (a check for free, during the pass)."""
     T, G, d, N = dz.shape
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    g = u // nblk
-    n0 = (u - g * nblk) * TOKEN_BLOCK
-    m = min(N, n0 + TOKEN_BLOCK) - n0
+    g, n0, m = token_block(u, N)
     acc = np.empty(m, dtype=da.dtype)
     zero = acc.dtype.type(0)
     chk = zero

@@ -37,7 +37,7 @@ from numba.extending import overload
 
 from .bitpack import PARALLEL_MIN_WORK, popcount64
 from .lif import lif_charge, lif_forward_numpy, neuron_step
-from .qk import TOKEN_BLOCK, _attention_step, _pad_mask, _store_unit, token_units
+from .qk import _attention_step, _pad_mask, _store_unit, token_block, token_units
 
 __all__ = ["qk_token_fused_kernel", "qk_channel_fused_kernel", "qk_token_fused", "qk_channel_fused", "run_units",
            "qk_token_words_kernel", "qk_channel_words_kernel", "qk_token_from_words",
@@ -72,10 +72,7 @@ def _bit_impl(x):
 @nb.njit(cache=True, inline="always")
 def _token_unit(q, k, z, kw, a, h, counts, bad, u, tau, v_th, v_reset, hard_reset, decay_input, one):
     T, G, d, N = q.shape
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    g = u // nblk
-    n0 = (u - g * nblk) * TOKEN_BLOCK
-    m = min(N, n0 + TOKEN_BLOCK) - n0
+    g, n0, m = token_block(u, N)
     zero = one - one
     v = np.empty(m, dtype=a.dtype)
     v[:] = v_reset if hard_reset else zero
@@ -351,10 +348,7 @@ def _token_words_unit(qw, kw, z, a, h, counts, bad, pad, u, tau, v_th, v_reset, 
                       decay_input, one):
     T, G, Wd, N = qw.shape
     d = z.shape[2]
-    nblk = (N + TOKEN_BLOCK - 1) // TOKEN_BLOCK
-    g = u // nblk
-    n0 = (u - g * nblk) * TOKEN_BLOCK
-    m = min(N, n0 + TOKEN_BLOCK) - n0
+    g, n0, m = token_block(u, N)
     zero = one - one
     v = np.empty(m, dtype=a.dtype)
     v[:] = v_reset if hard_reset else zero

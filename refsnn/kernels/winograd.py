@@ -330,19 +330,26 @@ def weight_transform_adjoint_numpy(dUt, m=2):
 
 # ---------------------------------------------------------------- the convolution
 
+def _plan(x, weight, Ut, m):
+    """What the forward and the backward both start from: the tile size, x contiguous, the
+    transformed weight's first C rows (computed unless given), the tiles per row and column,
+    and the chunks."""
+    m = tile_size(x.shape) if m is None else m
+    x = np.ascontiguousarray(x)
+    Ut = (weight_transform(weight, m) if Ut is None else Ut)[:, :x.shape[1]]
+    th, tw = tiles_of(x.shape[2], x.shape[3], m)
+    return m, x, Ut, th, tw, winograd_chunk_bounds(x.shape[0], th * tw)
+
+
 def winograd_forward(x, weight, bias, run_chunks, Ut=None, m=None):
     """y ``[N, O, H, W]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, 3, 3]``, stride 1, padding 1)
     + bias (or None). ``run_chunks(count, task)`` runs ``task(i)`` for every chunk (the
     convolution thread pool); Ut: ``weight_transform(weight, m)`` if the caller has it; m: the
     tile size (``tile_size`` by default)."""
+    m, x, Ut, th, tw, bounds = _plan(x, weight, Ut, m)
     N, C, H, W = x.shape
     O = weight.shape[0]
-    m = tile_size(x.shape) if m is None else m
-    x = np.ascontiguousarray(x)
-    Ut = (weight_transform(weight, m) if Ut is None else Ut)[:, :C]
-    th, tw = tiles_of(H, W, m)
     y = np.empty((N, O, H, W), dtype=x.dtype)
-    bounds = winograd_chunk_bounds(N, th * tw)
 
     def task(i):
         n0, n1 = bounds[i]
@@ -359,14 +366,10 @@ def winograd_forward(x, weight, bias, run_chunks, Ut=None, m=None):
 def winograd_backward(dy, x, weight, need_dx, run_chunks, Ut=None, m=None):
     """``(dx, dweight)`` of ``winograd_forward`` for dy ``[N, O, H, W]`` (x's dtype); dx is
     None with ``need_dx=False``; Ut and m as for the forward."""
+    m, x, Ut, th, tw, bounds = _plan(x, weight, Ut, m)
     N, C, H, W = x.shape
     O = weight.shape[0]
-    m = tile_size(x.shape) if m is None else m
-    x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy)
-    Ut = (weight_transform(weight, m) if Ut is None else Ut)[:, :C]
-    th, tw = tiles_of(H, W, m)
-    bounds = winograd_chunk_bounds(N, th * tw)
     a2 = (m + 2) ** 2
     dUt_parts = [stack_of(a2, C, O, x.dtype) for _ in bounds]
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
