@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels.finite import count_nonfinite
+
 __all__ = [
     "NonFiniteError", "check_array", "check_float_array", "check_shape", "check_finite", "check_binary",
     "check_same_shape", "check_positive_int", "check_choice", "FLOAT_DTYPES",
@@ -42,7 +44,7 @@ def check_float_array(x, name: str, *, ndim: int | None = None, min_ndim: int | 
 
 
 def check_finite(x: np.ndarray, name: str) -> None:
-    if x.size and not np.isfinite(x).all():
+    if x.size and count_nonfinite(x):
         bad = np.argwhere(~np.isfinite(x))[0]
         raise NonFiniteError(f"{name}: contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
 
