@@ -13,6 +13,10 @@ With the cpu preset (batch 4, sides 64 and 128), the peak of NumPy allocations d
 and backward was measured with tracemalloc at 1.6 to 1.8 times the cached bytes, so a step is
 estimated at twice its cache, plus the parameters, their gradients and two optimizer moments.
 The estimates agree with the caches of real steps within 5% (tests/test_run_hardening.py).
+The probes' convolutions are too small for the Winograd path, whose forward also keeps its input
+transforms (``refsnn.kernels.winograd.Prepared``): at the `paper` preset, batch 8, about 145 MiB
+the probes do not see, within the factor's margin (estimated 2.6 GiB, measured peak 2.23 GiB
+over the process's size before the step).
 """
 from __future__ import annotations
 
@@ -73,9 +77,11 @@ def cached_bytes(model) -> int:
         elif isinstance(obj, dict):
             for x in obj.values():
                 walk(x)
-        elif hasattr(obj, "__dict__") and not isinstance(obj, (Module, type)):
-            for x in vars(obj).values():
+        elif not isinstance(obj, (Module, type)):
+            for x in getattr(obj, "__dict__", {}).values():
                 walk(x)
+            for name in getattr(type(obj), "__slots__", ()):   # e.g. winograd.Prepared
+                walk(getattr(obj, name, None))
 
     for _, m in model.named_modules():
         walk(m.__dict__.get("_cache"))

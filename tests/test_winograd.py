@@ -41,42 +41,50 @@ def test_generated_formulas_are_up_to_date():
 @given(m=TILES, N=st.integers(1, 3), C=st.integers(1, 10), O=st.integers(1, 10), H=st.integers(1, 9),
        W=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 2**16))
 def test_transform_kernels_equal_twins(m, N, C, O, H, W, dtype, seed):
+    _kernels_equal_twins(m, N, C, O, H, W, dtype, seed)
+
+
+@pytest.mark.parametrize("m,N,C,O,H,W", [(4, 2, 8, 16, 9, 32), (2, 2, 3, 20, 5, 16), (4, 1, 8, 8, 8, 8)])
+def test_transform_kernels_equal_twins_blocked(m, N, C, O, H, W):
+    """Shapes whose tile rows go through the kernels several tiles at a time (B up to 8)."""
+    tw = WG.tiles_of(H, W, m)[1]
+    assert WG.tiles_per_block(tw, WG.padded_channels(C)) > 1
+    _kernels_equal_twins(m, N, C, O, H, W, np.float32, 7)
+
+
+def _kernels_equal_twins(m, N, C, O, H, W, dtype, seed):
     rng = np.random.default_rng(seed)
     th, tw = WG.tiles_of(H, W, m)
     T = N * th * tw
     x = rng.normal(size=(N, C, H, W)).astype(dtype)
-    xp = WG.to_tiles_layout(x, m, 1)
-    np.testing.assert_array_equal(xp[..., :C], WG.to_tiles_layout_numpy(x, m, 1))
-    assert not xp[..., C:].any()                # padded channels are zero
+    xp = WG.to_tiles_layout_numpy(x, m, 1)
+    V = WG.input_transform(x, 0, N, m)
+    np.testing.assert_array_equal(V[:, :T, :C], WG.input_transform_numpy(xp, m))
+    assert not V[:, :T, C:].any()               # padded channels: transforms of zeros
     n0, n1 = (1, N) if N > 1 else (0, 1)        # a chunk that does not start at sample 0
-    np.testing.assert_array_equal(WG.to_tiles_layout(x, m, 1, n0, n1)[..., :C],
-                                  WG.to_tiles_layout_numpy(x[n0:n1], m, 1))
-    V = WG.input_transform(xp, m)
-    np.testing.assert_array_equal(V[:, :T, :C], WG.input_transform_numpy(xp[..., :C], m))
-    M = rng.normal(size=(V.shape[0], T, O)).astype(dtype)
-    bias = rng.normal(size=O).astype(dtype)
-    yp = WG.output_transform(M, (N, th, tw), m, bias)
-    np.testing.assert_array_equal(yp, WG.output_transform_numpy(M, (N, th, tw), m, bias))
-    np.testing.assert_array_equal(WG.output_transform(M, (N, th, tw), m),
-                                  WG.output_transform_numpy(M, (N, th, tw), m))
-    y = np.full((N + 1, O, H, W), np.nan, dtype=dtype)
-    WG.from_tiles_layout(yp, y, 0, 1)
-    np.testing.assert_array_equal(y[1:], WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0))
-    assert np.isnan(y[0]).all()                 # only the chunk's samples are written
-    dy = rng.normal(size=(N, O, H, W)).astype(dtype)
-    dyp = WG.to_tiles_layout(dy, m, 0)
-    np.testing.assert_array_equal(dyp[..., :O], WG.to_tiles_layout_numpy(dy, m, 0))
-    np.testing.assert_array_equal(WG.grad_output_transform(dyp, m)[:, :T, :O],
-                                  WG.grad_output_transform_numpy(dyp[..., :O], m))
+    Tc = (n1 - n0) * th * tw
+    np.testing.assert_array_equal(WG.input_transform(x, n0, n1, m)[:, :Tc, :C],
+                                  WG.input_transform_numpy(WG.to_tiles_layout_numpy(x[n0:n1], m, 1), m))
+    for Op in (O, WG.padded_channels(O) + 3):   # M with exactly O channels, and with more
+        M = rng.normal(size=(V.shape[0], T, Op)).astype(dtype)
+        bias = rng.normal(size=O).astype(dtype)
+        for b in (bias, None):
+            y = np.full((N + 1, O, H, W), np.nan, dtype=dtype)
+            WG.output_transform(M, y, 1, N + 1, m, b)
+            yp = WG.output_transform_numpy(M[..., :O], (N, th, tw), m, b)
+            np.testing.assert_array_equal(y[1:], WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0))
+            assert np.isnan(y[0]).all()         # only the chunk's samples are written
+    dy = rng.normal(size=(N + 1, O, H, W)).astype(dtype)
+    dM = WG.grad_output_transform(dy, 1, N + 1, m)
+    np.testing.assert_array_equal(dM[:, :T, :O],
+                                  WG.grad_output_transform_numpy(WG.to_tiles_layout_numpy(dy[1:], m, 0), m))
+    assert not dM[:, :T, O:].any()
     dV = rng.normal(size=(V.shape[0], T, C)).astype(dtype)
-    dxp = WG.input_grad_transform(dV, (N, th, tw), m)
-    np.testing.assert_array_equal(dxp, WG.input_grad_transform_numpy(dV, (N, th, tw), m))
-    np.testing.assert_array_equal(WG.from_tiles_layout(dxp, np.empty_like(x), 1),
-                                  WG.from_tiles_layout_numpy(dxp, x.shape, 1))
-    w = rng.normal(size=(O, C, 3, 3)).astype(dtype)
-    np.testing.assert_array_equal(WG.weight_transform(w, m)[:, :C], WG.weight_transform_numpy(w, m))
-    dUt = rng.normal(size=(V.shape[0], C, O)).astype(dtype)
-    np.testing.assert_array_equal(WG.weight_transform_adjoint(dUt, m), WG.weight_transform_adjoint_numpy(dUt, m))
+    dx = np.full((N + 1, C, H, W), np.nan, dtype=dtype)
+    WG.input_grad_transform(dV, dx, 1, N + 1, m)
+    np.testing.assert_array_equal(
+        dx[1:], WG.from_tiles_layout_numpy(WG.input_grad_transform_numpy(dV, (N, th, tw), m), x.shape, 1))
+    assert np.isnan(dx[0]).all()
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -101,14 +109,22 @@ def test_twins_are_the_textbook_matrices_and_their_adjoints(m, H, W):
     np.testing.assert_allclose(yp, Y.reshape(N, m * th, m * tw, O), atol=1e-12)
     w = rng.normal(size=(O, C, 3, 3))
     Ut = np.einsum("pi,ocij,qj->pqco", G, w, G).reshape(a * a, C, O)
-    np.testing.assert_allclose(WG.weight_transform_numpy(w, m), Ut, atol=1e-12)
+    np.testing.assert_allclose(WG.weight_transform(w, m)[:, :C], Ut, atol=1e-12)
+    Ut32 = WG.weight_transform(w.astype(np.float32), m)
+    assert Ut32.dtype == np.float32 and Ut32.flags.c_contiguous
+    np.testing.assert_allclose(Ut32[:, :C], Ut, rtol=1e-6, atol=1e-6)
     y = WG.from_tiles_layout_numpy(yp, (N, O, H, W), 0)
     dy, dV, dUt = rng.normal(size=y.shape), rng.normal(size=V.shape), rng.normal(size=Ut.shape)
     dM = WG.grad_output_transform_numpy(WG.to_tiles_layout_numpy(dy, m, 0), m)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM))
     dx = WG.from_tiles_layout_numpy(WG.input_grad_transform_numpy(dV, (N, th, tw), m), x.shape, 1)
     assert np.isclose(np.sum(V * dV), np.sum(x * dx))
-    assert np.isclose(np.sum(Ut * dUt), np.sum(w * WG.weight_transform_adjoint_numpy(dUt, m)))
+    dw = WG.weight_transform_adjoint(dUt, m)
+    assert np.isclose(np.sum(Ut * dUt), np.sum(w * dw))
+    np.testing.assert_allclose(dw, np.einsum("pi,pqco,qj->ocij", G, dUt.reshape(a, a, C, O), G), atol=1e-12)
+    padded = WG.stack_of(a * a, C, O, np.float64)           # a stack_of, C given
+    padded[:, :C] = dUt
+    np.testing.assert_array_equal(WG.weight_transform_adjoint(padded, m, C), dw)
 
 
 @pytest.mark.parametrize("m", [2, 4])
@@ -148,11 +164,11 @@ def test_winograd_gradients(m, N, C, O, H, W, bias, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N,H", [(9, 4), (5, 16), (4, 7)])
+@pytest.mark.parametrize("N,H", [(9, 3), (5, 16), (4, 7)])
 def test_winograd_same_for_any_thread_count_and_close_to_im2col(N, H, dtype, winograd_everywhere,
                                                                  monkeypatch):
     """One or two BLAS threads (two pool workers): the same bytes; im2col's result to rounding
-    (F(4x4, 3x3) at H = 16, F(2x2, 3x3) below)."""
+    (F(4x4, 3x3) at H = 16 and 7, F(2x2, 3x3) at 3)."""
     from threadpoolctl import threadpool_limits
     monkeypatch.setattr(CC, "CONV2D_POOL_MIN_MACS", 0)
     monkeypatch.setattr(WG, "CHUNK_MIN_TILES", 8)       # several chunks at these sizes
@@ -182,12 +198,15 @@ def test_winograd_applies_only_where_it_was_measured_faster():
     assert WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 1, 1)        # paper stage 2
     assert WG.winograd_applies((32, 48, 32, 32), (48, 48, 3, 3), 1, 1)        # paper stage 1
     assert WG.winograd_applies((32, 24, 64, 64), (48, 24, 3, 3), 1, 1)        # paper stage 1 proj1
-    assert not WG.winograd_applies((32, 8, 128, 128), (16, 8, 3, 3), 1, 1)    # 8 channels
-    assert not WG.winograd_applies((32, 64, 4, 4), (64, 64, 3, 3), 1, 1)      # cpu: small
+    assert WG.winograd_applies((32, 8, 128, 128), (16, 8, 3, 3), 1, 1)        # 8 channels
+    assert not WG.winograd_applies((32, 4, 128, 128), (8, 4, 3, 3), 1, 1)     # 4 channels
+    assert not WG.winograd_applies((32, 8, 32, 32), (16, 8, 3, 3), 1, 1)      # cpu: compile time
+    assert not WG.winograd_applies((32, 64, 4, 4), (64, 64, 3, 3), 1, 1)      # cpu stage 3 proj2
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 2, 1)    # stride 2
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 3, 3), 1, 0)    # padding 0
     assert not WG.winograd_applies((32, 96, 16, 16), (96, 96, 1, 1), 1, 1)    # 1x1
-    assert WG.tile_size((32, 96, 16, 16)) == 4 and WG.tile_size((32, 192, 8, 8)) == 2
+    assert WG.tile_size((32, 96, 16, 16)) == 4 and WG.tile_size((32, 192, 8, 8)) == 4
+    assert WG.tile_size((32, 64, 4, 4)) == 4 and WG.tile_size((32, 64, 3, 5)) == 2
 
 
 def test_stack_of_spreads_the_matrices_over_cache_sets():
@@ -200,19 +219,35 @@ def test_stack_of_spreads_the_matrices_over_cache_sets():
         assert len(sets) >= min(count, reachable), sets
 
 
-def test_the_forward_hands_its_transformed_weight_to_the_backward(winograd_everywhere):
-    """``Conv2dCache.prepared``: the Winograd path's transformed weight, computed once; the
-    results are those of a backward that computes it again."""
+def test_the_forward_hands_its_transforms_to_the_backward(winograd_everywhere):
+    """``Conv2dCache.prepared``: the Winograd path's transformed weight, computed once, and the
+    forward's input transforms, used by the backward and then released; the results are those
+    of a backward that computes both again, and a second backward from the same cache (which
+    recomputes them) gives the same bytes."""
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(3, 4, 6, 5)).astype(np.float32)
+    x = rng.normal(size=(9, 4, 6, 5)).astype(np.float32)
     w = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
     y, cache = F.conv2d_forward(x, w, stride=1, padding=1)
-    np.testing.assert_array_equal(cache.prepared, WG.weight_transform(w, WG.tile_size(x.shape)))
+    m = WG.tile_size(x.shape)
+    np.testing.assert_array_equal(cache.prepared.Ut, WG.weight_transform(w, m))
+    bounds = WG.winograd_chunk_bounds(x.shape[0], np.prod(WG.tiles_of(6, 5, m)))
+    assert len(cache.prepared.V) == len(bounds) > 1
+    for V, (n0, n1) in zip(cache.prepared.V, bounds):
+        T = (n1 - n0) * np.prod(WG.tiles_of(6, 5, m))
+        np.testing.assert_array_equal(V[:, :T], WG.input_transform(x, n0, n1, m)[:, :T])
     dy = np.cos(y)
     dx, dw, _ = F.conv2d_backward(dy, cache)
+    assert cache.prepared.V is None
     dx2, dw2 = CC.conv2d_chunked_backward(dy, x, w, 1, 1)
     np.testing.assert_array_equal(dx, dx2)
     np.testing.assert_array_equal(dw, dw2)
+    dx3, dw3, _ = F.conv2d_backward(dy, cache)
+    np.testing.assert_array_equal(dx, dx3)
+    np.testing.assert_array_equal(dw, dw3)
+    _, cache = F.conv2d_forward(x, w, stride=1, padding=1)
+    dx4, dw4, _ = F.conv2d_backward(dy, cache, need_dx=False)
+    assert dx4 is None
+    np.testing.assert_array_equal(dw, dw4)
     assert F.conv2d_forward(x, w, stride=2, padding=1)[1].prepared is None      # im2col
 
 
@@ -228,6 +263,9 @@ for N, C, O, H, W in [(3, 5, 7, 9, 10), (2, 3, 2, 1, 1), (2, 3, 2, 5, 1), (4, 9,
     for m in (2, 4):
         y = WG.winograd_forward(x, w, b, _run_chunks, m=m)
         WG.winograd_backward(np.cos(y), x, w, True, _run_chunks, m=m)
+        prepared = WG.Prepared(WG.weight_transform(w, m))     # the kept input transforms
+        y = WG.winograd_forward(x, w, b, _run_chunks, prepared, m=m)
+        WG.winograd_backward(np.cos(y), x, w, True, _run_chunks, prepared, m=m)
     for stride, pad in [(1, 1), (2, 1), (1, 0)]:
         if H + 2 * pad >= 3 and W + 2 * pad >= 3:
             y = CC.conv2d_chunked_forward(x, w, b, stride, pad)

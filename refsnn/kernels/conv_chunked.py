@@ -159,10 +159,11 @@ def _run_on_pool(count: int, task, workers: int) -> None:
 
 
 def conv2d_prepare(x_shape, weight, stride, padding):
-    """What the forward and the backward of this convolution can share (the transformed weight
-    of the Winograd path, ``refsnn.kernels.winograd``), or None (im2col: nothing)."""
+    """What the forward and the backward of this convolution share: on the Winograd path
+    (``refsnn.kernels.winograd``) a ``winograd.Prepared`` holding the transformed weight, to
+    which the forward adds its input transforms; None on im2col's."""
     if _wg.winograd_applies(x_shape, weight.shape, stride, padding):
-        return _wg.weight_transform(weight, _wg.tile_size(x_shape))
+        return _wg.Prepared(_wg.weight_transform(weight, _wg.tile_size(x_shape)))
     return None
 
 
@@ -181,7 +182,7 @@ def conv2d_chunked_forward(x, weight, bias, stride, padding, prepared=None):
     pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
     if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
         return _wg.winograd_forward(x, weight, bias, lambda count, task: _run_chunks(count, task, pool=pool),
-                                    Ut=prepared)
+                                    prepared=prepared)
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(weight).reshape(O, K)
     y = np.empty((N, O, P), dtype=x.dtype)
@@ -211,7 +212,7 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True, prepar
     pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
     if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
         return _wg.winograd_backward(dy, x, weight, need_dx,
-                                     lambda count, task: _run_chunks(count, task, pool=pool), Ut=prepared)
+                                     lambda count, task: _run_chunks(count, task, pool=pool), prepared=prepared)
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)

@@ -18,12 +18,17 @@ In exact arithmetic all three equal the direct convolution's; in floating point 
 rounding: F(2x2, 3x3)'s coefficients are 0, ±1 and ±1/2 (float32 results within ~5e-7 of
 im2col's, relative to the largest value), F(4x4, 3x3)'s go from 1/24 to 8 (~5e-6).
 
-The tiles are transformed channels last: a chunk of samples is first copied to ``[n, h, w, c]``
-with a zero border, so that each transform is straight-line arithmetic vectorised over the
-channels (24-192 of them at the `paper` shapes; ``refsnn.runtime.allow_vector_memory_checks``
-lets LLVM vectorise those loops). The formulas and the kernels that run them
+The tiles are transformed channels last: the transform kernels copy each sample of the NCHW
+map to ``[h, w, c]`` with a zero border, in a buffer that stays in cache, so that each
+transform is straight-line arithmetic vectorised over the channels (24-192 of them at the
+`paper` shapes; ``refsnn.runtime.allow_vector_memory_checks`` lets LLVM vectorise those
+loops); the output kernels write NCHW back the same way. Where the channels are few, B tiles
+of a row go through the formulas together (``tiles_per_block``). The forward keeps its input
+transforms V for the backward's weight gradient (``Prepared``; 2.25x (m = 4) to 4x (m = 2)
+x's size while the layer's cache lives). The formulas and the kernels that run them
 are generated from the matrices (``refsnn.kernels.winograd_codegen`` ->
 ``winograd_formulas.py``); the NumPy twins here run the same formulas' Python code on arrays.
+The weights' transform and its adjoint are one GEMM each with G ⊗ G (``weight_transform``).
 Tiles are numbered ``(n - n0, ti, tj)`` within a chunk; tile (ti, tj) produces outputs
 ``[m ti, m ti + m) x [m tj, m tj + m)`` from the padded input's ``[m ti, m ti + a) x
 [m tj, m tj + a)``; sizes that are not multiples of m get a last tile cut at the border. The
@@ -34,38 +39,52 @@ same for any thread count.
 from __future__ import annotations
 
 import functools
+import os
 
-import numba as nb
 import numpy as np
 
 from . import winograd_formulas as _f
 from .winograd_codegen import MATRICES
 
 __all__ = ["winograd_applies", "tile_size", "winograd_forward", "winograd_backward", "matrices",
-           "weight_transform", "weight_transform_adjoint", "to_tiles_layout", "from_tiles_layout",
+           "weight_transform", "weight_transform_adjoint",
            "input_transform", "output_transform", "grad_output_transform", "input_grad_transform",
-           "weight_transform_numpy", "weight_transform_adjoint_numpy", "to_tiles_layout_numpy",
-           "from_tiles_layout_numpy", "input_transform_numpy", "output_transform_numpy",
+           "to_tiles_layout_numpy", "from_tiles_layout_numpy", "input_transform_numpy", "output_transform_numpy",
            "grad_output_transform_numpy", "input_grad_transform_numpy", "stack_of",
            "winograd_chunk_bounds", "tiles_of", "WINOGRAD_MIN_CHANNELS", "WINOGRAD_MIN_MACS",
-           "F4_MIN_SIZE", "CHUNK_MIN_TILES", "CHANNEL_BLOCK", "padded_channels"]
+           "F4_MIN_SIZE", "CHUNK_MIN_TILES", "CHANNEL_BLOCK", "padded_channels", "Prepared",
+           "tiles_per_block", "BLOCK_VALUES"]
 
 # Where it applies (``winograd_applies``) and with which tiles (``tile_size``), measured with
-# bench_engine.py --parts conv and at each stage shape alone (2 threads, idle, 2026-11-29):
-# below this many multiply-accumulates (every `cpu` and `tiny` shape: 16->32 @16 1.11x, 64->32
-# @8 1.08x im2col's time) the extra passes cost more than the GEMMs save; with fewer channels
-# than this the GEMMs (K = C, or O columns) are too skinny (`paper` stage 1 proj1, 24 channels,
-# took 0.79x im2col's time once the transforms were vectorised: refsnn.runtime).
-WINOGRAD_MIN_CHANNELS = 16
+# bench_engine.py --parts conv and at each stage shape alone (2 threads, idle, 2026-11-29, with
+# the transforms reading NCHW, kept for the backward and blocked over tiles). From 8 channels:
+# fewer make the GEMMs (K = C, or O columns) too skinny. From 2^27 multiply-accumulates (every
+# `paper` stage convolution; no `cpu` or `tiny` one): the `cpu` shapes ran in 0.56-0.85x
+# im2col's time by F(4x4) (0.64-0.92x torch's), but its four kernels take 11 CPU s to compile,
+# and on a fresh clone the default `python -m refsnn.train` (the `cpu` preset) then showed its
+# first progress after 27 s instead of 19 (issue 13 asks for 20), for a training step no faster
+# (182 against 177 ms: the `cpu` convolutions are 2-5 ms each). The `tiny` shapes gain a few
+# hundredths of a millisecond at most, or lose (4->8 @16: 1.8x im2col's time).
+WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_MACS = 1 << 27
-# F(4x4, 3x3) from this height and width on; smaller maps have too few tiles per sample
-F4_MIN_SIZE = 16
+# F(4x4, 3x3) from this height and width on, F(2x2, 3x3) below. At 8x8 (4 tiles per sample)
+# F(4x4) took 0.9-1.0x F(2x2)'s time (32->32, 192->192), at 4x4 (one tile) 1.1x (64->64: 0.67-0.70x
+# torch's time against 0.58-0.66x): kept from 4 on, so that no preset needs the F(2x2) kernels,
+# 6 CPU s of compilation on a fresh clone (the first step of `python -m refsnn.train`)
+F4_MIN_SIZE = 4
 # a chunk holds whole samples and at least this many tiles (the GEMMs' rows) when the batch
-# allows it, and the batch is cut into at least MIN_CHUNKS chunks when it has the samples
+# allows it, and the batch is cut into at least MIN_CHUNKS chunks when it has the samples: one
+# per core of the machine, 2 to 4. Not per thread: the chunks fix the order of the weight
+# gradient's sum, which must not change with the thread count. On 2 cores 2 chunks beat 4
+# where the maps are small (bench_engine.py, `paper` 192->192 @8 0.85x torch's time against
+# 0.97x, 96->96 @16 0.65-0.69x against 0.73x: GEMMs of 256 rows instead of 128).
 CHUNK_MIN_TILES = 512
-MIN_CHUNKS = 4
+MIN_CHUNKS = min(4, max(2, os.cpu_count() or 2))
 # the channels of the tile layouts are padded to a multiple of this (``padded_channels``)
 CHANNEL_BLOCK = 8
+# the transforms run up to this many values per formula loop, tiles side by side
+# (``tiles_per_block``)
+BLOCK_VALUES = 64
 
 
 def matrices(m: int):
@@ -98,21 +117,34 @@ def winograd_chunk_bounds(N: int, tiles_per_sample: int) -> list[tuple[int, int]
     return [(a, min(N, a + per_chunk)) for a in range(0, N, per_chunk)]
 
 
-def stack_of(count: int, rows: int, cols: int, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous ``[count, rows', cols]`` array, rows' >= rows chosen so that
-    its matrices start in different sets of the L1 cache; the caller uses ``[:, :rows]``. The
-    transforms touch all a² matrices once per tile: with the matrices a multiple of 4 KiB apart
-    (``[16, 512, 48]`` float32 is) every stream falls into one set of the 8-way L1 cache, and
-    the first version's transforms ran 5-10x slower."""
-    return np.empty((count, _padded_rows(count, rows, cols * np.dtype(dtype).itemsize), cols), dtype=dtype)
+def tiles_per_block(tiles_per_row: int, channels: int) -> int:
+    """B, the tiles the transform kernels take together: the largest power of two that divides
+    the tiles per row with B * channels <= ``BLOCK_VALUES`` (1 from 64 channels on). A
+    formula loop over few channels (16 at the `cpu` stage 1) spent more time in its run-time
+    alias checks than in its arithmetic: 45 ns per tile and channel at 16 channels, 13 at 192."""
+    B = 1
+    while 2 * B * channels <= BLOCK_VALUES and tiles_per_row % (2 * B) == 0:
+        B *= 2
+    return B
+
+
+def stack_of(count: int, rows: int, cols: int, dtype, multiple: int = 1) -> np.ndarray:
+    """An uninitialised C-contiguous ``[count, rows', cols]`` array, rows' >= rows a multiple of
+    ``multiple`` chosen so that its matrices start in different sets of the L1 cache; the
+    caller uses ``[:, :rows]``. The transforms touch all a² matrices once per tile: with the
+    matrices a multiple of 4 KiB apart (``[16, 512, 48]`` float32 is) every stream falls into
+    one set of the 8-way L1 cache, and the first version's transforms ran 5-10x slower."""
+    rows = _padded_rows(count, -(-rows // multiple) * multiple, cols * np.dtype(dtype).itemsize, multiple)
+    return np.empty((count, rows, cols), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=256)
-def _padded_rows(count: int, rows: int, row_bytes: int) -> int:
-    """The fewest rows >= rows (at most 63 more) that spread ``count`` matrices of that many
-    rows over the most L1 sets (64 sets of 64-byte lines, 4 KiB)."""
+def _padded_rows(count: int, rows: int, row_bytes: int, multiple: int = 1) -> int:
+    """The fewest rows >= rows (at most 63 multiples of ``multiple`` more) that spread
+    ``count`` matrices of that many rows over the most L1 sets (64 sets of 64-byte lines,
+    4 KiB)."""
     best, best_sets = rows, -1
-    for extra in range(64):
+    for extra in range(0, 64 * multiple, multiple):
         stride = (rows + extra) * row_bytes
         sets = len({(k * stride) % 4096 // 64 for k in range(count)})
         if sets > best_sets:
@@ -137,35 +169,6 @@ def _twin(name, m, *args):
         group.py_func(*args)
 
 
-# ---------------------------------------------------------------- layout kernels
-
-@nb.njit(nogil=True, cache=True)
-def _to_tiles_layout_kernel(x, n0, n1, offset, xp):
-    """xp[n - n0, offset + h, offset + w, c] = x[n, c, h, w]; the rest of xp zero."""
-    N, C, H, W = x.shape
-    xp[:] = 0
-    for n in range(n0, n1):
-        for h in range(H):
-            for c in range(C):
-                src = x[n, c, h]
-                dst = xp[n - n0, offset + h]
-                for w in range(W):
-                    dst[offset + w, c] = src[w]
-
-
-@nb.njit(nogil=True, cache=True)
-def _from_tiles_layout_kernel(yp, offset, n0, y):
-    """y[n, c, h, w] = yp[n - n0, offset + h, offset + w, c] for the chunk's samples."""
-    N, C, H, W = y.shape
-    for n in range(n0, n0 + yp.shape[0]):
-        for h in range(H):
-            src = yp[n - n0, offset + h]
-            for c in range(C):
-                dst = y[n, c, h]
-                for w in range(W):
-                    dst[w] = src[offset + w, c]
-
-
 # ---------------------------------------------------------------- wrappers
 
 def padded_channels(C: int) -> int:
@@ -175,79 +178,84 @@ def padded_channels(C: int) -> int:
     return -(-C // CHANNEL_BLOCK) * CHANNEL_BLOCK
 
 
-def to_tiles_layout(x, m=2, offset=1, n0=0, n1=None):
-    """The samples n0:n1 of x ``[N, C, H, W]`` channels last with a zero border:
-    ``[n1-n0, m th + 2 offset, m tw + 2 offset, C']`` (C' = ``padded_channels(C)``, the extra
-    channels zero), x[n, c, h, w] at (offset + h, offset + w)."""
+def input_transform(x, n0=0, n1=None, m=2):
+    """V ``[a², tiles', C']`` (a ``stack_of``: the first ``tiles`` rows are the result; C' =
+    ``padded_channels(C)``, the extra channels zero) of the samples n0:n1 of x ``[N, C, H, W]``
+    with a border of zeros, the tiles in sample, row, column order."""
     N, C, H, W = x.shape
     n1 = N if n1 is None else n1
     th, tw = tiles_of(H, W, m)
-    xp = np.empty((n1 - n0, m * th + 2 * offset, m * tw + 2 * offset, padded_channels(C)), dtype=x.dtype)
-    _to_tiles_layout_kernel(x, n0, n1, offset, xp)
-    return xp
-
-
-def from_tiles_layout(yp, y, offset=0, n0=0):
-    """Writes y[n0:n0 + len(yp)] ``[N, C, H, W]`` from the channels-last yp (at offset)."""
-    _from_tiles_layout_kernel(yp, offset, n0, y)
-    return y
-
-
-def input_transform(xp, m=2):
-    """V ``[a², tiles', C]`` (a ``stack_of``: the first ``tiles`` rows are the result) of the
-    padded channels-last chunk xp."""
-    th, tw = (xp.shape[1] - 2) // m, (xp.shape[2] - 2) // m
-    V = stack_of((m + 2) ** 2, xp.shape[0] * th * tw, xp.shape[3], xp.dtype)
-    _kernel("input_transform", m)(xp, V, _k(m, xp.dtype))
+    Cp = padded_channels(C)
+    B = tiles_per_block(tw, Cp)
+    V = stack_of((m + 2) ** 2, (n1 - n0) * th * tw, Cp, x.dtype, B)
+    _kernel("input_transform", m)(np.ascontiguousarray(x), n0, n1, B, V, _k(m, x.dtype))
     return V
 
 
-def output_transform(M, tiles, m=2, bias=None):
-    """yp ``[n, m th, m tw, O]`` from M ``[a², >= n th tw, O]`` (+ bias, zero beyond its length:
-    M's channels may be padded); tiles = (n, th, tw)."""
-    n, th, tw = tiles
-    O = M.shape[2]
-    yp = np.empty((n, m * th, m * tw, O), dtype=M.dtype)
+def output_transform(M, y, n0=0, n1=None, m=2, bias=None):
+    """Writes y[n0:n1] (``[N, O, H, W]``, C-contiguous) from M ``[a², >= tiles, O']`` (O' >= O;
+    the tiles of those samples; its rows a multiple of ``tiles_per_block``) + bias ``[O]`` (or
+    None); returns y."""
+    n1 = y.shape[0] if n1 is None else n1
+    Op = M.shape[2]
+    B = tiles_per_block(tiles_of(y.shape[2], y.shape[3], m)[1], Op)
     has_bias = bias is not None
-    b = np.zeros(O if has_bias else 1, M.dtype)
+    b = np.zeros(Op, M.dtype)
     if has_bias:
         b[:len(bias)] = bias
-    _kernel("output_transform", m)(np.ascontiguousarray(M), th, tw, b, has_bias, yp, _k(m, M.dtype))
-    return yp
+    _kernel("output_transform", m)(np.ascontiguousarray(M), n0, n1, B, np.tile(b, B), has_bias, y,
+                                   _k(m, M.dtype))
+    return y
 
 
-def grad_output_transform(dyp, m=2):
-    """dM ``[a², tiles', O]`` (a ``stack_of``, as V) of dyp ``[n, m th, m tw, O]``."""
-    th, tw = dyp.shape[1] // m, dyp.shape[2] // m
-    dM = stack_of((m + 2) ** 2, dyp.shape[0] * th * tw, dyp.shape[3], dyp.dtype)
-    _kernel("grad_output_transform", m)(dyp, dM, _k(m, dyp.dtype))
+def grad_output_transform(dy, n0=0, n1=None, m=2):
+    """dM ``[a², tiles', O']`` (a ``stack_of``, as V) of the samples n0:n1 of dy ``[N, O, H, W]``."""
+    N, O, H, W = dy.shape
+    n1 = N if n1 is None else n1
+    th, tw = tiles_of(H, W, m)
+    Op = padded_channels(O)
+    B = tiles_per_block(tw, Op)
+    dM = stack_of((m + 2) ** 2, (n1 - n0) * th * tw, Op, dy.dtype, B)
+    _kernel("grad_output_transform", m)(np.ascontiguousarray(dy), n0, n1, B, dM, _k(m, dy.dtype))
     return dM
 
 
-def input_grad_transform(dV, tiles, m=2):
-    """dxp ``[n, m th + 2, m tw + 2, C]`` from dV ``[a², >= n th tw, C]``; tiles = (n, th, tw)."""
-    n, th, tw = tiles
-    dxp = np.empty((n, m * th + 2, m * tw + 2, dV.shape[2]), dtype=dV.dtype)
-    _kernel("input_grad_transform", m)(np.ascontiguousarray(dV), th, tw, dxp, _k(m, dV.dtype))
-    return dxp
+def input_grad_transform(dV, dx, n0=0, n1=None, m=2):
+    """Writes dx[n0:n1] (``[N, C, H, W]``, C-contiguous) from dV ``[a², >= tiles, C']`` (C' >=
+    C; the tiles of those samples; its rows a multiple of ``tiles_per_block``); returns dx."""
+    n1 = dx.shape[0] if n1 is None else n1
+    B = tiles_per_block(tiles_of(dx.shape[2], dx.shape[3], m)[1], dV.shape[2])
+    _kernel("input_grad_transform", m)(np.ascontiguousarray(dV), n0, n1, B, dx, _k(m, dV.dtype))
+    return dx
+
+
+@functools.lru_cache(maxsize=8)
+def _g_kron_g(m: int, dtype) -> np.ndarray:
+    """G ⊗ G ``[a², 9]`` in dtype: (G g Gᵀ)[p, q] = sum over (i, j) of G[p, i] G[q, j] g[i, j]
+    (each coefficient the float64 product, rounded once)."""
+    G = matrices(m)[1]
+    return np.kron(G, G).astype(dtype)
 
 
 def weight_transform(weight, m=2):
-    """Ut ``[a², C', O]`` (a ``stack_of``: the first C rows) = G g Gᵀ for every filter of
-    weight ``[O, C, 3, 3]``."""
+    """Ut ``[a², C', O]`` (a ``stack_of``: the first C rows) = G g Gᵀ for every filter g =
+    weight[o, c] of weight ``[O, C, 3, 3]``: one GEMM with G ⊗ G (a kernel of the generated
+    formulas took 1.6 CPU s to compile for F(4x4), more than the GEMM's time in a whole run)."""
     O, C = weight.shape[:2]
-    Ut = stack_of((m + 2) ** 2, C, O, weight.dtype)
-    _kernel("weight_transform", m)(np.ascontiguousarray(weight), Ut, _k(m, weight.dtype))
+    a2 = (m + 2) ** 2
+    Ut = stack_of(a2, C, O, weight.dtype)
+    U = _g_kron_g(m, weight.dtype) @ weight.reshape(O * C, 9).T           # [a², O C]
+    Ut[:, :C] = U.reshape(a2, O, C).transpose(0, 2, 1)
     return Ut
 
 
 def weight_transform_adjoint(dUt, m=2, C=None):
-    """dweight ``[O, C, 3, 3]`` = Gᵀ dU G, the adjoint of ``weight_transform`` (dUt ``[a², C, O]``,
-    or a ``stack_of`` with C given)."""
+    """dweight ``[O, C, 3, 3]`` = Gᵀ dU G for every dU = dUt[:, c, o], the adjoint of
+    ``weight_transform`` (dUt ``[a², C, O]``, or a ``stack_of`` with C given)."""
     C = dUt.shape[1] if C is None else C
-    dweight = np.empty((dUt.shape[2], C, 3, 3), dtype=dUt.dtype)
-    _kernel("weight_transform_adjoint", m)(np.ascontiguousarray(dUt), dweight, _k(m, dUt.dtype))
-    return dweight
+    a2, O = dUt.shape[0], dUt.shape[2]
+    dU = np.ascontiguousarray(dUt[:, :C].transpose(0, 2, 1)).reshape(a2, O * C)
+    return (_g_kron_g(m, dUt.dtype).T @ dU).T.reshape(O, C, 3, 3).copy()
 
 
 # ---------------------------------------------------------------- NumPy twins (the tests' reference)
@@ -313,22 +321,19 @@ def input_grad_transform_numpy(dV, tiles, m=2):
     return dxp
 
 
-def weight_transform_numpy(weight, m=2):
-    a = m + 2
-    O, C = weight.shape[:2]
-    Ut = np.empty((a * a, C, O), dtype=weight.dtype)
-    _twin("weight", m, weight.transpose(2, 3, 1, 0), Ut, ALL, ALL, _k(m, weight.dtype))
-    return Ut
-
-
-def weight_transform_adjoint_numpy(dUt, m=2):
-    C, O = dUt.shape[1:]
-    dweight = np.empty((O, C, 3, 3), dtype=dUt.dtype)
-    _twin("weight_adjoint", m, dUt, ALL, ALL, dweight.transpose(2, 3, 1, 0), _k(m, dUt.dtype))
-    return dweight
-
-
 # ---------------------------------------------------------------- the convolution
+
+class Prepared:
+    """What a Winograd convolution's forward and backward share (``conv2d_prepare``'s result):
+    ``Ut``, the transformed weight, and ``V``, the forward's input transforms per chunk (None
+    until a forward with this object ran, and again once a backward used them: a second
+    backward recomputes them)."""
+    __slots__ = ("Ut", "V")
+
+    def __init__(self, Ut):
+        self.Ut = Ut
+        self.V = None
+
 
 def _plan(x, weight, Ut, m):
     """What the forward and the backward both start from: the tile size, x contiguous, the
@@ -341,49 +346,60 @@ def _plan(x, weight, Ut, m):
     return m, x, Ut, th, tw, winograd_chunk_bounds(x.shape[0], th * tw)
 
 
-def winograd_forward(x, weight, bias, run_chunks, Ut=None, m=None):
+def winograd_forward(x, weight, bias, run_chunks, prepared=None, m=None):
     """y ``[N, O, H, W]`` = conv(x ``[N, C, H, W]``, weight ``[O, C, 3, 3]``, stride 1, padding 1)
     + bias (or None). ``run_chunks(count, task)`` runs ``task(i)`` for every chunk (the
-    convolution thread pool); Ut: ``weight_transform(weight, m)`` if the caller has it; m: the
-    tile size (``tile_size`` by default)."""
-    m, x, Ut, th, tw, bounds = _plan(x, weight, Ut, m)
+    convolution thread pool); prepared: a ``Prepared`` of this weight and tile size, which then
+    also keeps the input transforms for the backward; m: the tile size (``tile_size`` by
+    default)."""
+    m, x, Ut, th, tw, bounds = _plan(x, weight, None if prepared is None else prepared.Ut, m)
     N, C, H, W = x.shape
     O = weight.shape[0]
     y = np.empty((N, O, H, W), dtype=x.dtype)
+    kept = [None] * len(bounds)
 
     def task(i):
         n0, n1 = bounds[i]
         T = (n1 - n0) * th * tw
-        V = input_transform(to_tiles_layout(x, m, 1, n0, n1), m)
-        M = stack_of(V.shape[0], T, padded_channels(O), x.dtype)
+        V = input_transform(x, n0, n1, m)
+        Op = padded_channels(O)
+        M = stack_of(V.shape[0], T, Op, x.dtype, tiles_per_block(tw, Op))
         np.matmul(V[:, :T, :C], Ut, out=M[:, :T, :O])
-        from_tiles_layout(output_transform(M, (n1 - n0, th, tw), m, bias), y, 0, n0)
+        output_transform(M, y, n0, n1, m, bias)
+        kept[i] = V
 
     run_chunks(len(bounds), task)
+    if prepared is not None:
+        prepared.V = kept
     return y
 
 
-def winograd_backward(dy, x, weight, need_dx, run_chunks, Ut=None, m=None):
+def winograd_backward(dy, x, weight, need_dx, run_chunks, prepared=None, m=None):
     """``(dx, dweight)`` of ``winograd_forward`` for dy ``[N, O, H, W]`` (x's dtype); dx is
-    None with ``need_dx=False``; Ut and m as for the forward."""
-    m, x, Ut, th, tw, bounds = _plan(x, weight, Ut, m)
+    None with ``need_dx=False``; prepared and m as for the forward (the input transforms the
+    forward kept are used, then released; without them they are recomputed)."""
+    m, x, Ut, th, tw, bounds = _plan(x, weight, None if prepared is None else prepared.Ut, m)
     N, C, H, W = x.shape
     O = weight.shape[0]
     dy = np.ascontiguousarray(dy)
     a2 = (m + 2) ** 2
     dUt_parts = [stack_of(a2, C, O, x.dtype) for _ in bounds]
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+    kept = None if prepared is None else prepared.V
+    if prepared is not None:
+        prepared.V = None
 
     def task(i):
         n0, n1 = bounds[i]
         T = (n1 - n0) * th * tw
-        # V is recomputed rather than kept from the forward: 2.25-4 times x's size per layer
-        V = input_transform(to_tiles_layout(x, m, 1, n0, n1), m)
-        dM = grad_output_transform(to_tiles_layout(dy, m, 0, n0, n1), m)
+        V = kept[i] if kept else input_transform(x, n0, n1, m)
+        dM = grad_output_transform(dy, n0, n1, m)
         np.matmul(V[:, :T, :C].transpose(0, 2, 1), dM[:, :T, :O], out=dUt_parts[i][:, :C])
         if need_dx:
             np.matmul(dM[:, :T, :O], Ut.transpose(0, 2, 1), out=V[:, :T, :C])
-            from_tiles_layout(input_grad_transform(V, (n1 - n0, th, tw), m), dx, 1, n0)
+            input_grad_transform(V, dx, n0, n1, m)
+        if kept:
+            kept[i] = None              # this chunk's share of the forward's memory, freed now
 
     run_chunks(len(bounds), task)
     dUt = dUt_parts[0]

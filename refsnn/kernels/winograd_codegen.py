@@ -1,7 +1,8 @@
 """Writes ``refsnn/kernels/winograd_formulas.py``: the per-channel formulas of Winograd's
-F(m x m, 3x3) (m = 2, 4) as straight-line code, from the matrices Bᵀ, G, Aᵀ, and the Numba
+F(m x m, 3x3) (m = 2, 4) as straight-line code, from the matrices Bᵀ and Aᵀ, and the Numba
 kernels that run them over tiles and channels (one set per m: a kernel taking the formula as
-an argument is not cached by Numba).
+an argument is not cached by Numba). The weights' transform G g Gᵀ needs no kernel: it is one
+GEMM with G ⊗ G (``refsnn.kernels.winograd.weight_transform``).
 
 Why generated: LLVM vectorises a kernel's loop over channels only when the tile arithmetic in
 its body is straight-line code (a loop over a tile's values, or a tuple indexed by a loop
@@ -41,9 +42,10 @@ def transpose(T):
 
 
 def constants(m):
-    """The coefficients other than 0 and ±1 of F(m, 3)'s matrices, by absolute value: the
+    """The coefficients other than 0 and ±1 of F(m, 3)'s Bᵀ and Aᵀ, by absolute value: the
     order of the typed constants ``k`` the formulas take."""
-    values = sorted({abs(Fr(v)) for T in MATRICES[m] for row in T for v in row} - {0, 1})
+    BT, _, AT = MATRICES[m]
+    values = sorted({abs(Fr(v)) for T in (BT, AT) for row in T for v in row} - {0, 1})
     return values
 
 
@@ -86,10 +88,10 @@ def grouped(name, T_rows, T_cols, load, store, args, doc, consts):
 
 def formulas(m):
     """Source of the formula groups of F(m x m, 3x3), and how many groups each transform has."""
-    BT, G, AT = MATRICES[m]
+    BT, _, AT = MATRICES[m]
     a = m + 2
     consts = constants(m)
-    B, A_, Gt = transpose(BT), transpose(AT), transpose(G)
+    B, A_ = transpose(BT), transpose(AT)
     f = f"F({m}x{m}, 3x3)"
     specs = [
         # name, T_rows, T_cols, load(i, j), store(p, q, expr), args, doc
@@ -105,12 +107,6 @@ def formulas(m):
         ("input_grad", B, B, lambda i, j: f"src[{i * a + j}, t, c]",
          lambda p, q, e: f"dst[{p}, {q}, c] = {e}", "src, t, c, dst, k",
          f"dst[:, :, c] = B dV Bᵀ, dV = src[:, t, c], {f}"),
-        ("weight", G, G, lambda i, j: f"src[{i}, {j}]",
-         lambda p, q, e: f"dst[{p * a + q}, c, o] = {e}", "src, dst, c, o, k",
-         f"dst[:, c, o] = G g Gᵀ, g = src, {f}"),
-        ("weight_adjoint", Gt, Gt, lambda i, j: f"src[{i * a + j}, c, o]",
-         lambda p, q, e: f"dst[{p}, {q}] = {e}", "src, c, o, dst, k",
-         f"dst = Gᵀ dU G, dU = src[:, c, o], {f}"),
     ]
     out, counts = [], {}
     for name, T_rows, T_cols, load, store, args, doc in specs:
@@ -133,105 +129,142 @@ def calls(name, m, counts, args, indent, loop=None):
 KERNELS = """
 # The kernels' arrays are C-contiguous and the formulas read and write whole vectors of channels
 # through them: with a strided (layout 'A') array Numba passes the innermost stride at run time
-# and LLVM leaves the channel loop scalar. Each tile goes through a small local buffer, which
-# keeps the formulas' indexing the same for the kernels and the twins.
+# and LLVM leaves the channel loop scalar. The kernels read and write the NCHW maps themselves,
+# one sample at a time through a channels-last buffer that stays in cache (laying out a whole
+# chunk first wrote and re-read it from memory: 10-20% slower at the `paper` shapes). B
+# consecutive tiles of a tile row go through the formulas together, their channels side by side
+# (``[.., B C']``, the stacks seen as ``[a², rows / B, B C']``), so that each formula loop runs
+# over B C' values: with few channels a loop's run-time alias checks cost more than its
+# arithmetic (``winograd.tiles_per_block``). The buffers hold column w at ``[w % {m}, w // {m}]``:
+# the values a window position takes in B consecutive tiles are then B C' consecutive values,
+# copied to and from the tile buffers by one loop.
 
 @nb.njit(nogil=True, cache=True)
-def input_transform_{m}(xp, V, k):
-    \"\"\"V[:, t, :] = Bᵀ d B of every tile d of the padded channels-last xp ``[n, Hp, Wp, C]``
-    (V ``[{a2}, >= tiles, C]``).\"\"\"
-    n_, Hp, Wp, C = xp.shape
-    th, tw = (Hp - 2) // {m}, (Wp - 2) // {m}
-    d = np.empty(({a}, {a}, C), dtype=xp.dtype)
-    for n in range(n_):
+def input_transform_{m}(x, n0, n1, B, V, k):
+    \"\"\"V[:, t, :] = Bᵀ d B of every tile d of the samples n0:n1 of x ``[N, C, H, W]`` with a
+    border of zeros (t counts the tiles from sample n0; V ``[{a2}, >= tiles, C']``, C' >= C: the
+    extra channels are transforms of zeros; B divides the tiles per row and V's rows).\"\"\"
+    N, C, H, W = x.shape
+    Cp = V.shape[2]
+    th, tw = (H + {m} - 1) // {m}, (W + {m} - 1) // {m}
+    L = B * Cp
+    VB = V.reshape(({a2}, V.shape[1] // B, L))
+    xp = np.zeros(({m} * th + 2, {m}, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % {m}, w // {m}]
+    d = np.empty(({a}, {a}, L), dtype=x.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for c in range(C):
+                src = x[n, c, h]
+                for w in range(W):
+                    xp[1 + h, (1 + w) % {m}, ((1 + w) // {m}) * Cp + c] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range({a}):
                     for j in range({a}):
-                        src = xp[n, {m} * ti + i, {m} * tj + j]
+                        src = xp[{m} * ti + i, j % {m}]
                         dst = d[i, j]
-                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
-                            dst[c] = src[c]
+                        base = (tj0 + j // {m}) * Cp
+                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
+                            dst[e] = src[base + e]
 {calls_input}
 
 
 @nb.njit(nogil=True, cache=True)
-def output_transform_{m}(M, th, tw, bias, has_bias, yp, k):
-    \"\"\"yp[n, {m}ti:{m}ti+{m}, {m}tj:{m}tj+{m}, :] = Aᵀ M[:, t] A (+ bias) for every tile t.\"\"\"
-    n_, Hp, Wp, O = yp.shape
-    zero = yp.dtype.type(0)
-    y = np.empty(({m}, {m}, O), dtype=yp.dtype)
-    for n in range(n_):
+def output_transform_{m}(M, n0, n1, B, bias, has_bias, y, k):
+    \"\"\"y[n] (``[N, O, H, W]``) for the samples n0:n1: Aᵀ M[:, t] A (+ bias) of every tile t,
+    cropped to H x W (M ``[{a2}, >= tiles, O']``, O' >= O; bias ``[B O']``, the bias of the O'
+    channels repeated B times; B as for the input).\"\"\"
+    N, O, H, W = y.shape
+    Op = M.shape[2]
+    th, tw = (H + {m} - 1) // {m}, (W + {m} - 1) // {m}
+    L = B * Op
+    MB = M.reshape(({a2}, M.shape[1] // B, L))
+    zero = y.dtype.type(0)
+    yp = np.empty(({m} * th, {m}, tw * Op), dtype=y.dtype)              # column w at [w % {m}, w // {m}]
+    tile = np.empty(({m}, {m}, L), dtype=y.dtype)
+    for n in range(n0, n1):
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
 {calls_output}
                 for i in range({m}):
                     for j in range({m}):
-                        src = y[i, j]
-                        dst = yp[n, {m} * ti + i, {m} * tj + j]
-                        for o in range(O):
-                            dst[o] = src[o]
+                        src = tile[i, j]
+                        dst = yp[{m} * ti + i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[base + e] = src[e]
+        for h in range(H):
+            for o in range(O):
+                dst = y[n, o, h]
+                for w in range(W):
+                    dst[w] = yp[h, w % {m}, (w // {m}) * Op + o]
 
 
 @nb.njit(nogil=True, cache=True)
-def grad_output_transform_{m}(dyp, dM, k):
-    \"\"\"dM[:, t, :] = A dY Aᵀ of every {m}x{m} tile dY of dyp ``[n, {m}th, {m}tw, O]``.\"\"\"
-    n_, Hp, Wp, O = dyp.shape
-    th, tw = Hp // {m}, Wp // {m}
-    dy = np.empty(({m}, {m}, O), dtype=dyp.dtype)
-    for n in range(n_):
+def grad_output_transform_{m}(dy, n0, n1, B, dM, k):
+    \"\"\"dM[:, t, :] = A dY Aᵀ of every {m}x{m} tile dY of the samples n0:n1 of dy ``[N, O, H, W]``
+    (zero beyond H x W; dM ``[{a2}, >= tiles, O']``, O' >= O; B as for the input).\"\"\"
+    N, O, H, W = dy.shape
+    Op = dM.shape[2]
+    th, tw = (H + {m} - 1) // {m}, (W + {m} - 1) // {m}
+    L = B * Op
+    dMB = dM.reshape(({a2}, dM.shape[1] // B, L))
+    dyp = np.zeros(({m} * th, {m}, tw * Op), dtype=dy.dtype)            # column w at [w % {m}, w // {m}]
+    tile = np.empty(({m}, {m}, L), dtype=dy.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for o in range(O):
+                src = dy[n, o, h]
+                for w in range(W):
+                    dyp[h, w % {m}, (w // {m}) * Op + o] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range({m}):
                     for j in range({m}):
-                        src = dyp[n, {m} * ti + i, {m} * tj + j]
-                        dst = dy[i, j]
-                        for o in range(O):
-                            dst[o] = src[o]
+                        src = dyp[{m} * ti + i, j]
+                        dst = tile[i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[e] = src[base + e]
 {calls_grad_output}
 
 
 @nb.njit(nogil=True, cache=True)
-def input_grad_transform_{m}(dV, th, tw, dxp, k):
-    \"\"\"dxp[n] = the sum over tiles, in order, of B dV[:, t] Bᵀ, each added into its
-    {a}x{a} window; dxp ``[n, {m}th + 2, {m}tw + 2, C]`` overwritten.\"\"\"
-    n_, Hp, Wp, C = dxp.shape
-    dxp[:] = 0
-    dd = np.empty(({a}, {a}, C), dtype=dxp.dtype)
-    for n in range(n_):
+def input_grad_transform_{m}(dV, n0, n1, B, dx, k):
+    \"\"\"dx[n] (``[N, C, H, W]``) for the samples n0:n1: the sum over the sample's tiles, in
+    order, of B dV[:, t] Bᵀ, each added into its {a}x{a} window of the padded map, without the
+    border (dV ``[{a2}, >= tiles, C']``, C' >= C; B as for the input). A block adds its
+    windows' last two columns first: each value then receives its terms in tile order, as
+    when the tiles are added one by one.\"\"\"
+    N, C, H, W = dx.shape
+    Cp = dV.shape[2]
+    th, tw = (H + {m} - 1) // {m}, (W + {m} - 1) // {m}
+    L = B * Cp
+    dVB = dV.reshape(({a2}, dV.shape[1] // B, L))
+    dxp = np.empty(({m} * th + 2, {m}, (tw + 1) * Cp), dtype=dx.dtype)  # column w at [w % {m}, w // {m}]
+    dd = np.empty(({a}, {a}, L), dtype=dx.dtype)
+    for n in range(n0, n1):
+        dxp[:] = 0
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
 {calls_input_grad}
-                for i in range({a}):
-                    for j in range({a}):
-                        row = dxp[n, {m} * ti + i, {m} * tj + j]
+                for jj in range({a}):
+                    j = (jj + {m}) % {a}          # columns {m}, {m} + 1 first, then 0 .. {m} - 1
+                    base = (tj0 + j // {m}) * Cp
+                    for i in range({a}):
+                        row = dxp[{m} * ti + i, j % {m}]
                         add = dd[i, j]
-                        for c in range(C):
-                            row[c] += add[c]
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_{m}(weight, Ut, k):
-    \"\"\"Ut[:, c, o] = G g Gᵀ of every filter g = weight[o, c] (weight ``[O, C, 3, 3]``).\"\"\"
-    O, C = weight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = weight[o, c]
-{calls_weight}
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_adjoint_{m}(dUt, dweight, k):
-    \"\"\"dweight[o, c] = Gᵀ dU G of every tile dU = dUt[:, c, o] (dweight ``[O, C, 3, 3]``).\"\"\"
-    O, C = dweight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = dweight[o, c]
-{calls_weight_adjoint}
+                        for e in range(L):
+                            row[base + e] += add[e]
+        for h in range(H):
+            for c in range(C):
+                dst = dx[n, c, h]
+                for w in range(W):
+                    dst[w] = dxp[1 + h, (1 + w) % {m}, ((1 + w) // {m}) * Cp + c]
 """
 
 
@@ -243,22 +276,20 @@ def source() -> str:
             *[f"m = {m}: k = {tuple(str(v) for v in constants(m))}" for m in MATRICES],
             '"""',
             "import numba as nb", "import numpy as np", "",
-            "CONSTANTS = {" + ", ".join(f"{m}: ({', '.join(f'{v.numerator} / {v.denominator}' for v in constants(m))},)"
+            "CONSTANTS = {" + ", ".join(f"{m}: ({''.join(f'{v.numerator} / {v.denominator}, ' for v in constants(m))})"
                                          for m in MATRICES) + "}", ""]
     body, kernels, groups = [], [], []
     for m in MATRICES:
         funcs, counts = formulas(m)
         body += funcs
-        i16, i12 = " " * 16, " " * 12
+        i16 = " " * 16
         kernels.append(KERNELS.format(
             m=m, a=m + 2, a2=(m + 2) ** 2,
-            calls_input=calls("input", m, counts, "d, c, V, t, k", i16, "for c in range(C):"),
-            calls_output=calls("output", m, counts, "M, t, o, y, bias[o] if has_bias else zero, k", i16,
-                               "for o in range(O):"),
-            calls_grad_output=calls("grad_output", m, counts, "dy, o, dM, t, k", i16, "for o in range(O):"),
-            calls_input_grad=calls("input_grad", m, counts, "dV, t, c, dd, k", i16, "for c in range(C):"),
-            calls_weight=calls("weight", m, counts, "g, Ut, c, o, k", i12),
-            calls_weight_adjoint=calls("weight_adjoint", m, counts, "dUt, c, o, g, k", i12)))
+            calls_input=calls("input", m, counts, "d, c, VB, blk, k", i16, "for c in range(L):"),
+            calls_output=calls("output", m, counts, "MB, blk, o, tile, bias[o] if has_bias else zero, k", i16,
+                               "for o in range(L):"),
+            calls_grad_output=calls("grad_output", m, counts, "tile, o, dMB, blk, k", i16, "for o in range(L):"),
+            calls_input_grad=calls("input_grad", m, counts, "dVB, blk, c, dd, k", i16, "for c in range(L):")))
         groups += [f"    ({name!r}, {m}): ({', '.join(f'{name}_{m}_{p}' for p in range(n))},),"
                    for name, n in counts.items()]
     body.append("# every transform's groups, in order (the NumPy twins call them in turn)\nGROUPS = {\n"

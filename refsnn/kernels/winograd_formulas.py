@@ -2,13 +2,13 @@
 ``python -m refsnn.kernels.winograd_codegen`` from its matrices; do not edit (see there).
 
 ``k`` is the tuple of the coefficients other than 0 and ±1, in the array's dtype:
-m = 2: k = ('1/2',)
-m = 4: k = ('1/24', '1/12', '1/6', '1/4', '2', '4', '5', '8')
+m = 2: k = ()
+m = 4: k = ('2', '4', '5', '8')
 """
 import numba as nb
 import numpy as np
 
-CONSTANTS = {2: (1 / 2,), 4: (1 / 24, 1 / 12, 1 / 6, 1 / 4, 2 / 1, 4 / 1, 5 / 1, 8 / 1,)}
+CONSTANTS = {2: (), 4: (2 / 1, 4 / 1, 5 / 1, 8 / 1, )}
 
 
 @nb.njit(inline="always")
@@ -282,146 +282,6 @@ def input_grad_2_3(src, t, c, dst, k):
 
 
 @nb.njit(inline="always")
-def weight_2_0(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(2x2, 3x3) (row 0)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    r0 = s0_0
-    r1 = s0_1
-    r2 = s0_2
-    dst[0, c, o] = r0
-    dst[1, c, o] = k[0] * r0 + k[0] * r1 + k[0] * r2
-    dst[2, c, o] = k[0] * r0 - k[0] * r1 + k[0] * r2
-    dst[3, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_2_1(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(2x2, 3x3) (row 1)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = k[0] * s0_0 + k[0] * s1_0 + k[0] * s2_0
-    r1 = k[0] * s0_1 + k[0] * s1_1 + k[0] * s2_1
-    r2 = k[0] * s0_2 + k[0] * s1_2 + k[0] * s2_2
-    dst[4, c, o] = r0
-    dst[5, c, o] = k[0] * r0 + k[0] * r1 + k[0] * r2
-    dst[6, c, o] = k[0] * r0 - k[0] * r1 + k[0] * r2
-    dst[7, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_2_2(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(2x2, 3x3) (row 2)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = k[0] * s0_0 - k[0] * s1_0 + k[0] * s2_0
-    r1 = k[0] * s0_1 - k[0] * s1_1 + k[0] * s2_1
-    r2 = k[0] * s0_2 - k[0] * s1_2 + k[0] * s2_2
-    dst[8, c, o] = r0
-    dst[9, c, o] = k[0] * r0 + k[0] * r1 + k[0] * r2
-    dst[10, c, o] = k[0] * r0 - k[0] * r1 + k[0] * r2
-    dst[11, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_2_3(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(2x2, 3x3) (row 3)"""
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = s2_0
-    r1 = s2_1
-    r2 = s2_2
-    dst[12, c, o] = r0
-    dst[13, c, o] = k[0] * r0 + k[0] * r1 + k[0] * r2
-    dst[14, c, o] = k[0] * r0 - k[0] * r1 + k[0] * r2
-    dst[15, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_adjoint_2_0(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(2x2, 3x3) (row 0)"""
-    s0_0 = src[0, c, o]
-    s0_1 = src[1, c, o]
-    s0_2 = src[2, c, o]
-    s0_3 = src[3, c, o]
-    s1_0 = src[4, c, o]
-    s1_1 = src[5, c, o]
-    s1_2 = src[6, c, o]
-    s1_3 = src[7, c, o]
-    s2_0 = src[8, c, o]
-    s2_1 = src[9, c, o]
-    s2_2 = src[10, c, o]
-    s2_3 = src[11, c, o]
-    r0 = s0_0 + k[0] * s1_0 + k[0] * s2_0
-    r1 = s0_1 + k[0] * s1_1 + k[0] * s2_1
-    r2 = s0_2 + k[0] * s1_2 + k[0] * s2_2
-    r3 = s0_3 + k[0] * s1_3 + k[0] * s2_3
-    dst[0, 0] = r0 + k[0] * r1 + k[0] * r2
-    dst[0, 1] = k[0] * r1 - k[0] * r2
-    dst[0, 2] = k[0] * r1 + k[0] * r2 + r3
-
-
-@nb.njit(inline="always")
-def weight_adjoint_2_1(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(2x2, 3x3) (row 1)"""
-    s1_0 = src[4, c, o]
-    s1_1 = src[5, c, o]
-    s1_2 = src[6, c, o]
-    s1_3 = src[7, c, o]
-    s2_0 = src[8, c, o]
-    s2_1 = src[9, c, o]
-    s2_2 = src[10, c, o]
-    s2_3 = src[11, c, o]
-    r0 = k[0] * s1_0 - k[0] * s2_0
-    r1 = k[0] * s1_1 - k[0] * s2_1
-    r2 = k[0] * s1_2 - k[0] * s2_2
-    r3 = k[0] * s1_3 - k[0] * s2_3
-    dst[1, 0] = r0 + k[0] * r1 + k[0] * r2
-    dst[1, 1] = k[0] * r1 - k[0] * r2
-    dst[1, 2] = k[0] * r1 + k[0] * r2 + r3
-
-
-@nb.njit(inline="always")
-def weight_adjoint_2_2(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(2x2, 3x3) (row 2)"""
-    s1_0 = src[4, c, o]
-    s1_1 = src[5, c, o]
-    s1_2 = src[6, c, o]
-    s1_3 = src[7, c, o]
-    s2_0 = src[8, c, o]
-    s2_1 = src[9, c, o]
-    s2_2 = src[10, c, o]
-    s2_3 = src[11, c, o]
-    s3_0 = src[12, c, o]
-    s3_1 = src[13, c, o]
-    s3_2 = src[14, c, o]
-    s3_3 = src[15, c, o]
-    r0 = k[0] * s1_0 + k[0] * s2_0 + s3_0
-    r1 = k[0] * s1_1 + k[0] * s2_1 + s3_1
-    r2 = k[0] * s1_2 + k[0] * s2_2 + s3_2
-    r3 = k[0] * s1_3 + k[0] * s2_3 + s3_3
-    dst[2, 0] = r0 + k[0] * r1 + k[0] * r2
-    dst[2, 1] = k[0] * r1 - k[0] * r2
-    dst[2, 2] = k[0] * r1 + k[0] * r2 + r3
-
-
-@nb.njit(inline="always")
 def input_4_0(src, c, dst, t, k):
     """dst[:, t, c] = Bᵀ d B, d = src[:, :, c], F(4x4, 3x3) (row 0)"""
     s0_0 = src[0, 0, c]
@@ -442,18 +302,18 @@ def input_4_0(src, c, dst, t, k):
     s4_3 = src[4, 3, c]
     s4_4 = src[4, 4, c]
     s4_5 = src[4, 5, c]
-    r0 = k[5] * s0_0 - k[6] * s2_0 + s4_0
-    r1 = k[5] * s0_1 - k[6] * s2_1 + s4_1
-    r2 = k[5] * s0_2 - k[6] * s2_2 + s4_2
-    r3 = k[5] * s0_3 - k[6] * s2_3 + s4_3
-    r4 = k[5] * s0_4 - k[6] * s2_4 + s4_4
-    r5 = k[5] * s0_5 - k[6] * s2_5 + s4_5
-    dst[0, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[1, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[2, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[3, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[4, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[5, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = k[1] * s0_0 - k[2] * s2_0 + s4_0
+    r1 = k[1] * s0_1 - k[2] * s2_1 + s4_1
+    r2 = k[1] * s0_2 - k[2] * s2_2 + s4_2
+    r3 = k[1] * s0_3 - k[2] * s2_3 + s4_3
+    r4 = k[1] * s0_4 - k[2] * s2_4 + s4_4
+    r5 = k[1] * s0_5 - k[2] * s2_5 + s4_5
+    dst[0, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[1, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[2, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[3, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[4, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[5, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -483,18 +343,18 @@ def input_4_1(src, c, dst, t, k):
     s4_3 = src[4, 3, c]
     s4_4 = src[4, 4, c]
     s4_5 = src[4, 5, c]
-    r0 = -k[5] * s1_0 - k[5] * s2_0 + s3_0 + s4_0
-    r1 = -k[5] * s1_1 - k[5] * s2_1 + s3_1 + s4_1
-    r2 = -k[5] * s1_2 - k[5] * s2_2 + s3_2 + s4_2
-    r3 = -k[5] * s1_3 - k[5] * s2_3 + s3_3 + s4_3
-    r4 = -k[5] * s1_4 - k[5] * s2_4 + s3_4 + s4_4
-    r5 = -k[5] * s1_5 - k[5] * s2_5 + s3_5 + s4_5
-    dst[6, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[7, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[8, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[9, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[10, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[11, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = -k[1] * s1_0 - k[1] * s2_0 + s3_0 + s4_0
+    r1 = -k[1] * s1_1 - k[1] * s2_1 + s3_1 + s4_1
+    r2 = -k[1] * s1_2 - k[1] * s2_2 + s3_2 + s4_2
+    r3 = -k[1] * s1_3 - k[1] * s2_3 + s3_3 + s4_3
+    r4 = -k[1] * s1_4 - k[1] * s2_4 + s3_4 + s4_4
+    r5 = -k[1] * s1_5 - k[1] * s2_5 + s3_5 + s4_5
+    dst[6, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[7, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[8, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[9, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[10, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[11, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -524,18 +384,18 @@ def input_4_2(src, c, dst, t, k):
     s4_3 = src[4, 3, c]
     s4_4 = src[4, 4, c]
     s4_5 = src[4, 5, c]
-    r0 = k[5] * s1_0 - k[5] * s2_0 - s3_0 + s4_0
-    r1 = k[5] * s1_1 - k[5] * s2_1 - s3_1 + s4_1
-    r2 = k[5] * s1_2 - k[5] * s2_2 - s3_2 + s4_2
-    r3 = k[5] * s1_3 - k[5] * s2_3 - s3_3 + s4_3
-    r4 = k[5] * s1_4 - k[5] * s2_4 - s3_4 + s4_4
-    r5 = k[5] * s1_5 - k[5] * s2_5 - s3_5 + s4_5
-    dst[12, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[13, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[14, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[15, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[16, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[17, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = k[1] * s1_0 - k[1] * s2_0 - s3_0 + s4_0
+    r1 = k[1] * s1_1 - k[1] * s2_1 - s3_1 + s4_1
+    r2 = k[1] * s1_2 - k[1] * s2_2 - s3_2 + s4_2
+    r3 = k[1] * s1_3 - k[1] * s2_3 - s3_3 + s4_3
+    r4 = k[1] * s1_4 - k[1] * s2_4 - s3_4 + s4_4
+    r5 = k[1] * s1_5 - k[1] * s2_5 - s3_5 + s4_5
+    dst[12, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[13, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[14, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[15, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[16, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[17, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -565,18 +425,18 @@ def input_4_3(src, c, dst, t, k):
     s4_3 = src[4, 3, c]
     s4_4 = src[4, 4, c]
     s4_5 = src[4, 5, c]
-    r0 = -k[4] * s1_0 - s2_0 + k[4] * s3_0 + s4_0
-    r1 = -k[4] * s1_1 - s2_1 + k[4] * s3_1 + s4_1
-    r2 = -k[4] * s1_2 - s2_2 + k[4] * s3_2 + s4_2
-    r3 = -k[4] * s1_3 - s2_3 + k[4] * s3_3 + s4_3
-    r4 = -k[4] * s1_4 - s2_4 + k[4] * s3_4 + s4_4
-    r5 = -k[4] * s1_5 - s2_5 + k[4] * s3_5 + s4_5
-    dst[18, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[19, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[20, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[21, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[22, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[23, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = -k[0] * s1_0 - s2_0 + k[0] * s3_0 + s4_0
+    r1 = -k[0] * s1_1 - s2_1 + k[0] * s3_1 + s4_1
+    r2 = -k[0] * s1_2 - s2_2 + k[0] * s3_2 + s4_2
+    r3 = -k[0] * s1_3 - s2_3 + k[0] * s3_3 + s4_3
+    r4 = -k[0] * s1_4 - s2_4 + k[0] * s3_4 + s4_4
+    r5 = -k[0] * s1_5 - s2_5 + k[0] * s3_5 + s4_5
+    dst[18, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[19, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[20, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[21, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[22, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[23, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -606,18 +466,18 @@ def input_4_4(src, c, dst, t, k):
     s4_3 = src[4, 3, c]
     s4_4 = src[4, 4, c]
     s4_5 = src[4, 5, c]
-    r0 = k[4] * s1_0 - s2_0 - k[4] * s3_0 + s4_0
-    r1 = k[4] * s1_1 - s2_1 - k[4] * s3_1 + s4_1
-    r2 = k[4] * s1_2 - s2_2 - k[4] * s3_2 + s4_2
-    r3 = k[4] * s1_3 - s2_3 - k[4] * s3_3 + s4_3
-    r4 = k[4] * s1_4 - s2_4 - k[4] * s3_4 + s4_4
-    r5 = k[4] * s1_5 - s2_5 - k[4] * s3_5 + s4_5
-    dst[24, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[25, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[26, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[27, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[28, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[29, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = k[0] * s1_0 - s2_0 - k[0] * s3_0 + s4_0
+    r1 = k[0] * s1_1 - s2_1 - k[0] * s3_1 + s4_1
+    r2 = k[0] * s1_2 - s2_2 - k[0] * s3_2 + s4_2
+    r3 = k[0] * s1_3 - s2_3 - k[0] * s3_3 + s4_3
+    r4 = k[0] * s1_4 - s2_4 - k[0] * s3_4 + s4_4
+    r5 = k[0] * s1_5 - s2_5 - k[0] * s3_5 + s4_5
+    dst[24, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[25, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[26, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[27, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[28, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[29, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -641,18 +501,18 @@ def input_4_5(src, c, dst, t, k):
     s5_3 = src[5, 3, c]
     s5_4 = src[5, 4, c]
     s5_5 = src[5, 5, c]
-    r0 = k[5] * s1_0 - k[6] * s3_0 + s5_0
-    r1 = k[5] * s1_1 - k[6] * s3_1 + s5_1
-    r2 = k[5] * s1_2 - k[6] * s3_2 + s5_2
-    r3 = k[5] * s1_3 - k[6] * s3_3 + s5_3
-    r4 = k[5] * s1_4 - k[6] * s3_4 + s5_4
-    r5 = k[5] * s1_5 - k[6] * s3_5 + s5_5
-    dst[30, t, c] = k[5] * r0 - k[6] * r2 + r4
-    dst[31, t, c] = -k[5] * r1 - k[5] * r2 + r3 + r4
-    dst[32, t, c] = k[5] * r1 - k[5] * r2 - r3 + r4
-    dst[33, t, c] = -k[4] * r1 - r2 + k[4] * r3 + r4
-    dst[34, t, c] = k[4] * r1 - r2 - k[4] * r3 + r4
-    dst[35, t, c] = k[5] * r1 - k[6] * r3 + r5
+    r0 = k[1] * s1_0 - k[2] * s3_0 + s5_0
+    r1 = k[1] * s1_1 - k[2] * s3_1 + s5_1
+    r2 = k[1] * s1_2 - k[2] * s3_2 + s5_2
+    r3 = k[1] * s1_3 - k[2] * s3_3 + s5_3
+    r4 = k[1] * s1_4 - k[2] * s3_4 + s5_4
+    r5 = k[1] * s1_5 - k[2] * s3_5 + s5_5
+    dst[30, t, c] = k[1] * r0 - k[2] * r2 + r4
+    dst[31, t, c] = -k[1] * r1 - k[1] * r2 + r3 + r4
+    dst[32, t, c] = k[1] * r1 - k[1] * r2 - r3 + r4
+    dst[33, t, c] = -k[0] * r1 - r2 + k[0] * r3 + r4
+    dst[34, t, c] = k[0] * r1 - r2 - k[0] * r3 + r4
+    dst[35, t, c] = k[1] * r1 - k[2] * r3 + r5
 
 
 @nb.njit(inline="always")
@@ -695,9 +555,9 @@ def output_4_0(src, t, c, dst, b, k):
     r4 = s0_4 + s1_4 + s2_4 + s3_4 + s4_4
     r5 = s0_5 + s1_5 + s2_5 + s3_5 + s4_5
     dst[0, 0, c] = r0 + r1 + r2 + r3 + r4 + b
-    dst[0, 1, c] = r1 - r2 + k[4] * r3 - k[4] * r4 + b
-    dst[0, 2, c] = r1 + r2 + k[5] * r3 + k[5] * r4 + b
-    dst[0, 3, c] = r1 - r2 + k[7] * r3 - k[7] * r4 + r5 + b
+    dst[0, 1, c] = r1 - r2 + k[0] * r3 - k[0] * r4 + b
+    dst[0, 2, c] = r1 + r2 + k[1] * r3 + k[1] * r4 + b
+    dst[0, 3, c] = r1 - r2 + k[3] * r3 - k[3] * r4 + r5 + b
 
 
 @nb.njit(inline="always")
@@ -727,16 +587,16 @@ def output_4_1(src, t, c, dst, b, k):
     s4_3 = src[27, t, c]
     s4_4 = src[28, t, c]
     s4_5 = src[29, t, c]
-    r0 = s1_0 - s2_0 + k[4] * s3_0 - k[4] * s4_0
-    r1 = s1_1 - s2_1 + k[4] * s3_1 - k[4] * s4_1
-    r2 = s1_2 - s2_2 + k[4] * s3_2 - k[4] * s4_2
-    r3 = s1_3 - s2_3 + k[4] * s3_3 - k[4] * s4_3
-    r4 = s1_4 - s2_4 + k[4] * s3_4 - k[4] * s4_4
-    r5 = s1_5 - s2_5 + k[4] * s3_5 - k[4] * s4_5
+    r0 = s1_0 - s2_0 + k[0] * s3_0 - k[0] * s4_0
+    r1 = s1_1 - s2_1 + k[0] * s3_1 - k[0] * s4_1
+    r2 = s1_2 - s2_2 + k[0] * s3_2 - k[0] * s4_2
+    r3 = s1_3 - s2_3 + k[0] * s3_3 - k[0] * s4_3
+    r4 = s1_4 - s2_4 + k[0] * s3_4 - k[0] * s4_4
+    r5 = s1_5 - s2_5 + k[0] * s3_5 - k[0] * s4_5
     dst[1, 0, c] = r0 + r1 + r2 + r3 + r4 + b
-    dst[1, 1, c] = r1 - r2 + k[4] * r3 - k[4] * r4 + b
-    dst[1, 2, c] = r1 + r2 + k[5] * r3 + k[5] * r4 + b
-    dst[1, 3, c] = r1 - r2 + k[7] * r3 - k[7] * r4 + r5 + b
+    dst[1, 1, c] = r1 - r2 + k[0] * r3 - k[0] * r4 + b
+    dst[1, 2, c] = r1 + r2 + k[1] * r3 + k[1] * r4 + b
+    dst[1, 3, c] = r1 - r2 + k[3] * r3 - k[3] * r4 + r5 + b
 
 
 @nb.njit(inline="always")
@@ -766,16 +626,16 @@ def output_4_2(src, t, c, dst, b, k):
     s4_3 = src[27, t, c]
     s4_4 = src[28, t, c]
     s4_5 = src[29, t, c]
-    r0 = s1_0 + s2_0 + k[5] * s3_0 + k[5] * s4_0
-    r1 = s1_1 + s2_1 + k[5] * s3_1 + k[5] * s4_1
-    r2 = s1_2 + s2_2 + k[5] * s3_2 + k[5] * s4_2
-    r3 = s1_3 + s2_3 + k[5] * s3_3 + k[5] * s4_3
-    r4 = s1_4 + s2_4 + k[5] * s3_4 + k[5] * s4_4
-    r5 = s1_5 + s2_5 + k[5] * s3_5 + k[5] * s4_5
+    r0 = s1_0 + s2_0 + k[1] * s3_0 + k[1] * s4_0
+    r1 = s1_1 + s2_1 + k[1] * s3_1 + k[1] * s4_1
+    r2 = s1_2 + s2_2 + k[1] * s3_2 + k[1] * s4_2
+    r3 = s1_3 + s2_3 + k[1] * s3_3 + k[1] * s4_3
+    r4 = s1_4 + s2_4 + k[1] * s3_4 + k[1] * s4_4
+    r5 = s1_5 + s2_5 + k[1] * s3_5 + k[1] * s4_5
     dst[2, 0, c] = r0 + r1 + r2 + r3 + r4 + b
-    dst[2, 1, c] = r1 - r2 + k[4] * r3 - k[4] * r4 + b
-    dst[2, 2, c] = r1 + r2 + k[5] * r3 + k[5] * r4 + b
-    dst[2, 3, c] = r1 - r2 + k[7] * r3 - k[7] * r4 + r5 + b
+    dst[2, 1, c] = r1 - r2 + k[0] * r3 - k[0] * r4 + b
+    dst[2, 2, c] = r1 + r2 + k[1] * r3 + k[1] * r4 + b
+    dst[2, 3, c] = r1 - r2 + k[3] * r3 - k[3] * r4 + r5 + b
 
 
 @nb.njit(inline="always")
@@ -811,16 +671,16 @@ def output_4_3(src, t, c, dst, b, k):
     s5_3 = src[33, t, c]
     s5_4 = src[34, t, c]
     s5_5 = src[35, t, c]
-    r0 = s1_0 - s2_0 + k[7] * s3_0 - k[7] * s4_0 + s5_0
-    r1 = s1_1 - s2_1 + k[7] * s3_1 - k[7] * s4_1 + s5_1
-    r2 = s1_2 - s2_2 + k[7] * s3_2 - k[7] * s4_2 + s5_2
-    r3 = s1_3 - s2_3 + k[7] * s3_3 - k[7] * s4_3 + s5_3
-    r4 = s1_4 - s2_4 + k[7] * s3_4 - k[7] * s4_4 + s5_4
-    r5 = s1_5 - s2_5 + k[7] * s3_5 - k[7] * s4_5 + s5_5
+    r0 = s1_0 - s2_0 + k[3] * s3_0 - k[3] * s4_0 + s5_0
+    r1 = s1_1 - s2_1 + k[3] * s3_1 - k[3] * s4_1 + s5_1
+    r2 = s1_2 - s2_2 + k[3] * s3_2 - k[3] * s4_2 + s5_2
+    r3 = s1_3 - s2_3 + k[3] * s3_3 - k[3] * s4_3 + s5_3
+    r4 = s1_4 - s2_4 + k[3] * s3_4 - k[3] * s4_4 + s5_4
+    r5 = s1_5 - s2_5 + k[3] * s3_5 - k[3] * s4_5 + s5_5
     dst[3, 0, c] = r0 + r1 + r2 + r3 + r4 + b
-    dst[3, 1, c] = r1 - r2 + k[4] * r3 - k[4] * r4 + b
-    dst[3, 2, c] = r1 + r2 + k[5] * r3 + k[5] * r4 + b
-    dst[3, 3, c] = r1 - r2 + k[7] * r3 - k[7] * r4 + r5 + b
+    dst[3, 1, c] = r1 - r2 + k[0] * r3 - k[0] * r4 + b
+    dst[3, 2, c] = r1 + r2 + k[1] * r3 + k[1] * r4 + b
+    dst[3, 3, c] = r1 - r2 + k[3] * r3 - k[3] * r4 + r5 + b
 
 
 @nb.njit(inline="always")
@@ -837,8 +697,8 @@ def grad_output_4_0(src, c, dst, t, k):
     dst[0, t, c] = r0
     dst[1, t, c] = r0 + r1 + r2 + r3
     dst[2, t, c] = r0 - r1 + r2 - r3
-    dst[3, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[4, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[3, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[4, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[5, t, c] = r3
 
 
@@ -868,8 +728,8 @@ def grad_output_4_1(src, c, dst, t, k):
     dst[6, t, c] = r0
     dst[7, t, c] = r0 + r1 + r2 + r3
     dst[8, t, c] = r0 - r1 + r2 - r3
-    dst[9, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[10, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[9, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[10, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[11, t, c] = r3
 
 
@@ -899,8 +759,8 @@ def grad_output_4_2(src, c, dst, t, k):
     dst[12, t, c] = r0
     dst[13, t, c] = r0 + r1 + r2 + r3
     dst[14, t, c] = r0 - r1 + r2 - r3
-    dst[15, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[16, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[15, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[16, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[17, t, c] = r3
 
 
@@ -923,15 +783,15 @@ def grad_output_4_3(src, c, dst, t, k):
     s3_1 = src[3, 1, c]
     s3_2 = src[3, 2, c]
     s3_3 = src[3, 3, c]
-    r0 = s0_0 + k[4] * s1_0 + k[5] * s2_0 + k[7] * s3_0
-    r1 = s0_1 + k[4] * s1_1 + k[5] * s2_1 + k[7] * s3_1
-    r2 = s0_2 + k[4] * s1_2 + k[5] * s2_2 + k[7] * s3_2
-    r3 = s0_3 + k[4] * s1_3 + k[5] * s2_3 + k[7] * s3_3
+    r0 = s0_0 + k[0] * s1_0 + k[1] * s2_0 + k[3] * s3_0
+    r1 = s0_1 + k[0] * s1_1 + k[1] * s2_1 + k[3] * s3_1
+    r2 = s0_2 + k[0] * s1_2 + k[1] * s2_2 + k[3] * s3_2
+    r3 = s0_3 + k[0] * s1_3 + k[1] * s2_3 + k[3] * s3_3
     dst[18, t, c] = r0
     dst[19, t, c] = r0 + r1 + r2 + r3
     dst[20, t, c] = r0 - r1 + r2 - r3
-    dst[21, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[22, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[21, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[22, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[23, t, c] = r3
 
 
@@ -954,15 +814,15 @@ def grad_output_4_4(src, c, dst, t, k):
     s3_1 = src[3, 1, c]
     s3_2 = src[3, 2, c]
     s3_3 = src[3, 3, c]
-    r0 = s0_0 - k[4] * s1_0 + k[5] * s2_0 - k[7] * s3_0
-    r1 = s0_1 - k[4] * s1_1 + k[5] * s2_1 - k[7] * s3_1
-    r2 = s0_2 - k[4] * s1_2 + k[5] * s2_2 - k[7] * s3_2
-    r3 = s0_3 - k[4] * s1_3 + k[5] * s2_3 - k[7] * s3_3
+    r0 = s0_0 - k[0] * s1_0 + k[1] * s2_0 - k[3] * s3_0
+    r1 = s0_1 - k[0] * s1_1 + k[1] * s2_1 - k[3] * s3_1
+    r2 = s0_2 - k[0] * s1_2 + k[1] * s2_2 - k[3] * s3_2
+    r3 = s0_3 - k[0] * s1_3 + k[1] * s2_3 - k[3] * s3_3
     dst[24, t, c] = r0
     dst[25, t, c] = r0 + r1 + r2 + r3
     dst[26, t, c] = r0 - r1 + r2 - r3
-    dst[27, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[28, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[27, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[28, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[29, t, c] = r3
 
 
@@ -980,8 +840,8 @@ def grad_output_4_5(src, c, dst, t, k):
     dst[30, t, c] = r0
     dst[31, t, c] = r0 + r1 + r2 + r3
     dst[32, t, c] = r0 - r1 + r2 - r3
-    dst[33, t, c] = r0 + k[4] * r1 + k[5] * r2 + k[7] * r3
-    dst[34, t, c] = r0 - k[4] * r1 + k[5] * r2 - k[7] * r3
+    dst[33, t, c] = r0 + k[0] * r1 + k[1] * r2 + k[3] * r3
+    dst[34, t, c] = r0 - k[0] * r1 + k[1] * r2 - k[3] * r3
     dst[35, t, c] = r3
 
 
@@ -994,16 +854,16 @@ def input_grad_4_0(src, t, c, dst, k):
     s0_3 = src[3, t, c]
     s0_4 = src[4, t, c]
     s0_5 = src[5, t, c]
-    r0 = k[5] * s0_0
-    r1 = k[5] * s0_1
-    r2 = k[5] * s0_2
-    r3 = k[5] * s0_3
-    r4 = k[5] * s0_4
-    r5 = k[5] * s0_5
-    dst[0, 0, c] = k[5] * r0
-    dst[0, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[0, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[0, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    r0 = k[1] * s0_0
+    r1 = k[1] * s0_1
+    r2 = k[1] * s0_2
+    r3 = k[1] * s0_3
+    r4 = k[1] * s0_4
+    r5 = k[1] * s0_5
+    dst[0, 0, c] = k[1] * r0
+    dst[0, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[0, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[0, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[0, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[0, 5, c] = r5
 
@@ -1041,16 +901,16 @@ def input_grad_4_1(src, t, c, dst, k):
     s5_3 = src[33, t, c]
     s5_4 = src[34, t, c]
     s5_5 = src[35, t, c]
-    r0 = -k[5] * s1_0 + k[5] * s2_0 - k[4] * s3_0 + k[4] * s4_0 + k[5] * s5_0
-    r1 = -k[5] * s1_1 + k[5] * s2_1 - k[4] * s3_1 + k[4] * s4_1 + k[5] * s5_1
-    r2 = -k[5] * s1_2 + k[5] * s2_2 - k[4] * s3_2 + k[4] * s4_2 + k[5] * s5_2
-    r3 = -k[5] * s1_3 + k[5] * s2_3 - k[4] * s3_3 + k[4] * s4_3 + k[5] * s5_3
-    r4 = -k[5] * s1_4 + k[5] * s2_4 - k[4] * s3_4 + k[4] * s4_4 + k[5] * s5_4
-    r5 = -k[5] * s1_5 + k[5] * s2_5 - k[4] * s3_5 + k[4] * s4_5 + k[5] * s5_5
-    dst[1, 0, c] = k[5] * r0
-    dst[1, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[1, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[1, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    r0 = -k[1] * s1_0 + k[1] * s2_0 - k[0] * s3_0 + k[0] * s4_0 + k[1] * s5_0
+    r1 = -k[1] * s1_1 + k[1] * s2_1 - k[0] * s3_1 + k[0] * s4_1 + k[1] * s5_1
+    r2 = -k[1] * s1_2 + k[1] * s2_2 - k[0] * s3_2 + k[0] * s4_2 + k[1] * s5_2
+    r3 = -k[1] * s1_3 + k[1] * s2_3 - k[0] * s3_3 + k[0] * s4_3 + k[1] * s5_3
+    r4 = -k[1] * s1_4 + k[1] * s2_4 - k[0] * s3_4 + k[0] * s4_4 + k[1] * s5_4
+    r5 = -k[1] * s1_5 + k[1] * s2_5 - k[0] * s3_5 + k[0] * s4_5 + k[1] * s5_5
+    dst[1, 0, c] = k[1] * r0
+    dst[1, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[1, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[1, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[1, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[1, 5, c] = r5
 
@@ -1088,16 +948,16 @@ def input_grad_4_2(src, t, c, dst, k):
     s4_3 = src[27, t, c]
     s4_4 = src[28, t, c]
     s4_5 = src[29, t, c]
-    r0 = -k[6] * s0_0 - k[5] * s1_0 - k[5] * s2_0 - s3_0 - s4_0
-    r1 = -k[6] * s0_1 - k[5] * s1_1 - k[5] * s2_1 - s3_1 - s4_1
-    r2 = -k[6] * s0_2 - k[5] * s1_2 - k[5] * s2_2 - s3_2 - s4_2
-    r3 = -k[6] * s0_3 - k[5] * s1_3 - k[5] * s2_3 - s3_3 - s4_3
-    r4 = -k[6] * s0_4 - k[5] * s1_4 - k[5] * s2_4 - s3_4 - s4_4
-    r5 = -k[6] * s0_5 - k[5] * s1_5 - k[5] * s2_5 - s3_5 - s4_5
-    dst[2, 0, c] = k[5] * r0
-    dst[2, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[2, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[2, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    r0 = -k[2] * s0_0 - k[1] * s1_0 - k[1] * s2_0 - s3_0 - s4_0
+    r1 = -k[2] * s0_1 - k[1] * s1_1 - k[1] * s2_1 - s3_1 - s4_1
+    r2 = -k[2] * s0_2 - k[1] * s1_2 - k[1] * s2_2 - s3_2 - s4_2
+    r3 = -k[2] * s0_3 - k[1] * s1_3 - k[1] * s2_3 - s3_3 - s4_3
+    r4 = -k[2] * s0_4 - k[1] * s1_4 - k[1] * s2_4 - s3_4 - s4_4
+    r5 = -k[2] * s0_5 - k[1] * s1_5 - k[1] * s2_5 - s3_5 - s4_5
+    dst[2, 0, c] = k[1] * r0
+    dst[2, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[2, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[2, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[2, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[2, 5, c] = r5
 
@@ -1135,16 +995,16 @@ def input_grad_4_3(src, t, c, dst, k):
     s5_3 = src[33, t, c]
     s5_4 = src[34, t, c]
     s5_5 = src[35, t, c]
-    r0 = s1_0 - s2_0 + k[4] * s3_0 - k[4] * s4_0 - k[6] * s5_0
-    r1 = s1_1 - s2_1 + k[4] * s3_1 - k[4] * s4_1 - k[6] * s5_1
-    r2 = s1_2 - s2_2 + k[4] * s3_2 - k[4] * s4_2 - k[6] * s5_2
-    r3 = s1_3 - s2_3 + k[4] * s3_3 - k[4] * s4_3 - k[6] * s5_3
-    r4 = s1_4 - s2_4 + k[4] * s3_4 - k[4] * s4_4 - k[6] * s5_4
-    r5 = s1_5 - s2_5 + k[4] * s3_5 - k[4] * s4_5 - k[6] * s5_5
-    dst[3, 0, c] = k[5] * r0
-    dst[3, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[3, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[3, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    r0 = s1_0 - s2_0 + k[0] * s3_0 - k[0] * s4_0 - k[2] * s5_0
+    r1 = s1_1 - s2_1 + k[0] * s3_1 - k[0] * s4_1 - k[2] * s5_1
+    r2 = s1_2 - s2_2 + k[0] * s3_2 - k[0] * s4_2 - k[2] * s5_2
+    r3 = s1_3 - s2_3 + k[0] * s3_3 - k[0] * s4_3 - k[2] * s5_3
+    r4 = s1_4 - s2_4 + k[0] * s3_4 - k[0] * s4_4 - k[2] * s5_4
+    r5 = s1_5 - s2_5 + k[0] * s3_5 - k[0] * s4_5 - k[2] * s5_5
+    dst[3, 0, c] = k[1] * r0
+    dst[3, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[3, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[3, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[3, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[3, 5, c] = r5
 
@@ -1188,10 +1048,10 @@ def input_grad_4_4(src, t, c, dst, k):
     r3 = s0_3 + s1_3 + s2_3 + s3_3 + s4_3
     r4 = s0_4 + s1_4 + s2_4 + s3_4 + s4_4
     r5 = s0_5 + s1_5 + s2_5 + s3_5 + s4_5
-    dst[4, 0, c] = k[5] * r0
-    dst[4, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[4, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[4, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    dst[4, 0, c] = k[1] * r0
+    dst[4, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[4, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[4, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[4, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[4, 5, c] = r5
 
@@ -1211,264 +1071,12 @@ def input_grad_4_5(src, t, c, dst, k):
     r3 = s5_3
     r4 = s5_4
     r5 = s5_5
-    dst[5, 0, c] = k[5] * r0
-    dst[5, 1, c] = -k[5] * r1 + k[5] * r2 - k[4] * r3 + k[4] * r4 + k[5] * r5
-    dst[5, 2, c] = -k[6] * r0 - k[5] * r1 - k[5] * r2 - r3 - r4
-    dst[5, 3, c] = r1 - r2 + k[4] * r3 - k[4] * r4 - k[6] * r5
+    dst[5, 0, c] = k[1] * r0
+    dst[5, 1, c] = -k[1] * r1 + k[1] * r2 - k[0] * r3 + k[0] * r4 + k[1] * r5
+    dst[5, 2, c] = -k[2] * r0 - k[1] * r1 - k[1] * r2 - r3 - r4
+    dst[5, 3, c] = r1 - r2 + k[0] * r3 - k[0] * r4 - k[2] * r5
     dst[5, 4, c] = r0 + r1 + r2 + r3 + r4
     dst[5, 5, c] = r5
-
-
-@nb.njit(inline="always")
-def weight_4_0(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 0)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    r0 = k[3] * s0_0
-    r1 = k[3] * s0_1
-    r2 = k[3] * s0_2
-    dst[0, c, o] = k[3] * r0
-    dst[1, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[2, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[3, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[4, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[5, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_4_1(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 1)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = -k[2] * s0_0 - k[2] * s1_0 - k[2] * s2_0
-    r1 = -k[2] * s0_1 - k[2] * s1_1 - k[2] * s2_1
-    r2 = -k[2] * s0_2 - k[2] * s1_2 - k[2] * s2_2
-    dst[6, c, o] = k[3] * r0
-    dst[7, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[8, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[9, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[10, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[11, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_4_2(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 2)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = -k[2] * s0_0 + k[2] * s1_0 - k[2] * s2_0
-    r1 = -k[2] * s0_1 + k[2] * s1_1 - k[2] * s2_1
-    r2 = -k[2] * s0_2 + k[2] * s1_2 - k[2] * s2_2
-    dst[12, c, o] = k[3] * r0
-    dst[13, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[14, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[15, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[16, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[17, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_4_3(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 3)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = k[0] * s0_0 + k[1] * s1_0 + k[2] * s2_0
-    r1 = k[0] * s0_1 + k[1] * s1_1 + k[2] * s2_1
-    r2 = k[0] * s0_2 + k[1] * s1_2 + k[2] * s2_2
-    dst[18, c, o] = k[3] * r0
-    dst[19, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[20, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[21, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[22, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[23, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_4_4(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 4)"""
-    s0_0 = src[0, 0]
-    s0_1 = src[0, 1]
-    s0_2 = src[0, 2]
-    s1_0 = src[1, 0]
-    s1_1 = src[1, 1]
-    s1_2 = src[1, 2]
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = k[0] * s0_0 - k[1] * s1_0 + k[2] * s2_0
-    r1 = k[0] * s0_1 - k[1] * s1_1 + k[2] * s2_1
-    r2 = k[0] * s0_2 - k[1] * s1_2 + k[2] * s2_2
-    dst[24, c, o] = k[3] * r0
-    dst[25, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[26, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[27, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[28, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[29, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_4_5(src, dst, c, o, k):
-    """dst[:, c, o] = G g Gᵀ, g = src, F(4x4, 3x3) (row 5)"""
-    s2_0 = src[2, 0]
-    s2_1 = src[2, 1]
-    s2_2 = src[2, 2]
-    r0 = s2_0
-    r1 = s2_1
-    r2 = s2_2
-    dst[30, c, o] = k[3] * r0
-    dst[31, c, o] = -k[2] * r0 - k[2] * r1 - k[2] * r2
-    dst[32, c, o] = -k[2] * r0 + k[2] * r1 - k[2] * r2
-    dst[33, c, o] = k[0] * r0 + k[1] * r1 + k[2] * r2
-    dst[34, c, o] = k[0] * r0 - k[1] * r1 + k[2] * r2
-    dst[35, c, o] = r2
-
-
-@nb.njit(inline="always")
-def weight_adjoint_4_0(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(4x4, 3x3) (row 0)"""
-    s0_0 = src[0, c, o]
-    s0_1 = src[1, c, o]
-    s0_2 = src[2, c, o]
-    s0_3 = src[3, c, o]
-    s0_4 = src[4, c, o]
-    s0_5 = src[5, c, o]
-    s1_0 = src[6, c, o]
-    s1_1 = src[7, c, o]
-    s1_2 = src[8, c, o]
-    s1_3 = src[9, c, o]
-    s1_4 = src[10, c, o]
-    s1_5 = src[11, c, o]
-    s2_0 = src[12, c, o]
-    s2_1 = src[13, c, o]
-    s2_2 = src[14, c, o]
-    s2_3 = src[15, c, o]
-    s2_4 = src[16, c, o]
-    s2_5 = src[17, c, o]
-    s3_0 = src[18, c, o]
-    s3_1 = src[19, c, o]
-    s3_2 = src[20, c, o]
-    s3_3 = src[21, c, o]
-    s3_4 = src[22, c, o]
-    s3_5 = src[23, c, o]
-    s4_0 = src[24, c, o]
-    s4_1 = src[25, c, o]
-    s4_2 = src[26, c, o]
-    s4_3 = src[27, c, o]
-    s4_4 = src[28, c, o]
-    s4_5 = src[29, c, o]
-    r0 = k[3] * s0_0 - k[2] * s1_0 - k[2] * s2_0 + k[0] * s3_0 + k[0] * s4_0
-    r1 = k[3] * s0_1 - k[2] * s1_1 - k[2] * s2_1 + k[0] * s3_1 + k[0] * s4_1
-    r2 = k[3] * s0_2 - k[2] * s1_2 - k[2] * s2_2 + k[0] * s3_2 + k[0] * s4_2
-    r3 = k[3] * s0_3 - k[2] * s1_3 - k[2] * s2_3 + k[0] * s3_3 + k[0] * s4_3
-    r4 = k[3] * s0_4 - k[2] * s1_4 - k[2] * s2_4 + k[0] * s3_4 + k[0] * s4_4
-    r5 = k[3] * s0_5 - k[2] * s1_5 - k[2] * s2_5 + k[0] * s3_5 + k[0] * s4_5
-    dst[0, 0] = k[3] * r0 - k[2] * r1 - k[2] * r2 + k[0] * r3 + k[0] * r4
-    dst[0, 1] = -k[2] * r1 + k[2] * r2 + k[1] * r3 - k[1] * r4
-    dst[0, 2] = -k[2] * r1 - k[2] * r2 + k[2] * r3 + k[2] * r4 + r5
-
-
-@nb.njit(inline="always")
-def weight_adjoint_4_1(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(4x4, 3x3) (row 1)"""
-    s1_0 = src[6, c, o]
-    s1_1 = src[7, c, o]
-    s1_2 = src[8, c, o]
-    s1_3 = src[9, c, o]
-    s1_4 = src[10, c, o]
-    s1_5 = src[11, c, o]
-    s2_0 = src[12, c, o]
-    s2_1 = src[13, c, o]
-    s2_2 = src[14, c, o]
-    s2_3 = src[15, c, o]
-    s2_4 = src[16, c, o]
-    s2_5 = src[17, c, o]
-    s3_0 = src[18, c, o]
-    s3_1 = src[19, c, o]
-    s3_2 = src[20, c, o]
-    s3_3 = src[21, c, o]
-    s3_4 = src[22, c, o]
-    s3_5 = src[23, c, o]
-    s4_0 = src[24, c, o]
-    s4_1 = src[25, c, o]
-    s4_2 = src[26, c, o]
-    s4_3 = src[27, c, o]
-    s4_4 = src[28, c, o]
-    s4_5 = src[29, c, o]
-    r0 = -k[2] * s1_0 + k[2] * s2_0 + k[1] * s3_0 - k[1] * s4_0
-    r1 = -k[2] * s1_1 + k[2] * s2_1 + k[1] * s3_1 - k[1] * s4_1
-    r2 = -k[2] * s1_2 + k[2] * s2_2 + k[1] * s3_2 - k[1] * s4_2
-    r3 = -k[2] * s1_3 + k[2] * s2_3 + k[1] * s3_3 - k[1] * s4_3
-    r4 = -k[2] * s1_4 + k[2] * s2_4 + k[1] * s3_4 - k[1] * s4_4
-    r5 = -k[2] * s1_5 + k[2] * s2_5 + k[1] * s3_5 - k[1] * s4_5
-    dst[1, 0] = k[3] * r0 - k[2] * r1 - k[2] * r2 + k[0] * r3 + k[0] * r4
-    dst[1, 1] = -k[2] * r1 + k[2] * r2 + k[1] * r3 - k[1] * r4
-    dst[1, 2] = -k[2] * r1 - k[2] * r2 + k[2] * r3 + k[2] * r4 + r5
-
-
-@nb.njit(inline="always")
-def weight_adjoint_4_2(src, c, o, dst, k):
-    """dst = Gᵀ dU G, dU = src[:, c, o], F(4x4, 3x3) (row 2)"""
-    s1_0 = src[6, c, o]
-    s1_1 = src[7, c, o]
-    s1_2 = src[8, c, o]
-    s1_3 = src[9, c, o]
-    s1_4 = src[10, c, o]
-    s1_5 = src[11, c, o]
-    s2_0 = src[12, c, o]
-    s2_1 = src[13, c, o]
-    s2_2 = src[14, c, o]
-    s2_3 = src[15, c, o]
-    s2_4 = src[16, c, o]
-    s2_5 = src[17, c, o]
-    s3_0 = src[18, c, o]
-    s3_1 = src[19, c, o]
-    s3_2 = src[20, c, o]
-    s3_3 = src[21, c, o]
-    s3_4 = src[22, c, o]
-    s3_5 = src[23, c, o]
-    s4_0 = src[24, c, o]
-    s4_1 = src[25, c, o]
-    s4_2 = src[26, c, o]
-    s4_3 = src[27, c, o]
-    s4_4 = src[28, c, o]
-    s4_5 = src[29, c, o]
-    s5_0 = src[30, c, o]
-    s5_1 = src[31, c, o]
-    s5_2 = src[32, c, o]
-    s5_3 = src[33, c, o]
-    s5_4 = src[34, c, o]
-    s5_5 = src[35, c, o]
-    r0 = -k[2] * s1_0 - k[2] * s2_0 + k[2] * s3_0 + k[2] * s4_0 + s5_0
-    r1 = -k[2] * s1_1 - k[2] * s2_1 + k[2] * s3_1 + k[2] * s4_1 + s5_1
-    r2 = -k[2] * s1_2 - k[2] * s2_2 + k[2] * s3_2 + k[2] * s4_2 + s5_2
-    r3 = -k[2] * s1_3 - k[2] * s2_3 + k[2] * s3_3 + k[2] * s4_3 + s5_3
-    r4 = -k[2] * s1_4 - k[2] * s2_4 + k[2] * s3_4 + k[2] * s4_4 + s5_4
-    r5 = -k[2] * s1_5 - k[2] * s2_5 + k[2] * s3_5 + k[2] * s4_5 + s5_5
-    dst[2, 0] = k[3] * r0 - k[2] * r1 - k[2] * r2 + k[0] * r3 + k[0] * r4
-    dst[2, 1] = -k[2] * r1 + k[2] * r2 + k[1] * r3 - k[1] * r4
-    dst[2, 2] = -k[2] * r1 - k[2] * r2 + k[2] * r3 + k[2] * r4 + r5
 
 
 # every transform's groups, in order (the NumPy twins call them in turn)
@@ -1477,292 +1085,350 @@ GROUPS = {
     ('output', 2): (output_2_0, output_2_1,),
     ('grad_output', 2): (grad_output_2_0, grad_output_2_1, grad_output_2_2, grad_output_2_3,),
     ('input_grad', 2): (input_grad_2_0, input_grad_2_1, input_grad_2_2, input_grad_2_3,),
-    ('weight', 2): (weight_2_0, weight_2_1, weight_2_2, weight_2_3,),
-    ('weight_adjoint', 2): (weight_adjoint_2_0, weight_adjoint_2_1, weight_adjoint_2_2,),
     ('input', 4): (input_4_0, input_4_1, input_4_2, input_4_3, input_4_4, input_4_5,),
     ('output', 4): (output_4_0, output_4_1, output_4_2, output_4_3,),
     ('grad_output', 4): (grad_output_4_0, grad_output_4_1, grad_output_4_2, grad_output_4_3, grad_output_4_4, grad_output_4_5,),
     ('input_grad', 4): (input_grad_4_0, input_grad_4_1, input_grad_4_2, input_grad_4_3, input_grad_4_4, input_grad_4_5,),
-    ('weight', 4): (weight_4_0, weight_4_1, weight_4_2, weight_4_3, weight_4_4, weight_4_5,),
-    ('weight_adjoint', 4): (weight_adjoint_4_0, weight_adjoint_4_1, weight_adjoint_4_2,),
 }
 
 # The kernels' arrays are C-contiguous and the formulas read and write whole vectors of channels
 # through them: with a strided (layout 'A') array Numba passes the innermost stride at run time
-# and LLVM leaves the channel loop scalar. Each tile goes through a small local buffer, which
-# keeps the formulas' indexing the same for the kernels and the twins.
+# and LLVM leaves the channel loop scalar. The kernels read and write the NCHW maps themselves,
+# one sample at a time through a channels-last buffer that stays in cache (laying out a whole
+# chunk first wrote and re-read it from memory: 10-20% slower at the `paper` shapes). B
+# consecutive tiles of a tile row go through the formulas together, their channels side by side
+# (``[.., B C']``, the stacks seen as ``[a², rows / B, B C']``), so that each formula loop runs
+# over B C' values: with few channels a loop's run-time alias checks cost more than its
+# arithmetic (``winograd.tiles_per_block``). The buffers hold column w at ``[w % 2, w // 2]``:
+# the values a window position takes in B consecutive tiles are then B C' consecutive values,
+# copied to and from the tile buffers by one loop.
 
 @nb.njit(nogil=True, cache=True)
-def input_transform_2(xp, V, k):
-    """V[:, t, :] = Bᵀ d B of every tile d of the padded channels-last xp ``[n, Hp, Wp, C]``
-    (V ``[16, >= tiles, C]``)."""
-    n_, Hp, Wp, C = xp.shape
-    th, tw = (Hp - 2) // 2, (Wp - 2) // 2
-    d = np.empty((4, 4, C), dtype=xp.dtype)
-    for n in range(n_):
+def input_transform_2(x, n0, n1, B, V, k):
+    """V[:, t, :] = Bᵀ d B of every tile d of the samples n0:n1 of x ``[N, C, H, W]`` with a
+    border of zeros (t counts the tiles from sample n0; V ``[16, >= tiles, C']``, C' >= C: the
+    extra channels are transforms of zeros; B divides the tiles per row and V's rows)."""
+    N, C, H, W = x.shape
+    Cp = V.shape[2]
+    th, tw = (H + 2 - 1) // 2, (W + 2 - 1) // 2
+    L = B * Cp
+    VB = V.reshape((16, V.shape[1] // B, L))
+    xp = np.zeros((2 * th + 2, 2, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % 2, w // 2]
+    d = np.empty((4, 4, L), dtype=x.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for c in range(C):
+                src = x[n, c, h]
+                for w in range(W):
+                    xp[1 + h, (1 + w) % 2, ((1 + w) // 2) * Cp + c] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range(4):
                     for j in range(4):
-                        src = xp[n, 2 * ti + i, 2 * tj + j]
+                        src = xp[2 * ti + i, j % 2]
                         dst = d[i, j]
-                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
-                            dst[c] = src[c]
-                for c in range(C):
-                    input_2_0(d, c, V, t, k)
-                for c in range(C):
-                    input_2_1(d, c, V, t, k)
-                for c in range(C):
-                    input_2_2(d, c, V, t, k)
-                for c in range(C):
-                    input_2_3(d, c, V, t, k)
+                        base = (tj0 + j // 2) * Cp
+                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
+                            dst[e] = src[base + e]
+                for c in range(L):
+                    input_2_0(d, c, VB, blk, k)
+                for c in range(L):
+                    input_2_1(d, c, VB, blk, k)
+                for c in range(L):
+                    input_2_2(d, c, VB, blk, k)
+                for c in range(L):
+                    input_2_3(d, c, VB, blk, k)
 
 
 @nb.njit(nogil=True, cache=True)
-def output_transform_2(M, th, tw, bias, has_bias, yp, k):
-    """yp[n, 2ti:2ti+2, 2tj:2tj+2, :] = Aᵀ M[:, t] A (+ bias) for every tile t."""
-    n_, Hp, Wp, O = yp.shape
-    zero = yp.dtype.type(0)
-    y = np.empty((2, 2, O), dtype=yp.dtype)
-    for n in range(n_):
+def output_transform_2(M, n0, n1, B, bias, has_bias, y, k):
+    """y[n] (``[N, O, H, W]``) for the samples n0:n1: Aᵀ M[:, t] A (+ bias) of every tile t,
+    cropped to H x W (M ``[16, >= tiles, O']``, O' >= O; bias ``[B O']``, the bias of the O'
+    channels repeated B times; B as for the input)."""
+    N, O, H, W = y.shape
+    Op = M.shape[2]
+    th, tw = (H + 2 - 1) // 2, (W + 2 - 1) // 2
+    L = B * Op
+    MB = M.reshape((16, M.shape[1] // B, L))
+    zero = y.dtype.type(0)
+    yp = np.empty((2 * th, 2, tw * Op), dtype=y.dtype)              # column w at [w % 2, w // 2]
+    tile = np.empty((2, 2, L), dtype=y.dtype)
+    for n in range(n0, n1):
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
-                for o in range(O):
-                    output_2_0(M, t, o, y, bias[o] if has_bias else zero, k)
-                for o in range(O):
-                    output_2_1(M, t, o, y, bias[o] if has_bias else zero, k)
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
+                for o in range(L):
+                    output_2_0(MB, blk, o, tile, bias[o] if has_bias else zero, k)
+                for o in range(L):
+                    output_2_1(MB, blk, o, tile, bias[o] if has_bias else zero, k)
                 for i in range(2):
                     for j in range(2):
-                        src = y[i, j]
-                        dst = yp[n, 2 * ti + i, 2 * tj + j]
-                        for o in range(O):
-                            dst[o] = src[o]
+                        src = tile[i, j]
+                        dst = yp[2 * ti + i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[base + e] = src[e]
+        for h in range(H):
+            for o in range(O):
+                dst = y[n, o, h]
+                for w in range(W):
+                    dst[w] = yp[h, w % 2, (w // 2) * Op + o]
 
 
 @nb.njit(nogil=True, cache=True)
-def grad_output_transform_2(dyp, dM, k):
-    """dM[:, t, :] = A dY Aᵀ of every 2x2 tile dY of dyp ``[n, 2th, 2tw, O]``."""
-    n_, Hp, Wp, O = dyp.shape
-    th, tw = Hp // 2, Wp // 2
-    dy = np.empty((2, 2, O), dtype=dyp.dtype)
-    for n in range(n_):
+def grad_output_transform_2(dy, n0, n1, B, dM, k):
+    """dM[:, t, :] = A dY Aᵀ of every 2x2 tile dY of the samples n0:n1 of dy ``[N, O, H, W]``
+    (zero beyond H x W; dM ``[16, >= tiles, O']``, O' >= O; B as for the input)."""
+    N, O, H, W = dy.shape
+    Op = dM.shape[2]
+    th, tw = (H + 2 - 1) // 2, (W + 2 - 1) // 2
+    L = B * Op
+    dMB = dM.reshape((16, dM.shape[1] // B, L))
+    dyp = np.zeros((2 * th, 2, tw * Op), dtype=dy.dtype)            # column w at [w % 2, w // 2]
+    tile = np.empty((2, 2, L), dtype=dy.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for o in range(O):
+                src = dy[n, o, h]
+                for w in range(W):
+                    dyp[h, w % 2, (w // 2) * Op + o] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range(2):
                     for j in range(2):
-                        src = dyp[n, 2 * ti + i, 2 * tj + j]
-                        dst = dy[i, j]
-                        for o in range(O):
-                            dst[o] = src[o]
-                for o in range(O):
-                    grad_output_2_0(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_2_1(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_2_2(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_2_3(dy, o, dM, t, k)
+                        src = dyp[2 * ti + i, j]
+                        dst = tile[i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[e] = src[base + e]
+                for o in range(L):
+                    grad_output_2_0(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_2_1(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_2_2(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_2_3(tile, o, dMB, blk, k)
 
 
 @nb.njit(nogil=True, cache=True)
-def input_grad_transform_2(dV, th, tw, dxp, k):
-    """dxp[n] = the sum over tiles, in order, of B dV[:, t] Bᵀ, each added into its
-    4x4 window; dxp ``[n, 2th + 2, 2tw + 2, C]`` overwritten."""
-    n_, Hp, Wp, C = dxp.shape
-    dxp[:] = 0
-    dd = np.empty((4, 4, C), dtype=dxp.dtype)
-    for n in range(n_):
+def input_grad_transform_2(dV, n0, n1, B, dx, k):
+    """dx[n] (``[N, C, H, W]``) for the samples n0:n1: the sum over the sample's tiles, in
+    order, of B dV[:, t] Bᵀ, each added into its 4x4 window of the padded map, without the
+    border (dV ``[16, >= tiles, C']``, C' >= C; B as for the input). A block adds its
+    windows' last two columns first: each value then receives its terms in tile order, as
+    when the tiles are added one by one."""
+    N, C, H, W = dx.shape
+    Cp = dV.shape[2]
+    th, tw = (H + 2 - 1) // 2, (W + 2 - 1) // 2
+    L = B * Cp
+    dVB = dV.reshape((16, dV.shape[1] // B, L))
+    dxp = np.empty((2 * th + 2, 2, (tw + 1) * Cp), dtype=dx.dtype)  # column w at [w % 2, w // 2]
+    dd = np.empty((4, 4, L), dtype=dx.dtype)
+    for n in range(n0, n1):
+        dxp[:] = 0
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
-                for c in range(C):
-                    input_grad_2_0(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_2_1(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_2_2(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_2_3(dV, t, c, dd, k)
-                for i in range(4):
-                    for j in range(4):
-                        row = dxp[n, 2 * ti + i, 2 * tj + j]
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
+                for c in range(L):
+                    input_grad_2_0(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_2_1(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_2_2(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_2_3(dVB, blk, c, dd, k)
+                for jj in range(4):
+                    j = (jj + 2) % 4          # columns 2, 2 + 1 first, then 0 .. 2 - 1
+                    base = (tj0 + j // 2) * Cp
+                    for i in range(4):
+                        row = dxp[2 * ti + i, j % 2]
                         add = dd[i, j]
-                        for c in range(C):
-                            row[c] += add[c]
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_2(weight, Ut, k):
-    """Ut[:, c, o] = G g Gᵀ of every filter g = weight[o, c] (weight ``[O, C, 3, 3]``)."""
-    O, C = weight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = weight[o, c]
-            weight_2_0(g, Ut, c, o, k)
-            weight_2_1(g, Ut, c, o, k)
-            weight_2_2(g, Ut, c, o, k)
-            weight_2_3(g, Ut, c, o, k)
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_adjoint_2(dUt, dweight, k):
-    """dweight[o, c] = Gᵀ dU G of every tile dU = dUt[:, c, o] (dweight ``[O, C, 3, 3]``)."""
-    O, C = dweight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = dweight[o, c]
-            weight_adjoint_2_0(dUt, c, o, g, k)
-            weight_adjoint_2_1(dUt, c, o, g, k)
-            weight_adjoint_2_2(dUt, c, o, g, k)
+                        for e in range(L):
+                            row[base + e] += add[e]
+        for h in range(H):
+            for c in range(C):
+                dst = dx[n, c, h]
+                for w in range(W):
+                    dst[w] = dxp[1 + h, (1 + w) % 2, ((1 + w) // 2) * Cp + c]
 
 # The kernels' arrays are C-contiguous and the formulas read and write whole vectors of channels
 # through them: with a strided (layout 'A') array Numba passes the innermost stride at run time
-# and LLVM leaves the channel loop scalar. Each tile goes through a small local buffer, which
-# keeps the formulas' indexing the same for the kernels and the twins.
+# and LLVM leaves the channel loop scalar. The kernels read and write the NCHW maps themselves,
+# one sample at a time through a channels-last buffer that stays in cache (laying out a whole
+# chunk first wrote and re-read it from memory: 10-20% slower at the `paper` shapes). B
+# consecutive tiles of a tile row go through the formulas together, their channels side by side
+# (``[.., B C']``, the stacks seen as ``[a², rows / B, B C']``), so that each formula loop runs
+# over B C' values: with few channels a loop's run-time alias checks cost more than its
+# arithmetic (``winograd.tiles_per_block``). The buffers hold column w at ``[w % 4, w // 4]``:
+# the values a window position takes in B consecutive tiles are then B C' consecutive values,
+# copied to and from the tile buffers by one loop.
 
 @nb.njit(nogil=True, cache=True)
-def input_transform_4(xp, V, k):
-    """V[:, t, :] = Bᵀ d B of every tile d of the padded channels-last xp ``[n, Hp, Wp, C]``
-    (V ``[36, >= tiles, C]``)."""
-    n_, Hp, Wp, C = xp.shape
-    th, tw = (Hp - 2) // 4, (Wp - 2) // 4
-    d = np.empty((6, 6, C), dtype=xp.dtype)
-    for n in range(n_):
+def input_transform_4(x, n0, n1, B, V, k):
+    """V[:, t, :] = Bᵀ d B of every tile d of the samples n0:n1 of x ``[N, C, H, W]`` with a
+    border of zeros (t counts the tiles from sample n0; V ``[36, >= tiles, C']``, C' >= C: the
+    extra channels are transforms of zeros; B divides the tiles per row and V's rows)."""
+    N, C, H, W = x.shape
+    Cp = V.shape[2]
+    th, tw = (H + 4 - 1) // 4, (W + 4 - 1) // 4
+    L = B * Cp
+    VB = V.reshape((36, V.shape[1] // B, L))
+    xp = np.zeros((4 * th + 2, 4, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % 4, w // 4]
+    d = np.empty((6, 6, L), dtype=x.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for c in range(C):
+                src = x[n, c, h]
+                for w in range(W):
+                    xp[1 + h, (1 + w) % 4, ((1 + w) // 4) * Cp + c] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range(6):
                     for j in range(6):
-                        src = xp[n, 4 * ti + i, 4 * tj + j]
+                        src = xp[4 * ti + i, j % 4]
                         dst = d[i, j]
-                        for c in range(C):      # a loop: a slice assignment costs ~100 ns
-                            dst[c] = src[c]
-                for c in range(C):
-                    input_4_0(d, c, V, t, k)
-                for c in range(C):
-                    input_4_1(d, c, V, t, k)
-                for c in range(C):
-                    input_4_2(d, c, V, t, k)
-                for c in range(C):
-                    input_4_3(d, c, V, t, k)
-                for c in range(C):
-                    input_4_4(d, c, V, t, k)
-                for c in range(C):
-                    input_4_5(d, c, V, t, k)
+                        base = (tj0 + j // 4) * Cp
+                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
+                            dst[e] = src[base + e]
+                for c in range(L):
+                    input_4_0(d, c, VB, blk, k)
+                for c in range(L):
+                    input_4_1(d, c, VB, blk, k)
+                for c in range(L):
+                    input_4_2(d, c, VB, blk, k)
+                for c in range(L):
+                    input_4_3(d, c, VB, blk, k)
+                for c in range(L):
+                    input_4_4(d, c, VB, blk, k)
+                for c in range(L):
+                    input_4_5(d, c, VB, blk, k)
 
 
 @nb.njit(nogil=True, cache=True)
-def output_transform_4(M, th, tw, bias, has_bias, yp, k):
-    """yp[n, 4ti:4ti+4, 4tj:4tj+4, :] = Aᵀ M[:, t] A (+ bias) for every tile t."""
-    n_, Hp, Wp, O = yp.shape
-    zero = yp.dtype.type(0)
-    y = np.empty((4, 4, O), dtype=yp.dtype)
-    for n in range(n_):
+def output_transform_4(M, n0, n1, B, bias, has_bias, y, k):
+    """y[n] (``[N, O, H, W]``) for the samples n0:n1: Aᵀ M[:, t] A (+ bias) of every tile t,
+    cropped to H x W (M ``[36, >= tiles, O']``, O' >= O; bias ``[B O']``, the bias of the O'
+    channels repeated B times; B as for the input)."""
+    N, O, H, W = y.shape
+    Op = M.shape[2]
+    th, tw = (H + 4 - 1) // 4, (W + 4 - 1) // 4
+    L = B * Op
+    MB = M.reshape((36, M.shape[1] // B, L))
+    zero = y.dtype.type(0)
+    yp = np.empty((4 * th, 4, tw * Op), dtype=y.dtype)              # column w at [w % 4, w // 4]
+    tile = np.empty((4, 4, L), dtype=y.dtype)
+    for n in range(n0, n1):
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
-                for o in range(O):
-                    output_4_0(M, t, o, y, bias[o] if has_bias else zero, k)
-                for o in range(O):
-                    output_4_1(M, t, o, y, bias[o] if has_bias else zero, k)
-                for o in range(O):
-                    output_4_2(M, t, o, y, bias[o] if has_bias else zero, k)
-                for o in range(O):
-                    output_4_3(M, t, o, y, bias[o] if has_bias else zero, k)
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
+                for o in range(L):
+                    output_4_0(MB, blk, o, tile, bias[o] if has_bias else zero, k)
+                for o in range(L):
+                    output_4_1(MB, blk, o, tile, bias[o] if has_bias else zero, k)
+                for o in range(L):
+                    output_4_2(MB, blk, o, tile, bias[o] if has_bias else zero, k)
+                for o in range(L):
+                    output_4_3(MB, blk, o, tile, bias[o] if has_bias else zero, k)
                 for i in range(4):
                     for j in range(4):
-                        src = y[i, j]
-                        dst = yp[n, 4 * ti + i, 4 * tj + j]
-                        for o in range(O):
-                            dst[o] = src[o]
+                        src = tile[i, j]
+                        dst = yp[4 * ti + i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[base + e] = src[e]
+        for h in range(H):
+            for o in range(O):
+                dst = y[n, o, h]
+                for w in range(W):
+                    dst[w] = yp[h, w % 4, (w // 4) * Op + o]
 
 
 @nb.njit(nogil=True, cache=True)
-def grad_output_transform_4(dyp, dM, k):
-    """dM[:, t, :] = A dY Aᵀ of every 4x4 tile dY of dyp ``[n, 4th, 4tw, O]``."""
-    n_, Hp, Wp, O = dyp.shape
-    th, tw = Hp // 4, Wp // 4
-    dy = np.empty((4, 4, O), dtype=dyp.dtype)
-    for n in range(n_):
+def grad_output_transform_4(dy, n0, n1, B, dM, k):
+    """dM[:, t, :] = A dY Aᵀ of every 4x4 tile dY of the samples n0:n1 of dy ``[N, O, H, W]``
+    (zero beyond H x W; dM ``[36, >= tiles, O']``, O' >= O; B as for the input)."""
+    N, O, H, W = dy.shape
+    Op = dM.shape[2]
+    th, tw = (H + 4 - 1) // 4, (W + 4 - 1) // 4
+    L = B * Op
+    dMB = dM.reshape((36, dM.shape[1] // B, L))
+    dyp = np.zeros((4 * th, 4, tw * Op), dtype=dy.dtype)            # column w at [w % 4, w // 4]
+    tile = np.empty((4, 4, L), dtype=dy.dtype)
+    for n in range(n0, n1):
+        for h in range(H):
+            for o in range(O):
+                src = dy[n, o, h]
+                for w in range(W):
+                    dyp[h, w % 4, (w // 4) * Op + o] = src[w]
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
                 for i in range(4):
                     for j in range(4):
-                        src = dyp[n, 4 * ti + i, 4 * tj + j]
-                        dst = dy[i, j]
-                        for o in range(O):
-                            dst[o] = src[o]
-                for o in range(O):
-                    grad_output_4_0(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_4_1(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_4_2(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_4_3(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_4_4(dy, o, dM, t, k)
-                for o in range(O):
-                    grad_output_4_5(dy, o, dM, t, k)
+                        src = dyp[4 * ti + i, j]
+                        dst = tile[i, j]
+                        base = tj0 * Op
+                        for e in range(L):
+                            dst[e] = src[base + e]
+                for o in range(L):
+                    grad_output_4_0(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_4_1(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_4_2(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_4_3(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_4_4(tile, o, dMB, blk, k)
+                for o in range(L):
+                    grad_output_4_5(tile, o, dMB, blk, k)
 
 
 @nb.njit(nogil=True, cache=True)
-def input_grad_transform_4(dV, th, tw, dxp, k):
-    """dxp[n] = the sum over tiles, in order, of B dV[:, t] Bᵀ, each added into its
-    6x6 window; dxp ``[n, 4th + 2, 4tw + 2, C]`` overwritten."""
-    n_, Hp, Wp, C = dxp.shape
-    dxp[:] = 0
-    dd = np.empty((6, 6, C), dtype=dxp.dtype)
-    for n in range(n_):
+def input_grad_transform_4(dV, n0, n1, B, dx, k):
+    """dx[n] (``[N, C, H, W]``) for the samples n0:n1: the sum over the sample's tiles, in
+    order, of B dV[:, t] Bᵀ, each added into its 6x6 window of the padded map, without the
+    border (dV ``[36, >= tiles, C']``, C' >= C; B as for the input). A block adds its
+    windows' last two columns first: each value then receives its terms in tile order, as
+    when the tiles are added one by one."""
+    N, C, H, W = dx.shape
+    Cp = dV.shape[2]
+    th, tw = (H + 4 - 1) // 4, (W + 4 - 1) // 4
+    L = B * Cp
+    dVB = dV.reshape((36, dV.shape[1] // B, L))
+    dxp = np.empty((4 * th + 2, 4, (tw + 1) * Cp), dtype=dx.dtype)  # column w at [w % 4, w // 4]
+    dd = np.empty((6, 6, L), dtype=dx.dtype)
+    for n in range(n0, n1):
+        dxp[:] = 0
         for ti in range(th):
-            for tj in range(tw):
-                t = (n * th + ti) * tw + tj
-                for c in range(C):
-                    input_grad_4_0(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_4_1(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_4_2(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_4_3(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_4_4(dV, t, c, dd, k)
-                for c in range(C):
-                    input_grad_4_5(dV, t, c, dd, k)
-                for i in range(6):
-                    for j in range(6):
-                        row = dxp[n, 4 * ti + i, 4 * tj + j]
+            for tj0 in range(0, tw, B):
+                blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
+                for c in range(L):
+                    input_grad_4_0(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_4_1(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_4_2(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_4_3(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_4_4(dVB, blk, c, dd, k)
+                for c in range(L):
+                    input_grad_4_5(dVB, blk, c, dd, k)
+                for jj in range(6):
+                    j = (jj + 4) % 6          # columns 4, 4 + 1 first, then 0 .. 4 - 1
+                    base = (tj0 + j // 4) * Cp
+                    for i in range(6):
+                        row = dxp[4 * ti + i, j % 4]
                         add = dd[i, j]
-                        for c in range(C):
-                            row[c] += add[c]
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_4(weight, Ut, k):
-    """Ut[:, c, o] = G g Gᵀ of every filter g = weight[o, c] (weight ``[O, C, 3, 3]``)."""
-    O, C = weight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = weight[o, c]
-            weight_4_0(g, Ut, c, o, k)
-            weight_4_1(g, Ut, c, o, k)
-            weight_4_2(g, Ut, c, o, k)
-            weight_4_3(g, Ut, c, o, k)
-            weight_4_4(g, Ut, c, o, k)
-            weight_4_5(g, Ut, c, o, k)
-
-
-@nb.njit(nogil=True, cache=True)
-def weight_transform_adjoint_4(dUt, dweight, k):
-    """dweight[o, c] = Gᵀ dU G of every tile dU = dUt[:, c, o] (dweight ``[O, C, 3, 3]``)."""
-    O, C = dweight.shape[:2]
-    for c in range(C):
-        for o in range(O):
-            g = dweight[o, c]
-            weight_adjoint_4_0(dUt, c, o, g, k)
-            weight_adjoint_4_1(dUt, c, o, g, k)
-            weight_adjoint_4_2(dUt, c, o, g, k)
+                        for e in range(L):
+                            row[base + e] += add[e]
+        for h in range(H):
+            for c in range(C):
+                dst = dx[n, c, h]
+                for w in range(W):
+                    dst[w] = dxp[1 + h, (1 + w) % 4, ((1 + w) // 4) * Cp + c]
