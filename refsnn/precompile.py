@@ -14,7 +14,9 @@ What this module does instead, when ``fit`` starts on a cold cache with two or m
   contains once, forward and backward, on tiny inputs of the model's dtype and options:
   the kernels compiled are those of the real step (the same functional ops pick them), and
   Numba writes them to its cache. It takes the ops from the model's end, since the main
-  process meets them from the start.
+  process meets them from the start; first of all the Winograd kernels, where the model's
+  convolutions take that path at the run's batch size (judged by ``SNNergy.conv_sides``,
+  the `paper` preset: 11 CPU s for F(4x4, 3x3)).
 - Both processes claim each kernel before compiling it (a file created with ``O_EXCL`` in a
   folder of the run, keyed by the kernel and its argument types). A process that finds a
   kernel claimed by the other waits until it is saved, then loads it from the cache instead
@@ -284,6 +286,16 @@ class _SmallOps:
                                    None if m.bias is None else self.rand(4), stride=m.stride, padding=m.padding)
         conv.conv2d_backward(self.rand(*y.shape), c)
 
+    def winograd(self, m):
+        """The Winograd kernels of tile size m (``refsnn.kernels.winograd``): forward, then the
+        backward from the kept input transforms."""
+        from .kernels import winograd as WG
+        x, w = self.rand(2, 8, 8, 8), self.rand(8, 8, 3, 3)
+        prepared = WG.Prepared(WG.weight_transform(w, m))
+        here = lambda count, task: [task(i) for i in range(count)]      # noqa: E731
+        y = WG.winograd_forward(x, w, self.rand(8), here, prepared, m=m)
+        WG.winograd_backward(self.rand(*y.shape), x, w, True, here, prepared, m=m)
+
     def conv1x1(self, m):
         from .functional import conv
         y, c = conv.conv1x1_forward(self.rand(self.B, self.C, 7), self.rand(4, self.C),
@@ -291,20 +303,22 @@ class _SmallOps:
         conv.conv1x1_backward(self.rand(*y.shape), c)
 
 
-def step_ops(model) -> list:
-    """The calls that compile the kernels of the model's training step: one per kind of op
-    the model contains (``_SmallOps``), each ``(name, fn)``.
+def step_ops(model, batch_size: int = 8) -> list:
+    """The calls that compile the kernels of the model's training step at ``batch_size``: one
+    per kind of op the model contains (``_SmallOps``), each ``(name, fn)``.
 
     Order: the main process compiles the forward kernels first (its memory check runs a
-    forward) and the backward ones last, so the helper begins with the Q-K ops (the costliest,
-    met last in the forward), then the backward kernels alone (the forward run by the op's
-    NumPy twin), then every op from the model's end."""
+    forward) and the backward ones last, so the helper begins with the Winograd kernels (met
+    first after the stem, and the slowest to compile: 11 CPU s for F(4x4)) and the Q-K ops
+    (the costliest of the rest, met last in the forward), then the backward kernels alone (the
+    forward run by the op's NumPy twin), then every op from the model's end."""
     from .functional.bnlif import bn_lif_fusable
     from .nn.attention import QKCore
     from .nn.layers import LIF, BatchNorm, Conv1x1, Conv2d, MaxPool2d
 
     small = _SmallOps(model.dtype)
     modules = dict(model.named_modules())
+    sides = model.conv_sides() if hasattr(model, "conv_sides") else {}
     first, twins, ops, seen = [], [], [], set()
 
     def add(key, fn, backward=None, costly=False):
@@ -332,9 +346,27 @@ def step_ops(model) -> list:
                 lambda m=m: small.maxpool(m, "numpy"))
         elif isinstance(m, Conv2d):
             add(("conv2d", m.bias is None), lambda m=m: small.conv2d(m))
+            tiles = _winograd_tiles(m, sides.get(m), batch_size * model.config.T)
+            if tiles is not None:
+                add(("winograd", tiles), lambda t=tiles: small.winograd(t), costly=True)
         elif isinstance(m, Conv1x1):
             add(("conv1x1", m.bias is None), lambda m=m: small.conv1x1(m))
-    return first + twins + ops
+    winograd = [op for op in first if op[0].startswith("('winograd'")]
+    return winograd + [op for op in first if op not in winograd] + twins + ops
+
+
+def _winograd_tiles(conv, side: int | None, samples: int):
+    """The tile size m of the Winograd kernels a convolution module takes on ``samples`` maps
+    of ``side`` x ``side`` (``refsnn.kernels.winograd.winograd_applies``), or None (not that
+    path, or the side unknown)."""
+    from .kernels import winograd as WG
+    if side is None:
+        return None
+    x_shape = (samples, conv.in_channels, side, side)
+    w_shape = (conv.out_channels, conv.in_channels, conv.kernel_size, conv.kernel_size)
+    if not WG.winograd_applies(x_shape, w_shape, conv.stride, conv.padding):
+        return None
+    return WG.tile_size(x_shape)
 
 
 def _options_key(options: dict) -> tuple:
@@ -376,11 +408,13 @@ class Precompiler:
 
     module = "refsnn.precompile"            # the helper: python -m <module>
 
-    def __init__(self, config, dtype=np.float32, threads: int | None = None, distributed: bool = False):
+    def __init__(self, config, dtype=np.float32, threads: int | None = None, distributed: bool = False,
+                 batch_size: int = 8):
         self.process = None
         self.folder = None
         self.config, self.dtype = config, np.dtype(dtype)
         self.threads, self.distributed = threads, distributed
+        self.batch_size = int(batch_size)
 
     def wanted(self) -> bool:
         setting = os.environ.get(_ENV, "")
@@ -405,7 +439,8 @@ class Precompiler:
                 [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.module, "--claims", self.folder,
-                 "--config", self.config.to_json(), "--dtype", self.dtype.name],
+                 "--config", self.config.to_json(), "--dtype", self.dtype.name,
+                 "--batch-size", str(self.batch_size)],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
         except Exception:       # noqa: BLE001 - no helper: compile here, as without it
@@ -482,6 +517,7 @@ def main(argv=None) -> int:
     ap.add_argument("--claims", required=True)
     ap.add_argument("--config", required=True, help="Config.to_json()")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
     ppid = os.getppid()
     # a Ctrl-C in the terminal reaches the whole process group: the main process finishes its
@@ -493,7 +529,7 @@ def main(argv=None) -> int:
     from .models.configs import Config
     from .models.snnergy import SNNergy
     model = SNNergy(Config.from_json(args.config), dtype=np.dtype(args.dtype))
-    ops = step_ops(model)
+    ops = step_ops(model, args.batch_size)
     install_claims(args.claims)
     path = os.environ.get("REFSNN_PRECOMPILE_LOG")
     log = open(path, "a") if path else None

@@ -763,7 +763,7 @@ def fit(config_: Config | None, dataset, *, out=None, resume: bool = False, prog
     rundir, ck, plan = _collective(comm, _plan, out, config_, dataset, options, data_options, root, cache,
                                    resume, force)
     # a cold Numba cache: a second process compiles the step's kernels meanwhile (issue 13)
-    with Precompiler(plan.config, threads=plan.opts["threads"], distributed=comm.distributed):
+    with Precompiler(plan.config, threads=plan.opts["threads"], batch_size=plan.opts["batch_size"], distributed=comm.distributed):
         warning = _collective(comm, _memory_check, plan, comm)
         if warning and comm.is_root:
             print(warning, file=sys.stderr)

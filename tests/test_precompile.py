@@ -83,6 +83,39 @@ def test_the_helpers_ops_compile_every_kernel_of_the_default_step():
     assert r.returncode == 0, "kernels the step compiled that the helper did not:\n" + r.stdout + r.stderr[-3000:]
 
 
+def test_the_helper_compiles_the_winograd_kernels_first_where_the_model_takes_that_path():
+    """The `paper` stage convolutions take the Winograd path (F(4x4, 3x3)) at batch 8: the
+    helper compiles its kernels before anything else; the `cpu` ones do not."""
+    from refsnn.models.snnergy import SNNergy
+    from refsnn.nn.layers import Conv2d
+    paper = SNNergy(config("paper"), seed=0)
+    ops = precompile.step_ops(paper, batch_size=8)
+    assert ops[0][0] == "('winograd', 4)" and sum("winograd" in name for name, _ in ops) == 1
+    sides = paper.conv_sides()
+    convs = [m for _, m in paper.named_modules() if isinstance(m, Conv2d)]
+    assert set(sides) == set(convs)
+    assert {precompile._winograd_tiles(m, sides[m], 32) for m in convs} == {None, 4}   # stems: None
+    cpu = SNNergy(config("cpu"), seed=0)
+    assert not any("winograd" in name for name, _ in precompile.step_ops(cpu, batch_size=8))
+
+
+@pytest.mark.parametrize("side", [32, 30])
+def test_declared_conv_sides_are_those_of_a_forward(side):
+    """``SNNergy.conv_sides`` (what the helper judges the Winograd path by) against the input
+    each convolution receives in a forward, odd halvings included."""
+    import numpy as np
+    from refsnn.models.snnergy import SNNergy
+    from refsnn.nn.layers import Conv2d
+    model = SNNergy(config("tiny", image_size=side), seed=0)
+    rng = np.random.default_rng(0)
+    model.forward(rng.normal(size=(2, 1, side, side)).astype(np.float32),
+                  rng.random((2, model.config.T, 3, side, side)).astype(np.float32))
+    sides = model.conv_sides()
+    for _, m in model.named_modules():
+        if isinstance(m, Conv2d):
+            assert m._cache.x.shape[2:] == (sides[m], sides[m])
+
+
 @pytest.mark.parametrize("helper", ["refsnn.precompile", "refsnn.no_such_helper"])
 def test_a_run_with_the_helper_trains_and_leaves_nothing(tmp_path, monkeypatch, helper):
     """REFSNN_PRECOMPILE=1 starts the helper even on a warm cache; a helper that fails at

@@ -73,6 +73,14 @@ class Stream(Module):
     def stages(self) -> tuple[Stage, Stage, Stage]:
         return (self.stage1, self.stage2, self.stage3)
 
+    def conv_sides(self, side: int) -> dict:
+        """Each convolution module's input side for the stream's input of ``side`` x ``side``."""
+        sides = {}
+        for stage in self.stages:
+            found, side = stage.embed.conv_sides(side)
+            sides.update(found)
+        return sides
+
 
 class SNNergyCache(NamedTuple):
     order: list             # the modalities in head order ("visual", "audio")
@@ -113,6 +121,14 @@ class SNNergy(Module):
         # the head reads spike-rate averages: analog (MACs)
         self.head = Linear(width, config.classes, rng=rng, dtype=self.dtype, reads="analog")
         self._cache = None
+
+    def conv_sides(self) -> dict:
+        """Each convolution module's input side (height and width) at ``config.image_size``,
+        without running the model (``refsnn.precompile`` picks the kernels to compile by it)."""
+        sides = {}
+        for m in self.config.modalities:
+            sides.update(getattr(self, m).conv_sides(self.config.image_size))
+        return sides
 
     # ------------------------------------------------------------------ inputs
     def _check_inputs(self, audio, visual):

@@ -43,6 +43,14 @@ class PatchEmbedInit(Module):
         self.proj2 = _conv_unit(self, "proj2", dim, dim, 3, 1, 1, neuron, rng, dtype, bn)
         self.res = _conv_unit(self, "res", half, dim, 1, 2, 0, neuron, rng, dtype, bn)
 
+    def conv_sides(self, side: int) -> tuple[dict, int]:
+        """For an input of ``side`` x ``side``: each convolution module's input side, and the
+        output's side (the pools and the strided res halve, rounding up)."""
+        half = -(-side // 2)
+        quarter = -(-half // 2)
+        return {self.proj0_conv: side, self.proj1_conv: half, self.proj2_conv: quarter,
+                self.res_conv: half}, quarter
+
     def forward(self, x, steps: int):
         """x ``[T', B, C, H, W]`` with T' = steps, or T' = 1 for an input repeated over steps."""
         u = self.proj0.forward(x, repeat_to=(steps, x.shape[1]))
@@ -72,6 +80,11 @@ class PatchEmbedStage(Module):
                                 pool=True)
         self.proj2 = _conv_unit(self, "proj2", dim, dim, 3, 1, 1, neuron, rng, dtype, bn)
         self.res = _conv_unit(self, "res", in_channels, dim, 1, 2, 0, neuron, rng, dtype, bn)
+
+    def conv_sides(self, side: int) -> tuple[dict, int]:
+        """As ``PatchEmbedInit.conv_sides``."""
+        half = -(-side // 2)
+        return {self.proj1_conv: side, self.proj2_conv: half, self.res_conv: side}, half
 
     def forward(self, x):
         return self.proj2.forward(self.proj1.forward(x)) + self.res.forward(x)
