@@ -286,3 +286,28 @@ def test_convolution_kernels_stay_in_bounds(tmp_path):
     out = subprocess.run([sys.executable, "-c", _IN_BOUNDS_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0 and "in bounds" in out.stdout, out.stderr[-3000:]
+
+
+def test_the_weight_transforms_run_on_one_blas_thread(winograd_everywhere, monkeypatch):
+    """A GEMM on two OpenBLAS threads leaves the second one spinning for ~0.1 s, which slowed
+    every op after it (benchmarks/README.md): the Winograd weight transforms (small GEMMs) run
+    on one, and the thread count is restored after them."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    seen = []
+
+    def blas_threads():          # numpy's OpenBLAS (scipy's, if loaded, is not the one numpy calls)
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+
+    for name in ("weight_transform", "weight_transform_adjoint"):
+        real = getattr(WG, name)
+        monkeypatch.setattr(WG, name, lambda *a, real=real, name=name: (seen.append((name, blas_threads())), real(*a))[1])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8, 8, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 8, 3, 3)).astype(np.float32)
+    with threadpool_limits(2, user_api="blas"):
+        y, cache = F.conv2d_forward(x, w, stride=1, padding=1)
+        F.conv2d_backward(np.cos(y), cache)
+        after = blas_threads()
+    assert [name for name, _ in seen] == ["weight_transform", "weight_transform_adjoint"]
+    assert all(set(threads) == {1} for _, threads in seen) and set(after) == {2}, (seen, after)

@@ -37,7 +37,7 @@ import numpy as np
 from . import im2col as _k
 from . import winograd as _wg
 
-__all__ = ["conv2d_prepare", "conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
+__all__ = ["conv2d_prepare", "one_blas_thread", "conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
            "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
            "CONV1X1_CHUNK_MIN_MACS", "CONV2D_POOL_MIN_MACS"]
 
@@ -158,12 +158,28 @@ def _run_on_pool(count: int, task, workers: int) -> None:
         raise failed[0]
 
 
+def one_blas_thread(fn, *args):
+    """``fn(*args)`` with numpy's BLAS on one thread. A small GEMM on two threads wakes
+    OpenBLAS's second thread, which then spins until its timeout (about 0.1 s), taking a core
+    from the ops that follow: with the Winograd weight transforms (GEMMs of 36 x 9 x C O) run
+    that way a `paper` training step took 1.3x as long, every op kind alike."""
+    libs = _blas_libraries()
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
 def conv2d_prepare(x_shape, weight, stride, padding):
     """What the forward and the backward of this convolution share: on the Winograd path
     (``refsnn.kernels.winograd``) a ``winograd.Prepared`` holding the transformed weight, to
     which the forward adds its input transforms; None on im2col's."""
     if _wg.winograd_applies(x_shape, weight.shape, stride, padding):
-        return _wg.Prepared(_wg.weight_transform(weight, _wg.tile_size(x_shape)))
+        return _wg.Prepared(one_blas_thread(_wg.weight_transform, weight, _wg.tile_size(x_shape)))
     return None
 
 
@@ -212,7 +228,8 @@ def conv2d_chunked_backward(dy, x, weight, stride, padding, need_dx=True, prepar
     pool = N * P * O * K >= CONV2D_POOL_MIN_MACS
     if _wg.winograd_applies(x.shape, weight.shape, stride, padding):
         return _wg.winograd_backward(dy, x, weight, need_dx,
-                                     lambda count, task: _run_chunks(count, task, pool=pool), prepared=prepared)
+                                     lambda count, task: _run_chunks(count, task, pool=pool), prepared=prepared,
+                                     serial=one_blas_thread)
     x = np.ascontiguousarray(x)
     dy3 = np.ascontiguousarray(dy).reshape(N, O, P)
     w2t = np.ascontiguousarray(weight.reshape(O, K).T)

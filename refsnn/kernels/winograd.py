@@ -374,10 +374,12 @@ def winograd_forward(x, weight, bias, run_chunks, prepared=None, m=None):
     return y
 
 
-def winograd_backward(dy, x, weight, need_dx, run_chunks, prepared=None, m=None):
+def winograd_backward(dy, x, weight, need_dx, run_chunks, prepared=None, m=None, serial=None):
     """``(dx, dweight)`` of ``winograd_forward`` for dy ``[N, O, H, W]`` (x's dtype); dx is
     None with ``need_dx=False``; prepared and m as for the forward (the input transforms the
-    forward kept are used, then released; without them they are recomputed)."""
+    forward kept are used, then released; without them they are recomputed). ``serial(fn,
+    *args)`` runs the weight gradient's final transform (a GEMM; the caller's thread setting
+    for it, ``conv_chunked.one_blas_thread``), by default as it is."""
     m, x, Ut, th, tw, bounds = _plan(x, weight, None if prepared is None else prepared.Ut, m)
     N, C, H, W = x.shape
     O = weight.shape[0]
@@ -405,4 +407,8 @@ def winograd_backward(dy, x, weight, need_dx, run_chunks, prepared=None, m=None)
     dUt = dUt_parts[0]
     for part in dUt_parts[1:]:                   # in chunk order: the same for any thread count
         dUt[:, :C] += part[:, :C]
-    return dx, weight_transform_adjoint(dUt, m, C)
+    return dx, (serial or _call)(weight_transform_adjoint, dUt, m, C)
+
+
+def _call(fn, *args):
+    return fn(*args)
