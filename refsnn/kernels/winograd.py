@@ -182,14 +182,19 @@ def input_transform(x, n0=0, n1=None, m=2):
     """V ``[a², tiles', C']`` (a ``stack_of``: the first ``tiles`` rows are the result; C' =
     ``padded_channels(C)``, the extra channels zero) of the samples n0:n1 of x ``[N, C, H, W]``
     with a border of zeros, the tiles in sample, row, column order."""
-    N, C, H, W = x.shape
+    return _to_stack("input_transform", x, n0, n1, m)
+
+
+def _to_stack(kernel, a, n0, n1, m):
+    """The ``stack_of`` that transform ``kernel`` writes from the samples n0:n1 of the NCHW map a."""
+    N, C, H, W = a.shape
     n1 = N if n1 is None else n1
     th, tw = tiles_of(H, W, m)
     Cp = padded_channels(C)
     B = tiles_per_block(tw, Cp)
-    V = stack_of((m + 2) ** 2, (n1 - n0) * th * tw, Cp, x.dtype, B)
-    _kernel("input_transform", m)(np.ascontiguousarray(x), n0, n1, B, V, _k(m, x.dtype))
-    return V
+    stack = stack_of((m + 2) ** 2, (n1 - n0) * th * tw, Cp, a.dtype, B)
+    _kernel(kernel, m)(np.ascontiguousarray(a), n0, n1, B, stack, _k(m, a.dtype))
+    return stack
 
 
 def output_transform(M, y, n0=0, n1=None, m=2, bias=None):
@@ -210,14 +215,7 @@ def output_transform(M, y, n0=0, n1=None, m=2, bias=None):
 
 def grad_output_transform(dy, n0=0, n1=None, m=2):
     """dM ``[a², tiles', O']`` (a ``stack_of``, as V) of the samples n0:n1 of dy ``[N, O, H, W]``."""
-    N, O, H, W = dy.shape
-    n1 = N if n1 is None else n1
-    th, tw = tiles_of(H, W, m)
-    Op = padded_channels(O)
-    B = tiles_per_block(tw, Op)
-    dM = stack_of((m + 2) ** 2, (n1 - n0) * th * tw, Op, dy.dtype, B)
-    _kernel("grad_output_transform", m)(np.ascontiguousarray(dy), n0, n1, B, dM, _k(m, dy.dtype))
-    return dM
+    return _to_stack("grad_output_transform", dy, n0, n1, m)
 
 
 def input_grad_transform(dV, dx, n0=0, n1=None, m=2):
