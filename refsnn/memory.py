@@ -15,8 +15,8 @@ estimated at twice its cache, plus the parameters, their gradients and two optim
 The estimates agree with the caches of real steps within 5% (tests/test_run_hardening.py).
 The probes' convolutions are too small for the Winograd path, whose forward also keeps its input
 transforms (``refsnn.kernels.winograd.Prepared``): at the `paper` preset, batch 8, about 145 MiB
-the probes do not see, within the factor's margin (estimated 2.6 GiB, measured peak 2.23 GiB
-over the process's size before the step).
+the probes do not see, within the factor's margin (estimated 2.6 GiB, measured peak 2.21-2.23
+GiB over the process's size before the step).
 """
 from __future__ import annotations
 

@@ -37,8 +37,8 @@ import numpy as np
 from . import im2col as _k
 from . import winograd as _wg
 
-__all__ = ["conv2d_prepare", "one_blas_thread", "conv2d_chunked_forward", "conv2d_chunked_backward", "conv1x1_chunked_forward",
-           "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
+__all__ = ["conv2d_prepare", "one_blas_thread", "conv2d_chunked_forward", "conv2d_chunked_backward",
+           "conv1x1_chunked_forward", "conv1x1_chunked_backward", "chunk_bounds", "CHUNK_MIN_COLUMNS", "MIN_CHUNKS",
            "CONV1X1_CHUNK_MIN_MACS", "CONV2D_POOL_MIN_MACS"]
 
 # a chunk holds whole samples and at least this many output positions (GEMM columns), so that

@@ -69,8 +69,8 @@ WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_MACS = 1 << 27
 # F(4x4, 3x3) from this height and width on, F(2x2, 3x3) below. At 8x8 (4 tiles per sample)
 # F(4x4) took 0.9-1.0x F(2x2)'s time (32->32, 192->192), at 4x4 (one tile) 1.1x (64->64: 0.67-0.70x
-# torch's time against 0.58-0.66x): kept from 4 on, so that no preset needs the F(2x2) kernels,
-# 6 CPU s of compilation on a fresh clone (the first step of `python -m refsnn.train`)
+# torch's time against 0.58-0.66x): kept from 4 on, so that a model compiles one set of
+# kernels (F(2x2)'s take another 6 CPU s)
 F4_MIN_SIZE = 4
 # a chunk holds whole samples and at least this many tiles (the GEMMs' rows) when the batch
 # allows it, and the batch is cut into at least MIN_CHUNKS chunks when it has the samples: one
