@@ -318,7 +318,7 @@ def step_ops(model, batch_size: int = 8) -> list:
 
     small = _SmallOps(model.dtype)
     modules = dict(model.named_modules())
-    sides = model.conv_sides() if hasattr(model, "conv_sides") else {}
+    sides = model.conv_sides()
     first, twins, ops, seen = [], [], [], set()
 
     def add(key, fn, backward=None, costly=False):

@@ -27,6 +27,7 @@ gradients are summed in chunk order, so results are the same with any number of 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -105,22 +106,28 @@ def _run_chunks(count: int, task, scipy_blas: bool = False, pool: bool = True) -
     numpy's (it may have been loaded after the caller limited the threads). ``pool=False``: every
 chunk here, as with one BLAS thread."""
     libs = _blas_libraries(scipy_blas)
-    before = [lib.num_threads for lib in libs]
-    threads = before[0] if before else 1
+    threads = libs[0].num_threads if libs else 1
     workers = min(count, threads) if pool else 1
-    inner = 1 if workers > 1 else threads
-    changed = [(lib, n) for lib, n in zip(libs, before) if n != inner]
-    for lib, _ in changed:
-        lib.set_num_threads(inner)
-    try:
+    with _blas_threads(libs, 1 if workers > 1 else threads):
         if workers <= 1:
             for i in range(count):
                 task(i)
         else:
             _run_on_pool(count, task, workers)
+
+
+@contextlib.contextmanager
+def _blas_threads(libs, n: int):
+    """The BLAS libraries ``libs`` (threadpoolctl controllers) on n threads for the body; each
+    one changed is restored after it."""
+    changed = [(lib, lib.num_threads) for lib in libs if lib.num_threads != n]
+    for lib, _ in changed:
+        lib.set_num_threads(n)
+    try:
+        yield
     finally:
-        for lib, n in changed:
-            lib.set_num_threads(n)
+        for lib, before in changed:
+            lib.set_num_threads(before)
 
 
 def _run_on_pool(count: int, task, workers: int) -> None:
@@ -163,15 +170,8 @@ def one_blas_thread(fn, *args):
     OpenBLAS's second thread, which then spins until its timeout (about 0.1 s), taking a core
     from the ops that follow: with the Winograd weight transforms (GEMMs of 36 x 9 x C O) run
     that way a `paper` training step took 1.3x as long, every op kind alike."""
-    libs = _blas_libraries()
-    before = [lib.num_threads for lib in libs]
-    for lib in libs:
-        lib.set_num_threads(1)
-    try:
+    with _blas_threads(_blas_libraries(), 1):
         return fn(*args)
-    finally:
-        for lib, n in zip(libs, before):
-            lib.set_num_threads(n)
 
 
 def conv2d_prepare(x_shape, weight, stride, padding):

@@ -354,7 +354,7 @@ def winograd_forward(x, weight, bias, run_chunks, prepared=None, m=None):
     N, C, H, W = x.shape
     O = weight.shape[0]
     y = np.empty((N, O, H, W), dtype=x.dtype)
-    kept = [None] * len(bounds)
+    kept = [None] * len(bounds) if prepared is not None else None
 
     def task(i):
         n0, n1 = bounds[i]
@@ -364,7 +364,8 @@ def winograd_forward(x, weight, bias, run_chunks, prepared=None, m=None):
         M = stack_of(V.shape[0], T, Op, x.dtype, tiles_per_block(tw, Op))
         np.matmul(V[:, :T, :C], Ut, out=M[:, :T, :O])
         output_transform(M, y, n0, n1, m, bias)
-        kept[i] = V
+        if kept is not None:        # for the backward; otherwise freed with the chunk
+            kept[i] = V
 
     run_chunks(len(bounds), task)
     if prepared is not None:

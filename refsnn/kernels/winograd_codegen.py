@@ -93,23 +93,22 @@ def formulas(m):
     consts = constants(m)
     B, A_ = transpose(BT), transpose(AT)
     f = f"F({m}x{m}, 3x3)"
-    specs = [
-        # name, T_rows, T_cols, load(i, j), store(p, q, expr), args, doc
-        ("input", BT, BT, lambda i, j: f"src[{i}, {j}, c]",
-         lambda p, q, e: f"dst[{p * a + q}, t, c] = {e}", "src, c, dst, t, k",
-         f"dst[:, t, c] = Bᵀ d B, d = src[:, :, c], {f}"),
-        ("output", AT, AT, lambda i, j: f"src[{i * a + j}, t, c]",
-         lambda p, q, e: f"dst[{p}, {q}, c] = {e} + b", "src, t, c, dst, b, k",
-         f"dst[:, :, c] = Aᵀ M A + b, M = src[:, t, c], {f}"),
-        ("grad_output", A_, A_, lambda i, j: f"src[{i}, {j}, c]",
-         lambda p, q, e: f"dst[{p * a + q}, t, c] = {e}", "src, c, dst, t, k",
-         f"dst[:, t, c] = A dY Aᵀ, dY = src[:, :, c], {f}"),
-        ("input_grad", B, B, lambda i, j: f"src[{i * a + j}, t, c]",
-         lambda p, q, e: f"dst[{p}, {q}, c] = {e}", "src, t, c, dst, k",
-         f"dst[:, :, c] = B dV Bᵀ, dV = src[:, t, c], {f}"),
+    def tiles_to_stack(T):      # the a x a (or m x m) tile buffer -> the stack's column t
+        return (T, T, lambda i, j: f"src[{i}, {j}, c]", lambda p, q, e: f"dst[{p * a + q}, t, c] = {e}",
+                "src, c, dst, t, k")
+
+    def stack_to_tiles(T, bias=""):     # the stack's column t -> the tile buffer
+        return (T, T, lambda i, j: f"src[{i * a + j}, t, c]", lambda p, q, e: f"dst[{p}, {q}, c] = {e}{bias}",
+                "src, t, c, dst" + (", b" if bias else "") + ", k")
+
+    specs = [   # name, (T_rows, T_cols, load(i, j), store(p, q, expr), args), doc
+        ("input", tiles_to_stack(BT), f"dst[:, t, c] = Bᵀ d B, d = src[:, :, c], {f}"),
+        ("output", stack_to_tiles(AT, " + b"), f"dst[:, :, c] = Aᵀ M A + b, M = src[:, t, c], {f}"),
+        ("grad_output", tiles_to_stack(A_), f"dst[:, t, c] = A dY Aᵀ, dY = src[:, :, c], {f}"),
+        ("input_grad", stack_to_tiles(B), f"dst[:, :, c] = B dV Bᵀ, dV = src[:, t, c], {f}"),
     ]
     out, counts = [], {}
-    for name, T_rows, T_cols, load, store, args, doc in specs:
+    for name, (T_rows, T_cols, load, store, args), doc in specs:
         out += grouped(f"{name}_{m}", T_rows, T_cols, load, store, args, doc, consts)
         counts[name] = len(T_rows)
     return out, counts
@@ -124,6 +123,47 @@ def calls(name, m, counts, args, indent, loop=None):
         else:
             lines.append(indent + f"{name}_{m}_{p}({args})")
     return "\n".join(lines)
+
+
+COMMON = """
+# The buffers' layouts, shared by the kernels of every m: an NCHW sample to and from a buffer
+# holding column w at [w % m, w // m] (C' values a column), and the tile windows read from it.
+
+@nb.njit(inline="always")
+def _to_columns(a, n, offset, m, Cp, buf):
+    \"\"\"buf[offset + h, (offset + w) % m, ((offset + w) // m) C' + c] = a[n, c, h, w]
+    (a ``[N, C, H, W]``).\"\"\"
+    N, C, H, W = a.shape
+    for h in range(H):
+        for c in range(C):
+            src = a[n, c, h]
+            for w in range(W):
+                buf[offset + h, (offset + w) % m, ((offset + w) // m) * Cp + c] = src[w]
+
+
+@nb.njit(inline="always")
+def _from_columns(buf, offset, m, Cp, out, n):
+    \"\"\"out[n, c, h, w] = buf[offset + h, (offset + w) % m, ((offset + w) // m) C' + c].\"\"\"
+    N, C, H, W = out.shape
+    for h in range(H):
+        for c in range(C):
+            dst = out[n, c, h]
+            for w in range(W):
+                dst[w] = buf[offset + h, (offset + w) % m, ((offset + w) // m) * Cp + c]
+
+
+@nb.njit(inline="always")
+def _windows(buf, ti, tj0, size, m, Cp, L, d):
+    \"\"\"d[i, j, :] = the values at (i, j) of the size x size windows of L / C' tiles of tile
+    row ti from tile column tj0, side by side (consecutive in the buffer).\"\"\"
+    for i in range(size):
+        for j in range(size):
+            src = buf[m * ti + i, j % m]
+            dst = d[i, j]
+            base = (tj0 + j // m) * Cp
+            for e in range(L):      # a loop: a slice assignment costs ~100 ns
+                dst[e] = src[base + e]
+"""
 
 
 KERNELS = """
@@ -152,21 +192,11 @@ def input_transform_{m}(x, n0, n1, B, V, k):
     xp = np.zeros(({m} * th + 2, {m}, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % {m}, w // {m}]
     d = np.empty(({a}, {a}, L), dtype=x.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for c in range(C):
-                src = x[n, c, h]
-                for w in range(W):
-                    xp[1 + h, (1 + w) % {m}, ((1 + w) // {m}) * Cp + c] = src[w]
+        _to_columns(x, n, 1, {m}, Cp, xp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range({a}):
-                    for j in range({a}):
-                        src = xp[{m} * ti + i, j % {m}]
-                        dst = d[i, j]
-                        base = (tj0 + j // {m}) * Cp
-                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
-                            dst[e] = src[base + e]
+                _windows(xp, ti, tj0, {a}, {m}, Cp, L, d)
 {calls_input}
 
 
@@ -195,11 +225,7 @@ def output_transform_{m}(M, n0, n1, B, bias, has_bias, y, k):
                         base = tj0 * Op
                         for e in range(L):
                             dst[base + e] = src[e]
-        for h in range(H):
-            for o in range(O):
-                dst = y[n, o, h]
-                for w in range(W):
-                    dst[w] = yp[h, w % {m}, (w // {m}) * Op + o]
+        _from_columns(yp, 0, {m}, Op, y, n)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -214,21 +240,11 @@ def grad_output_transform_{m}(dy, n0, n1, B, dM, k):
     dyp = np.zeros(({m} * th, {m}, tw * Op), dtype=dy.dtype)            # column w at [w % {m}, w // {m}]
     tile = np.empty(({m}, {m}, L), dtype=dy.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for o in range(O):
-                src = dy[n, o, h]
-                for w in range(W):
-                    dyp[h, w % {m}, (w // {m}) * Op + o] = src[w]
+        _to_columns(dy, n, 0, {m}, Op, dyp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range({m}):
-                    for j in range({m}):
-                        src = dyp[{m} * ti + i, j]
-                        dst = tile[i, j]
-                        base = tj0 * Op
-                        for e in range(L):
-                            dst[e] = src[base + e]
+                _windows(dyp, ti, tj0, {m}, {m}, Op, L, tile)
 {calls_grad_output}
 
 
@@ -260,11 +276,7 @@ def input_grad_transform_{m}(dV, n0, n1, B, dx, k):
                         add = dd[i, j]
                         for e in range(L):
                             row[base + e] += add[e]
-        for h in range(H):
-            for c in range(C):
-                dst = dx[n, c, h]
-                for w in range(W):
-                    dst[w] = dxp[1 + h, (1 + w) % {m}, ((1 + w) // {m}) * Cp + c]
+        _from_columns(dxp, 1, {m}, Cp, dx, n)
 """
 
 
@@ -294,7 +306,7 @@ def source() -> str:
                    for name, n in counts.items()]
     body.append("# every transform's groups, in order (the NumPy twins call them in turn)\nGROUPS = {\n"
                 + "\n".join(groups) + "\n}\n")
-    return "\n".join(head) + "\n\n" + "\n\n".join(body) + "".join(kernels)
+    return "\n".join(head) + "\n\n" + "\n\n".join(body) + COMMON + "".join(kernels)
 
 
 def main() -> None:

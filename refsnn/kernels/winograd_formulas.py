@@ -1091,6 +1091,44 @@ GROUPS = {
     ('input_grad', 4): (input_grad_4_0, input_grad_4_1, input_grad_4_2, input_grad_4_3, input_grad_4_4, input_grad_4_5,),
 }
 
+# The buffers' layouts, shared by the kernels of every m: an NCHW sample to and from a buffer
+# holding column w at [w % m, w // m] (C' values a column), and the tile windows read from it.
+
+@nb.njit(inline="always")
+def _to_columns(a, n, offset, m, Cp, buf):
+    """buf[offset + h, (offset + w) % m, ((offset + w) // m) C' + c] = a[n, c, h, w]
+    (a ``[N, C, H, W]``)."""
+    N, C, H, W = a.shape
+    for h in range(H):
+        for c in range(C):
+            src = a[n, c, h]
+            for w in range(W):
+                buf[offset + h, (offset + w) % m, ((offset + w) // m) * Cp + c] = src[w]
+
+
+@nb.njit(inline="always")
+def _from_columns(buf, offset, m, Cp, out, n):
+    """out[n, c, h, w] = buf[offset + h, (offset + w) % m, ((offset + w) // m) C' + c]."""
+    N, C, H, W = out.shape
+    for h in range(H):
+        for c in range(C):
+            dst = out[n, c, h]
+            for w in range(W):
+                dst[w] = buf[offset + h, (offset + w) % m, ((offset + w) // m) * Cp + c]
+
+
+@nb.njit(inline="always")
+def _windows(buf, ti, tj0, size, m, Cp, L, d):
+    """d[i, j, :] = the values at (i, j) of the size x size windows of L / C' tiles of tile
+    row ti from tile column tj0, side by side (consecutive in the buffer)."""
+    for i in range(size):
+        for j in range(size):
+            src = buf[m * ti + i, j % m]
+            dst = d[i, j]
+            base = (tj0 + j // m) * Cp
+            for e in range(L):      # a loop: a slice assignment costs ~100 ns
+                dst[e] = src[base + e]
+
 # The kernels' arrays are C-contiguous and the formulas read and write whole vectors of channels
 # through them: with a strided (layout 'A') array Numba passes the innermost stride at run time
 # and LLVM leaves the channel loop scalar. The kernels read and write the NCHW maps themselves,
@@ -1116,21 +1154,11 @@ def input_transform_2(x, n0, n1, B, V, k):
     xp = np.zeros((2 * th + 2, 2, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % 2, w // 2]
     d = np.empty((4, 4, L), dtype=x.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for c in range(C):
-                src = x[n, c, h]
-                for w in range(W):
-                    xp[1 + h, (1 + w) % 2, ((1 + w) // 2) * Cp + c] = src[w]
+        _to_columns(x, n, 1, 2, Cp, xp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range(4):
-                    for j in range(4):
-                        src = xp[2 * ti + i, j % 2]
-                        dst = d[i, j]
-                        base = (tj0 + j // 2) * Cp
-                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
-                            dst[e] = src[base + e]
+                _windows(xp, ti, tj0, 4, 2, Cp, L, d)
                 for c in range(L):
                     input_2_0(d, c, VB, blk, k)
                 for c in range(L):
@@ -1169,11 +1197,7 @@ def output_transform_2(M, n0, n1, B, bias, has_bias, y, k):
                         base = tj0 * Op
                         for e in range(L):
                             dst[base + e] = src[e]
-        for h in range(H):
-            for o in range(O):
-                dst = y[n, o, h]
-                for w in range(W):
-                    dst[w] = yp[h, w % 2, (w // 2) * Op + o]
+        _from_columns(yp, 0, 2, Op, y, n)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -1188,21 +1212,11 @@ def grad_output_transform_2(dy, n0, n1, B, dM, k):
     dyp = np.zeros((2 * th, 2, tw * Op), dtype=dy.dtype)            # column w at [w % 2, w // 2]
     tile = np.empty((2, 2, L), dtype=dy.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for o in range(O):
-                src = dy[n, o, h]
-                for w in range(W):
-                    dyp[h, w % 2, (w // 2) * Op + o] = src[w]
+        _to_columns(dy, n, 0, 2, Op, dyp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range(2):
-                    for j in range(2):
-                        src = dyp[2 * ti + i, j]
-                        dst = tile[i, j]
-                        base = tj0 * Op
-                        for e in range(L):
-                            dst[e] = src[base + e]
+                _windows(dyp, ti, tj0, 2, 2, Op, L, tile)
                 for o in range(L):
                     grad_output_2_0(tile, o, dMB, blk, k)
                 for o in range(L):
@@ -1248,11 +1262,7 @@ def input_grad_transform_2(dV, n0, n1, B, dx, k):
                         add = dd[i, j]
                         for e in range(L):
                             row[base + e] += add[e]
-        for h in range(H):
-            for c in range(C):
-                dst = dx[n, c, h]
-                for w in range(W):
-                    dst[w] = dxp[1 + h, (1 + w) % 2, ((1 + w) // 2) * Cp + c]
+        _from_columns(dxp, 1, 2, Cp, dx, n)
 
 # The kernels' arrays are C-contiguous and the formulas read and write whole vectors of channels
 # through them: with a strided (layout 'A') array Numba passes the innermost stride at run time
@@ -1279,21 +1289,11 @@ def input_transform_4(x, n0, n1, B, V, k):
     xp = np.zeros((4 * th + 2, 4, (tw + 1) * Cp), dtype=x.dtype)   # padded, column w at [w % 4, w // 4]
     d = np.empty((6, 6, L), dtype=x.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for c in range(C):
-                src = x[n, c, h]
-                for w in range(W):
-                    xp[1 + h, (1 + w) % 4, ((1 + w) // 4) * Cp + c] = src[w]
+        _to_columns(x, n, 1, 4, Cp, xp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range(6):
-                    for j in range(6):
-                        src = xp[4 * ti + i, j % 4]
-                        dst = d[i, j]
-                        base = (tj0 + j // 4) * Cp
-                        for e in range(L):      # a loop: a slice assignment costs ~100 ns
-                            dst[e] = src[base + e]
+                _windows(xp, ti, tj0, 6, 4, Cp, L, d)
                 for c in range(L):
                     input_4_0(d, c, VB, blk, k)
                 for c in range(L):
@@ -1340,11 +1340,7 @@ def output_transform_4(M, n0, n1, B, bias, has_bias, y, k):
                         base = tj0 * Op
                         for e in range(L):
                             dst[base + e] = src[e]
-        for h in range(H):
-            for o in range(O):
-                dst = y[n, o, h]
-                for w in range(W):
-                    dst[w] = yp[h, w % 4, (w // 4) * Op + o]
+        _from_columns(yp, 0, 4, Op, y, n)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -1359,21 +1355,11 @@ def grad_output_transform_4(dy, n0, n1, B, dM, k):
     dyp = np.zeros((4 * th, 4, tw * Op), dtype=dy.dtype)            # column w at [w % 4, w // 4]
     tile = np.empty((4, 4, L), dtype=dy.dtype)
     for n in range(n0, n1):
-        for h in range(H):
-            for o in range(O):
-                src = dy[n, o, h]
-                for w in range(W):
-                    dyp[h, w % 4, (w // 4) * Op + o] = src[w]
+        _to_columns(dy, n, 0, 4, Op, dyp)
         for ti in range(th):
             for tj0 in range(0, tw, B):
                 blk = ((n - n0) * th + ti) * (tw // B) + tj0 // B
-                for i in range(4):
-                    for j in range(4):
-                        src = dyp[4 * ti + i, j]
-                        dst = tile[i, j]
-                        base = tj0 * Op
-                        for e in range(L):
-                            dst[e] = src[base + e]
+                _windows(dyp, ti, tj0, 4, 4, Op, L, tile)
                 for o in range(L):
                     grad_output_4_0(tile, o, dMB, blk, k)
                 for o in range(L):
@@ -1427,8 +1413,4 @@ def input_grad_transform_4(dV, n0, n1, B, dx, k):
                         add = dd[i, j]
                         for e in range(L):
                             row[base + e] += add[e]
-        for h in range(H):
-            for c in range(C):
-                dst = dx[n, c, h]
-                for w in range(W):
-                    dst[w] = dxp[1 + h, (1 + w) % 4, ((1 + w) // 4) * Cp + c]
+        _from_columns(dxp, 1, 4, Cp, dx, n)
